@@ -1,0 +1,5 @@
+"""The ``moorage`` command."""
+
+from moorage.cli.main import app, main
+
+__all__ = ["app", "main"]

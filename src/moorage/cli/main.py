@@ -1,0 +1,62 @@
+"""``moorage serve`` now; ``moorage cr``, ``iam`` and ``ks`` join as their issues land."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moorage.config import ConfigError, load_settings
+
+app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private container registry.")
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps ``serve`` a sub-command even while it is the only one."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 5000]")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", envvar="MOORAGE_DATA", help="Data directory [default: ./moorage-data]"),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
+    auth: Annotated[
+        str | None, typer.Option(help="Authentication mode; 'none' opens the registry to all")
+    ] = None,
+) -> None:
+    """Start the registry."""
+    from moorage.server import serve as run
+
+    try:
+        settings = load_settings(
+            config, host=host, port=port, data_dir=str(data) if data else None, auth=auth
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    run(settings)
+
+
+@app.command()
+def gc(
+    data: Annotated[Path | None, typer.Option("--data", envvar="MOORAGE_DATA")] = None,
+    config: Annotated[Path | None, typer.Option("--config")] = None,
+    grace_seconds: Annotated[int, typer.Option(help="Keep blobs younger than this")] = 3600,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+) -> None:
+    """Delete blobs that no repository links any more."""
+    from moorage.gc import collect_garbage
+
+    settings = load_settings(config, data_dir=str(data) if data else None)
+    report = collect_garbage(settings, grace_seconds=grace_seconds, dry_run=dry_run)
+    typer.echo(report.summary())
+
+
+def main() -> None:
+    app()

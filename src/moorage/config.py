@@ -1,0 +1,97 @@
+"""Settings, from defaults, a TOML file, the environment and the command line,
+each overriding the one before."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_SETTINGS = "MOORAGE_SETTINGS_JSON"  # how the supervisor hands settings to workers
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    data_dir: str = "moorage-data"
+    database_url: str | None = None  # default: SQLite inside data_dir
+    auth: str = "none"
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+    access_log: bool = True
+    shutdown_timeout: int = 30
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, value: str) -> Settings:
+        return cls(**json.loads(value))
+
+
+_FILE_KEYS = {
+    ("server", "host"): "host",
+    ("server", "port"): "port",
+    ("server", "auth"): "auth",
+    ("server", "shutdown_timeout"): "shutdown_timeout",
+    ("storage", "data"): "data_dir",
+    ("database", "url"): "database_url",
+    ("registry", "max_manifest_bytes"): "max_manifest_bytes",
+    ("log", "level"): "log_level",
+    ("log", "access"): "access_log",
+}
+_ENV_KEYS = {
+    "MOORAGE_HOST": "host",
+    "MOORAGE_PORT": "port",
+    "MOORAGE_DATA": "data_dir",
+    "MOORAGE_DATABASE_URL": "database_url",
+    "MOORAGE_MAX_MANIFEST_BYTES": "max_manifest_bytes",
+    "MOORAGE_LOG_LEVEL": "log_level",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(field: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[field]
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{field} must be an integer, not {value!r}") from exc
+    return str(value)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            document = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        for (section, key), field in _FILE_KEYS.items():
+            if key in document.get(section, {}):
+                values[field] = _coerce(field, document[section][key])
+    for variable, field in _ENV_KEYS.items():
+        if os.environ.get(variable):
+            values[field] = _coerce(field, os.environ[variable])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    if settings.auth != "none":
+        raise ConfigError(f"unknown auth mode {settings.auth!r}: only 'none' exists until IAM")
+    if settings.max_manifest_bytes < 4 * 1024 * 1024:
+        raise ConfigError("max_manifest_bytes must be at least 4 MiB (4194304)")
+    return settings

@@ -1,0 +1,22 @@
+"""Registry metadata: repositories, blob links, manifests, tags and uploads,
+in SQLite by default and in any database SQLAlchemy 2 supports."""
+
+from moorage.metadata.migrate import upgrade
+from moorage.metadata.store import (
+    MetadataStore,
+    NewManifest,
+    Referrer,
+    StoredManifest,
+    create_metadata_engine,
+    sqlite_url,
+)
+
+__all__ = [
+    "MetadataStore",
+    "NewManifest",
+    "Referrer",
+    "StoredManifest",
+    "create_metadata_engine",
+    "sqlite_url",
+    "upgrade",
+]

@@ -1,0 +1,423 @@
+"""Every read and write of registry metadata goes through :class:`MetadataStore`.
+
+It speaks SQLAlchemy Core over the ORM tables, so the same code runs on the
+embedded SQLite default and on PostgreSQL. Each public method is one
+transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, bindparam, create_engine, delete, event, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
+
+from moorage.metadata.models import (
+    Blob,
+    Manifest,
+    ManifestReference,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    Upload,
+)
+
+BLOB_REFERENCE = "blob"
+MANIFEST_REFERENCE = "manifest"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+    subject_digest: str | None
+
+
+@dataclass(frozen=True)
+class NewManifest:
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    subject_digest: str | None
+    annotations: dict[str, str]
+    content: bytes
+    blob_digests: Sequence[str]
+    child_digests: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Referrer:
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    # WAL lets readers run beside the single writer; FULL fsyncs each commit
+    # so an acknowledged push survives power loss, not only a process crash.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_metadata_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'metadata.db'}"
+
+
+_repo_id = select(Repository.id).where(Repository.name == bindparam("repo")).scalar_subquery()
+
+_MANIFEST_BY_TAG = (
+    select(Manifest.digest, Manifest.media_type, Manifest.content, Manifest.subject_digest)
+    .join(Tag, Tag.manifest_id == Manifest.id)
+    .where(Tag.repository_id == _repo_id, Tag.name == bindparam("ref"))
+)
+_MANIFEST_BY_DIGEST = select(
+    Manifest.digest, Manifest.media_type, Manifest.content, Manifest.subject_digest
+).where(Manifest.repository_id == _repo_id, Manifest.digest == bindparam("ref"))
+_LINKED_BLOB_SIZE = (
+    select(Blob.size)
+    .join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+    .where(RepositoryBlob.repository_id == _repo_id, Blob.digest == bindparam("digest"))
+)
+
+
+class MetadataStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- repositories ------------------------------------------------------
+
+    @staticmethod
+    def _ensure_repository(conn: Connection, name: str) -> int:
+        repo_id = conn.scalar(select(Repository.id).where(Repository.name == name))
+        if repo_id is not None:
+            return int(repo_id)
+        namespace = name.split("/", 1)[0]
+        result = conn.execute(
+            Repository.__table__.insert().values(
+                name=name, namespace=namespace, created_at=_now()
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+    @staticmethod
+    def _repository_id(conn: Connection, name: str) -> int | None:
+        value = conn.scalar(select(Repository.id).where(Repository.name == name))
+        return None if value is None else int(value)
+
+    def repository_exists(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return self._repository_id(conn, name) is not None
+
+    def list_repositories(self, limit: int | None, last: str | None) -> list[str]:
+        """Repositories holding at least one manifest, in lexical order."""
+        stmt = (
+            select(Repository.name)
+            .where(select(Manifest.id).where(Manifest.repository_id == Repository.id).exists())
+            .order_by(Repository.name)
+        )
+        if last:
+            stmt = stmt.where(Repository.name > last)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.scalars(stmt))
+
+    # -- blobs -------------------------------------------------------------
+
+    def linked_blob_size(self, repo: str, digest: str) -> int | None:
+        with self.engine.connect() as conn:
+            value = conn.scalar(_LINKED_BLOB_SIZE, {"repo": repo, "digest": digest})
+        return None if value is None else int(value)
+
+    def record_blob(self, repo: str, digest: str, size: int) -> None:
+        """Record a committed blob and link it into ``repo``, idempotently."""
+        with self.engine.begin() as conn:
+            repo_id = self._ensure_repository(conn, repo)
+            if conn.scalar(select(Blob.size).where(Blob.digest == digest)) is None:
+                conn.execute(
+                    Blob.__table__.insert().values(digest=digest, size=size, created_at=_now())
+                )
+            self._link(conn, repo_id, digest)
+
+    @staticmethod
+    def _link(conn: Connection, repo_id: int, digest: str) -> None:
+        exists = conn.scalar(
+            select(RepositoryBlob.digest).where(
+                RepositoryBlob.repository_id == repo_id, RepositoryBlob.digest == digest
+            )
+        )
+        if exists is None:
+            conn.execute(
+                RepositoryBlob.__table__.insert().values(
+                    repository_id=repo_id, digest=digest, created_at=_now()
+                )
+            )
+
+    def mount_blob(self, repo: str, digest: str, source_repo: str) -> int | None:
+        """Link a blob that ``source_repo`` holds into ``repo``; its size, or None."""
+        with self.engine.begin() as conn:
+            size = conn.scalar(_LINKED_BLOB_SIZE, {"repo": source_repo, "digest": digest})
+            if size is None:
+                return None
+            self._link(conn, self._ensure_repository(conn, repo), digest)
+            return int(size)
+
+    def unlink_blob(self, repo: str, digest: str) -> bool:
+        with self.engine.begin() as conn:
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None:
+                return False
+            result = conn.execute(
+                delete(RepositoryBlob).where(
+                    RepositoryBlob.repository_id == repo_id, RepositoryBlob.digest == digest
+                )
+            )
+            return bool(result.rowcount)
+
+    def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
+        wanted = set(digests)
+        if not wanted:
+            return []
+        with self.engine.connect() as conn:
+            found = set(
+                conn.scalars(
+                    select(RepositoryBlob.digest).where(
+                        RepositoryBlob.repository_id == _repo_id,
+                        RepositoryBlob.digest.in_(wanted),
+                    ),
+                    {"repo": repo},
+                )
+            )
+        return sorted(wanted - found)
+
+    def blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
+        wanted = list(set(digests))
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(wanted)))
+            return {d: int(s) for d, s in rows}
+
+    def all_blobs(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {d: int(s) for d, s in conn.execute(select(Blob.digest, Blob.size))}
+
+    def unreferenced_blobs(self, older_than: datetime) -> list[str]:
+        """Blobs no repository links: what garbage collection may delete."""
+        linked = select(RepositoryBlob.digest).where(RepositoryBlob.digest == Blob.digest)
+        stmt = select(Blob.digest).where(~linked.exists(), Blob.created_at < older_than)
+        with self.engine.connect() as conn:
+            return list(conn.scalars(stmt))
+
+    def forget_blob(self, digest: str) -> bool:
+        """Drop a blob row, unless a repository linked it meanwhile."""
+        with self.engine.begin() as conn:
+            linked = conn.scalar(
+                select(func.count()).select_from(RepositoryBlob).where(
+                    RepositoryBlob.digest == digest
+                )
+            )
+            if linked:
+                return False
+            conn.execute(delete(Blob).where(Blob.digest == digest))
+            return True
+
+    # -- uploads -----------------------------------------------------------
+
+    def create_upload(self, upload_id: str, repo: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                Upload.__table__.insert().values(id=upload_id, repository=repo, created_at=_now())
+            )
+
+    def upload_repository(self, upload_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(Upload.repository).where(Upload.id == upload_id))
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(Upload).where(Upload.id == upload_id))
+
+    def list_uploads(self) -> dict[str, datetime]:
+        with self.engine.connect() as conn:
+            return {i: c for i, c in conn.execute(select(Upload.id, Upload.created_at))}
+
+    # -- manifests and tags ------------------------------------------------
+
+    def get_manifest(self, repo: str, reference: str, *, by_digest: bool) -> StoredManifest | None:
+        stmt = _MANIFEST_BY_DIGEST if by_digest else _MANIFEST_BY_TAG
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt, {"repo": repo, "ref": reference}).first()
+        if row is None:
+            return None
+        return StoredManifest(row[0], row[1], bytes(row[2]), row[3])
+
+    def missing_manifests(self, repo: str, digests: Iterable[str]) -> list[str]:
+        wanted = set(digests)
+        if not wanted:
+            return []
+        with self.engine.connect() as conn:
+            found = set(
+                conn.scalars(
+                    select(Manifest.digest).where(
+                        Manifest.repository_id == _repo_id, Manifest.digest.in_(wanted)
+                    ),
+                    {"repo": repo},
+                )
+            )
+        return sorted(wanted - found)
+
+    def put_manifest(self, repo: str, manifest: NewManifest, tag: str | None) -> None:
+        with self.engine.begin() as conn:
+            repo_id = self._ensure_repository(conn, repo)
+            manifest_id = conn.scalar(
+                select(Manifest.id).where(
+                    Manifest.repository_id == repo_id, Manifest.digest == manifest.digest
+                )
+            )
+            if manifest_id is None:
+                try:
+                    with conn.begin_nested():
+                        result = conn.execute(
+                            Manifest.__table__.insert().values(
+                                repository_id=repo_id,
+                                digest=manifest.digest,
+                                media_type=manifest.media_type,
+                                artifact_type=manifest.artifact_type,
+                                subject_digest=manifest.subject_digest,
+                                annotations=json.dumps(manifest.annotations)
+                                if manifest.annotations
+                                else None,
+                                size=len(manifest.content),
+                                content=manifest.content,
+                                created_at=_now(),
+                            )
+                        )
+                except IntegrityError:
+                    manifest_id = conn.scalar(
+                        select(Manifest.id).where(
+                            Manifest.repository_id == repo_id,
+                            Manifest.digest == manifest.digest,
+                        )
+                    )
+                else:
+                    manifest_id = result.inserted_primary_key[0]
+                    refs = [
+                        {"manifest_id": manifest_id, "digest": d, "kind": BLOB_REFERENCE}
+                        for d in dict.fromkeys(manifest.blob_digests)
+                    ] + [
+                        {"manifest_id": manifest_id, "digest": d, "kind": MANIFEST_REFERENCE}
+                        for d in dict.fromkeys(manifest.child_digests)
+                    ]
+                    if refs:
+                        conn.execute(ManifestReference.__table__.insert(), refs)
+            if tag is not None:
+                self._set_tag(conn, repo_id, tag, int(manifest_id))
+
+    @staticmethod
+    def _set_tag(conn: Connection, repo_id: int, tag: str, manifest_id: int) -> None:
+        updated = conn.execute(
+            Tag.__table__.update()
+            .where(Tag.repository_id == repo_id, Tag.name == tag)
+            .values(manifest_id=manifest_id, updated_at=_now())
+        )
+        if not updated.rowcount:
+            conn.execute(
+                Tag.__table__.insert().values(
+                    repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
+                )
+            )
+
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest and every tag naming it."""
+        with self.engine.begin() as conn:
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None:
+                return False
+            manifest_id = conn.scalar(
+                select(Manifest.id).where(
+                    Manifest.repository_id == repo_id, Manifest.digest == digest
+                )
+            )
+            if manifest_id is None:
+                return False
+            conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+            conn.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
+            conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            return True
+
+    def delete_tag(self, repo: str, tag: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(Tag).where(Tag.repository_id == _repo_id, Tag.name == tag), {"repo": repo}
+            )
+            return bool(result.rowcount)
+
+    def list_tags(self, repo: str, limit: int | None, last: str | None) -> list[str] | None:
+        """Tags in lexical order; None when the repository does not exist."""
+        with self.engine.connect() as conn:
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None:
+                return None
+            stmt = select(Tag.name).where(Tag.repository_id == repo_id).order_by(Tag.name)
+            if last:
+                stmt = stmt.where(Tag.name > last)
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            return list(conn.scalars(stmt))
+
+    def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:
+        stmt = (
+            select(
+                Manifest.digest,
+                Manifest.media_type,
+                Manifest.size,
+                Manifest.artifact_type,
+                Manifest.annotations,
+            )
+            .where(and_(Manifest.repository_id == _repo_id, Manifest.subject_digest == subject))
+            .order_by(Manifest.created_at, Manifest.id)
+        )
+        if artifact_type is not None:
+            stmt = stmt.where(Manifest.artifact_type == artifact_type)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, {"repo": repo}).all()
+        return [
+            Referrer(d, m, int(s), a, json.loads(ann) if ann else None) for d, m, s, a, ann in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, for health reports and consistency checks."""
+        tables = {
+            "repositories": Repository,
+            "blobs": Blob,
+            "repository_blobs": RepositoryBlob,
+            "manifests": Manifest,
+            "tags": Tag,
+            "uploads": Upload,
+        }
+        with self.engine.connect() as conn:
+            return {
+                name: int(conn.scalar(select(func.count()).select_from(model)) or 0)
+                for name, model in tables.items()
+            }

@@ -1,0 +1,246 @@
+"""Blob reads, uploads and cross-repository mounts.
+
+Bytes go to the blob store; the link that makes a blob visible in a
+repository is written to metadata only after the store has verified and
+published the content."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+from moorage.metadata import MetadataStore
+from moorage.oci.digest import Digest, DigestError, parse_digest
+from moorage.registry.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+    Unsupported,
+)
+from moorage.storage import BlobStore, DigestMismatch, TruncatedBody, UploadMissing
+
+log = logging.getLogger("moorage.registry")
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def require_digest(value: str | None) -> Digest:
+    if not value:
+        raise DigestInvalid("a digest is required")
+    try:
+        return parse_digest(value)
+    except DigestError as exc:
+        if exc.unsupported:
+            raise Unsupported(str(exc)) from exc
+        raise DigestInvalid(str(exc)) from exc
+
+
+def range_header(size: int) -> str:
+    """The Range reply header: the inclusive span received so far (``0-0`` when empty)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+@dataclass(frozen=True)
+class BlobHandle:
+    digest: Digest
+    size: int
+    path: str | None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    upload_id: str
+    size: int
+
+
+class BlobService:
+    def __init__(self, store: BlobStore, metadata: MetadataStore) -> None:
+        self.store = store
+        self.metadata = metadata
+
+    # -- reads and deletes -------------------------------------------------
+
+    def get(self, repo: str, digest_value: str) -> BlobHandle:
+        digest = require_digest(digest_value)
+        size = self.metadata.linked_blob_size(repo, str(digest))
+        if size is None or self.store.blob_size(digest) is None:
+            raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
+        return BlobHandle(digest, size, self.store.local_path(digest))
+
+    def delete(self, repo: str, digest_value: str) -> Digest:
+        """Unlink a blob from one repository; the bytes go when garbage collection runs."""
+        digest = require_digest(digest_value)
+        if not self.metadata.unlink_blob(repo, str(digest)):
+            raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
+        return digest
+
+    # -- uploads -----------------------------------------------------------
+
+    def start_upload(self, repo: str) -> UploadState:
+        upload_id = uuid.uuid4().hex
+        self.store.create_upload(upload_id)
+        try:
+            self.metadata.create_upload(upload_id, repo)
+        except BaseException:
+            self.store.discard_upload(upload_id)
+            raise
+        return UploadState(upload_id, 0)
+
+    def mount(self, repo: str, digest_value: str, source_repo: str | None) -> Digest | None:
+        """Link a blob from ``source_repo``; None means "upload it instead"."""
+        try:
+            digest = parse_digest(digest_value)
+        except DigestError:
+            return None
+        if not source_repo or source_repo == repo:
+            return None
+        if self.store.blob_size(digest) is None:
+            return None
+        if self.metadata.mount_blob(repo, str(digest), source_repo) is None:
+            return None
+        return digest
+
+    async def upload_whole(
+        self, repo: str, digest_value: str, body: AsyncIterable[bytes], length: int | None
+    ) -> Digest:
+        """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
+        digest = require_digest(digest_value)
+        upload_id = uuid.uuid4().hex
+        self.store.create_upload(upload_id)
+        try:
+            await self._append(upload_id, body, length)
+            await self._commit(upload_id, digest)
+        finally:
+            self.store.discard_upload(upload_id)
+        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
+        return digest
+
+    def _session(self, repo: str, upload_id: str) -> int:
+        if self.metadata.upload_repository(upload_id) != repo:
+            raise BlobUploadUnknown("blob upload unknown to registry")
+        size = self.store.upload_size(upload_id)
+        if size is None:
+            raise BlobUploadUnknown("blob upload unknown to registry")
+        return size
+
+    def status(self, repo: str, upload_id: str) -> UploadState:
+        return UploadState(upload_id, self._session(repo, upload_id))
+
+    def _check_range(
+        self, upload_id: str, size: int, content_range: str | None, length: int | None
+    ) -> int | None:
+        """Validate Content-Range against the session; returns the chunk length it implies."""
+        if not content_range:
+            return length
+        match = _CONTENT_RANGE.match(content_range.strip())
+        if not match:
+            raise RangeInvalid(
+                f"malformed Content-Range {content_range[:60]!r}",
+                headers={"Range": range_header(size)},
+            )
+        start, end = int(match.group(1)), int(match.group(2))
+        if start != size or end < start:
+            raise RangeInvalid(
+                f"chunk {start}-{end} does not continue the upload at offset {size}",
+                headers={"Range": range_header(size)},
+            )
+        chunk = end - start + 1
+        if length is not None and length != chunk:
+            raise SizeInvalid(
+                f"Content-Length {length} does not match Content-Range {start}-{end}"
+            )
+        return chunk
+
+    async def append(
+        self,
+        repo: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        content_range: str | None,
+        length: int | None,
+    ) -> UploadState:
+        size = self._session(repo, upload_id)
+        expected = self._check_range(upload_id, size, content_range, length)
+        return UploadState(upload_id, await self._append(upload_id, body, expected))
+
+    async def finish(
+        self,
+        repo: str,
+        upload_id: str,
+        digest_value: str | None,
+        body: AsyncIterable[bytes] | None,
+        content_range: str | None,
+        length: int | None,
+    ) -> Digest:
+        size = self._session(repo, upload_id)
+        digest = require_digest(digest_value)
+        if body is not None:
+            expected = self._check_range(upload_id, size, content_range, length)
+            await self._append(upload_id, body, expected)
+        try:
+            await self._commit(upload_id, digest)
+        except (DigestInvalid, BlobUploadInvalid):
+            self._end_session(upload_id)
+            raise
+        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
+        self._end_session(upload_id)
+        return digest
+
+    def cancel(self, repo: str, upload_id: str) -> None:
+        self._session(repo, upload_id)
+        self._end_session(upload_id)
+
+    def _end_session(self, upload_id: str) -> None:
+        self.metadata.delete_upload(upload_id)
+        self.store.discard_upload(upload_id)
+
+    async def _append(
+        self, upload_id: str, body: AsyncIterable[bytes], expected: int | None
+    ) -> int:
+        try:
+            return await self.store.append(upload_id, body, expected)
+        except UploadMissing as exc:
+            raise BlobUploadUnknown("blob upload unknown to registry") from exc
+        except TruncatedBody as exc:
+            raise SizeInvalid(str(exc)) from exc
+
+    async def _commit(self, upload_id: str, digest: Digest) -> None:
+        try:
+            await self.store.commit(upload_id, digest)
+        except UploadMissing as exc:
+            raise BlobUploadUnknown("blob upload unknown to registry") from exc
+        except DigestMismatch as exc:
+            raise DigestInvalid(
+                "provided digest did not match uploaded content",
+                detail={"digest": str(digest), "reason": str(exc)},
+            ) from exc
+
+    def _committed_size(self, digest: Digest) -> int:
+        size = self.store.blob_size(digest)
+        if size is None:  # pragma: no cover - the store just published it
+            raise BlobUnknown("blob vanished after commit")
+        return size
+
+    # -- crash recovery ----------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Make uploads consistent after a crash: sessions without staged bytes are
+        forgotten, staged bytes without a session are deleted. Sessions with both
+        stay resumable."""
+        sessions = set(self.metadata.list_uploads())
+        staged = set(self.store.iter_uploads())
+        for upload_id in sessions - staged:
+            self.metadata.delete_upload(upload_id)
+        for upload_id in staged - sessions:
+            self.store.discard_upload(upload_id)
+        return {
+            "resumable": len(sessions & staged),
+            "forgotten_sessions": len(sessions - staged),
+            "deleted_staging": len(staged - sessions),
+        }

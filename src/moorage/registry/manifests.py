@@ -1,0 +1,206 @@
+"""Manifests, tags, referrers and the catalog.
+
+A manifest is accepted only when everything it names is already in the
+repository, and it is stored byte-exact with its tag in one transaction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.metadata import MetadataStore, NewManifest, StoredManifest
+from moorage.oci.digest import digest_bytes
+from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
+from moorage.oci.names import NameError_, is_digest, validate_tag
+from moorage.registry.blobs import require_digest
+from moorage.registry.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+    SizeInvalid,
+    Unsupported,
+)
+
+DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+class ManifestTooLarge(RegistryError):
+    code = "SIZE_INVALID"
+    status = 413
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: str
+    subject: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[str]
+    next_last: str | None
+
+
+def _accepts(accept: list[str], media_type: str) -> bool:
+    """Content negotiation: no Accept, a wildcard or the stored type itself."""
+    if not accept:
+        return True
+    for entry in accept:
+        for part in entry.split(","):
+            value = part.split(";", 1)[0].strip().lower()
+            if value in ("*/*", "application/*", media_type) or not value:
+                return True
+    return False
+
+
+class ManifestService:
+    def __init__(
+        self, metadata: MetadataStore, max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+    ) -> None:
+        self.metadata = metadata
+        self.max_manifest_bytes = max_manifest_bytes
+
+    def _reference(self, reference: str) -> bool:
+        """Validate a reference; True when it is a digest."""
+        if is_digest(reference):
+            require_digest(reference)
+            return True
+        try:
+            validate_tag(reference)
+        except NameError_ as exc:
+            raise ManifestInvalid(str(exc), detail={"tag": reference[:140]}) from exc
+        return False
+
+    def _lookup_reference(self, reference: str) -> bool:
+        """Like _reference, but a malformed tag names nothing, so reads answer 404."""
+        try:
+            return self._reference(reference)
+        except ManifestInvalid as exc:
+            raise ManifestUnknown(
+                "manifest unknown to registry", detail={"reference": reference[:140]}
+            ) from exc
+
+    def get(self, repo: str, reference: str, accept: list[str]) -> StoredManifest:
+        by_digest = self._lookup_reference(reference)
+        manifest = self.metadata.get_manifest(repo, reference, by_digest=by_digest)
+        if manifest is None:
+            raise ManifestUnknown("manifest unknown to registry", detail={"reference": reference})
+        if not _accepts(accept, manifest.media_type):
+            raise ManifestUnknown(
+                f"manifest is {manifest.media_type}, which the Accept header does not list",
+                detail={"reference": reference, "mediaType": manifest.media_type},
+            )
+        return manifest
+
+    def too_large(self) -> ManifestTooLarge:
+        return ManifestTooLarge(f"manifest is larger than the {self.max_manifest_bytes}-byte limit")
+
+    def check_size(self, length: int | None) -> None:
+        if length is not None and length > self.max_manifest_bytes:
+            raise self.too_large()
+
+    def put(self, repo: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
+        self.check_size(len(body))
+        by_digest = self._reference(reference)
+        if by_digest:
+            claimed = require_digest(reference)
+            actual = digest_bytes(body, claimed.algorithm)
+            if actual != claimed:
+                raise DigestInvalid(
+                    "manifest content does not match the digest in the reference",
+                    detail={"reference": reference, "actual": str(actual)},
+                )
+            digest = str(claimed)
+        else:
+            digest = str(digest_bytes(body))
+        try:
+            parsed = parse_manifest(body, content_type)
+        except ManifestError as exc:
+            if exc.unsupported:
+                raise Unsupported(str(exc)) from exc
+            raise ManifestInvalid(str(exc)) from exc
+
+        blobs = parsed.required_blobs
+        missing = self.metadata.missing_blobs(repo, (b.digest for b in blobs))
+        if missing:
+            raise ManifestBlobUnknown(
+                "manifest references blobs unknown to this repository",
+                detail={"missing": missing},
+            )
+        sizes = self.metadata.blob_sizes(b.digest for b in blobs)
+        for blob in blobs:
+            if sizes.get(blob.digest) != blob.size:
+                raise ManifestInvalid(
+                    "descriptor size does not match the stored blob",
+                    detail={"digest": blob.digest, "size": blob.size},
+                )
+        missing = self.metadata.missing_manifests(repo, (m.digest for m in parsed.manifests))
+        if missing:
+            raise ManifestBlobUnknown(
+                "index references manifests unknown to this repository",
+                detail={"missing": missing},
+            )
+        self.metadata.put_manifest(
+            repo,
+            NewManifest(
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.referrer_artifact_type,
+                subject_digest=parsed.subject.digest if parsed.subject else None,
+                annotations=parsed.annotations,
+                content=body,
+                blob_digests=[b.digest for b in blobs],
+                child_digests=[m.digest for m in parsed.manifests],
+            ),
+            tag=None if by_digest else reference,
+        )
+        return PutResult(digest, parsed.subject.digest if parsed.subject else None)
+
+    def delete(self, repo: str, reference: str) -> None:
+        """By digest: the manifest and its tags. By tag: only that tag."""
+        if self._lookup_reference(reference):
+            found = self.metadata.delete_manifest(repo, reference)
+        else:
+            found = self.metadata.delete_tag(repo, reference)
+        if not found:
+            raise ManifestUnknown("manifest unknown to registry", detail={"reference": reference})
+
+    # -- listings ----------------------------------------------------------
+
+    @staticmethod
+    def _page(items: list[str], limit: int | None) -> Page:
+        full = limit is not None and len(items) == limit and limit > 0
+        return Page(items, items[-1] if full else None)
+
+    def tags(self, repo: str, limit: int | None, last: str | None) -> Page:
+        tags = self.metadata.list_tags(repo, limit, last)
+        if tags is None:
+            raise NameUnknown("repository name not known to registry", detail={"name": repo})
+        return self._page(tags, limit)
+
+    def catalog(self, limit: int | None, last: str | None) -> Page:
+        return self._page(self.metadata.list_repositories(limit, last), limit)
+
+    def referrers(self, repo: str, digest_value: str, artifact_type: str | None) -> bytes:
+        digest = require_digest(digest_value)
+        descriptors: list[dict[str, Any]] = []
+        for ref in self.metadata.referrers(repo, str(digest), artifact_type):
+            descriptor: dict[str, Any] = {
+                "mediaType": ref.media_type,
+                "digest": ref.digest,
+                "size": ref.size,
+            }
+            if ref.artifact_type:
+                descriptor["artifactType"] = ref.artifact_type
+            if ref.annotations:
+                descriptor["annotations"] = ref.annotations
+            descriptors.append(descriptor)
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+        return json.dumps(index, separators=(",", ":")).encode()
+
+
+__all__ = ["ManifestService", "ManifestTooLarge", "Page", "PutResult", "SizeInvalid"]
