@@ -1,0 +1,112 @@
+"""Starts the real ``moorage serve`` as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+MOORAGE = Path(sys.executable).with_name("moorage")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MoorageServer:
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self) -> MoorageServer:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(MOORAGE), "serve", "--auth", "none", "--port", str(self.port), "--data",
+             str(self.data_dir), *self.extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moorage exited early; see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"moorage did not become healthy; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def kill9(self) -> None:
+        """SIGKILL to the supervisor and the worker alike: a crash, not a shutdown."""
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def access_log(self) -> list[dict[str, object]]:
+        entries = []
+        for line in self.log_text().splitlines():
+            _, marker, payload = line.partition(" moorage.access ")
+            if marker:
+                entries.append(json.loads(payload))
+        return entries
+
+    # -- what is on disk and in the database, for "nothing changed" checks --
+
+    def blob_files(self) -> set[str]:
+        root = self.data_dir / "blobs"
+        return {f"{p.parent.parent.name}:{p.name}" for p in root.glob("*/*/*") if p.is_file()}
+
+    def upload_files(self) -> set[str]:
+        return {p.name for p in (self.data_dir / "uploads").iterdir()}
+
+    def db_rows(self) -> dict[str, list[tuple[object, ...]]]:
+        con = sqlite3.connect(self.data_dir / "metadata.db")
+        try:
+            tables = ["repositories", "blobs", "repository_blobs", "manifests", "tags", "uploads",
+                      "manifest_references"]
+            return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+        finally:
+            con.close()
+
+    def snapshot(self) -> tuple[set[str], set[str], dict[str, list[tuple[object, ...]]]]:
+        return self.blob_files(), self.upload_files(), self.db_rows()
