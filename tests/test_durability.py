@@ -1,0 +1,202 @@
+"""Crash safety, graceful shutdown and concurrent pushes, against the real
+server process (``kill -9`` is a real SIGKILL to the whole process group)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from tests.helpers import error_code, push_blob, put_manifest, simple_manifest
+from tests.oci_layout import sha256
+from tests.server import MoorageServer
+
+CHUNK = 8 * 1024 * 1024
+
+
+def assert_store_consistent(registry: MoorageServer) -> None:
+    """Every published blob hashes to its name and every blob row has its file."""
+    root = registry.data_dir / "blobs"
+    files = {}
+    for path in root.glob("*/*/*"):
+        algorithm = path.parent.parent.name
+        digest = hashlib.new(algorithm)
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        assert digest.hexdigest() == path.name, f"{path} is corrupt"
+        files[f"{algorithm}:{path.name}"] = path.stat().st_size
+    assert not [p for p in root.rglob("*") if p.is_file() and len(p.name) < 64], "stray files"
+    con = sqlite3.connect(registry.data_dir / "metadata.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for digest, size in con.execute("SELECT digest, size FROM blobs"):
+            assert files.get(digest) == size, f"blob row {digest} has no matching file"
+    finally:
+        con.close()
+
+
+def test_kill9_during_chunked_upload_then_resume(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    registry: MoorageServer = server_factory(tmp_path / "data")
+    data = os.urandom(24 * CHUNK)
+    digest = sha256(data)
+    location = requests.post(f"{registry.url}/v2/crash/big/blobs/uploads/", timeout=5).headers["Location"]
+    acked = 0
+    for _ in range(4):
+        r = requests.patch(f"{registry.url}{location}", data=data[acked:acked + CHUNK],
+                           headers={"Content-Range": f"{acked}-{acked + CHUNK - 1}"}, timeout=30)
+        assert r.status_code == 202
+        acked += CHUNK
+
+    sent = threading.Event()
+
+    def slow_rest() -> Iterator[bytes]:
+        for offset in range(acked, len(data), 1 << 20):
+            yield data[offset:offset + (1 << 20)]
+            if offset - acked >= 6 * CHUNK:
+                sent.set()
+                time.sleep(0.05)
+
+    def stream() -> None:
+        try:
+            requests.patch(f"{registry.url}{location}", data=slow_rest(), timeout=60)
+        except requests.RequestException:
+            pass  # the server dies under it; that is the point
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    assert sent.wait(60)
+    registry.kill9()
+    streamer.join(60)
+
+    # No partial blob anywhere, before or after the restart.
+    assert registry.blob_files() == set()
+    registry.start()
+    assert registry.blob_files() == set()
+    r = requests.get(f"{registry.url}/v2/crash/big/blobs/{digest}", timeout=5)
+    assert r.status_code == 404 and error_code(r) == "BLOB_UNKNOWN"
+    assert_store_consistent(registry)
+
+    status = requests.get(f"{registry.url}{location}", timeout=5)
+    if status.status_code == 404:
+        assert error_code(status) == "BLOB_UPLOAD_UNKNOWN"
+        return
+    assert status.status_code == 204
+    offset = int(status.headers["Range"].split("-")[1]) + 1
+    assert offset >= acked, "acknowledged chunks were lost"
+    r = requests.patch(f"{registry.url}{location}", data=data[offset:],
+                       headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=60)
+    assert r.status_code == 202, r.text
+    done = requests.put(f"{registry.url}{location}", params={"digest": digest}, timeout=60)
+    assert done.status_code == 201, done.text
+    fetched = requests.get(f"{registry.url}/v2/crash/big/blobs/{digest}", timeout=60)
+    assert hashlib.sha256(fetched.content).hexdigest() == digest.split(":")[1]
+    assert_store_consistent(registry)
+
+
+def test_kill9_after_pushes_keeps_every_acknowledged_push(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    registry: MoorageServer = server_factory(tmp_path / "data")
+    bodies = {}
+    for i in range(5):
+        repo = f"crash/img{i}"
+        bodies[repo] = simple_manifest(registry, repo, seed=os.urandom(1000))
+        assert put_manifest(registry, repo, "v1", bodies[repo]).status_code == 201
+    registry.kill9()
+    registry.start()
+    for repo, body in bodies.items():
+        r = requests.get(f"{registry.url}/v2/{repo}/manifests/v1", timeout=5)
+        assert r.content == body
+    assert_store_consistent(registry)
+
+
+def test_graceful_shutdown_finishes_inflight_upload(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    registry: MoorageServer = server_factory(tmp_path / "data")
+    data = os.urandom(16 * (1 << 20))
+    location = requests.post(f"{registry.url}/v2/drain/blob/blobs/uploads/", timeout=5).headers["Location"]
+    halfway = threading.Event()
+    result: dict[str, object] = {}
+
+    def slow() -> Iterator[bytes]:
+        for i in range(16):
+            if i == 4:
+                halfway.set()
+            time.sleep(0.1)
+            yield data[i << 20:(i + 1) << 20]
+
+    def stream() -> None:
+        try:
+            result["response"] = requests.patch(f"{registry.url}{location}", data=slow(), timeout=60)
+        except requests.RequestException as exc:
+            result["error"] = exc
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    assert halfway.wait(30)
+    assert registry.process is not None
+    os.killpg(registry.process.pid, signal.SIGTERM)
+    streamer.join(60)
+    registry.stop()
+    registry.start()
+    status = requests.get(f"{registry.url}{location}", timeout=5)
+    response = result.get("response")
+    if isinstance(response, requests.Response) and response.status_code == 202:
+        # Finished before the worker stopped: every byte is there.
+        assert status.headers["Range"] == f"0-{len(data) - 1}"
+    else:
+        # Cut short: the session resumes from a prefix of what was sent.
+        assert status.status_code == 204
+        offset = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
+        r = requests.patch(f"{registry.url}{location}", data=data[offset:],
+                           headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=30)
+        assert r.status_code == 202
+    done = requests.put(f"{registry.url}{location}", params={"digest": sha256(data)}, timeout=30)
+    assert done.status_code == 201, done.text
+    assert_store_consistent(registry)
+
+
+def test_twenty_identical_concurrent_pushes(registry: MoorageServer) -> None:
+    data = os.urandom(4 * (1 << 20))
+    digest = sha256(data)
+
+    def monolithic(i: int) -> int:
+        return push_blob(registry, f"race/repo{i % 4}", data) and 201
+
+    def chunked(i: int) -> int:
+        repo = f"race/repo{i % 4}"
+        location = requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=30).headers["Location"]
+        half = len(data) // 2
+        r = requests.patch(f"{registry.url}{location}", data=data[:half],
+                           headers={"Content-Range": f"0-{half - 1}"}, timeout=30)
+        assert r.status_code == 202
+        return requests.put(f"{registry.url}{r.headers['Location']}", params={"digest": digest},
+                            data=data[half:], timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(monolithic if i % 2 else chunked, i) for i in range(20)]
+        assert [f.result() for f in futures] == [201] * 20
+
+    assert [f for f in registry.blob_files() if f == digest] == [digest]
+    rows = registry.db_rows()
+    assert [r for r in rows["blobs"] if r[0] == digest] and len([r for r in rows["blobs"] if r[0] == digest]) == 1
+    assert len([r for r in rows["repository_blobs"] if r[1] == digest]) == 4
+    assert registry.upload_files() == set()
+    for i in range(4):
+        r = requests.get(f"{registry.url}/v2/race/repo{i}/blobs/{digest}", timeout=30)
+        assert r.content == data
+
+    # And twenty clients tagging the same manifest at once.
+    body = simple_manifest(registry, "race/repo0")
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        codes = list(pool.map(lambda _: put_manifest(registry, "race/repo0", "latest", body).status_code,
+                              range(20)))
+    assert codes == [201] * 20
+    assert len([m for m in registry.db_rows()["manifests"] if m[2] == sha256(body)]) == 1
+    assert_store_consistent(registry)
