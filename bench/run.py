@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""`make bench`: Moorage beside CNCF Distribution (and nginx for raw file
+serving), on loopback, in the same run, alternating, several rounds. Writes
+medians and Moorage/Distribution ratios to docs/benchmarks.md.
+
+Every figure is a throughput or a rate, so a ratio above 1.0 always means
+Moorage did better."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.oci_layout import make_image, sha256, tar_layer, write_layout  # noqa: E402
+from tests.server import free_port  # noqa: E402
+
+GIB = 1 << 30
+MIB = 1 << 20
+CHUNK = 16 * MIB
+CACHE = Path(os.environ.get("MOORAGE_BENCH_CACHE", "/var/tmp/moorage-bench"))
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+# -- servers -----------------------------------------------------------------
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total += int(match.group(1)) * 1024 if match else 0
+        stack.extend(int(c) for c in children)
+    return total
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss(self.pid))
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        pass
+
+    def start(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        self.prepare()
+        log = (self.workdir / "server.log").open("wb")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection(self.host, timeout=1)
+                conn.request("GET", "/v2/")
+                if conn.getresponse().status in (200, 401, 404):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start; see {self.workdir / 'server.log'}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+
+
+class Moorage(Server):
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("moorage")), "serve", "--auth", "none",
+                "--port", str(self.port), "--data", str(self.workdir / "data")]
+
+
+class Distribution(Server):
+    def prepare(self) -> None:
+        (self.workdir / "config.yml").write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+
+    def command(self) -> list[str]:
+        return ["docker-registry", "serve", str(self.workdir / "config.yml")]
+
+
+class Nginx(Server):
+    """nginx serving one file with sendfile: the practical ceiling for blob GET."""
+
+    def __init__(self, name: str, port: int, workdir: Path, blob: Path) -> None:
+        super().__init__(name, port, workdir)
+        self.blob = blob
+
+    def prepare(self) -> None:
+        (self.workdir / "v2").mkdir()
+        os.symlink(self.blob, self.workdir / "v2" / "blob")
+        (self.workdir / "nginx.conf").write_text(
+            "user root; daemon off; worker_processes 1; error_log stderr error; pid nginx.pid;\n"
+            "events { worker_connections 64; }\n"
+            "http { access_log off; sendfile on; tcp_nopush on;\n"
+            f"  server {{ listen {self.host}; root {self.workdir};\n"
+            "    location = /v2/ { return 200 '{}'; } } }\n"
+        )
+
+    def command(self) -> list[str]:
+        return ["nginx", "-p", str(self.workdir), "-c", str(self.workdir / "nginx.conf")]
+
+
+# -- clients -----------------------------------------------------------------
+
+
+def curl_get(host: str, path: str, range_header: str | None = None) -> float:
+    """MB/s of a GET as curl measures it: the median of three, as one GET is noisy here."""
+    return statistics.median(_curl_get(host, path, range_header) for _ in range(3))
+
+
+def _curl_get(host: str, path: str, range_header: str | None) -> float:
+    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}", "--fail"]
+    if range_header:
+        args += ["-H", f"Range: {range_header}"]
+    out = subprocess.run([*args, f"http://{host}{path}"], capture_output=True, text=True, check=True)
+    speed, _ = out.stdout.split()
+    return float(speed) / 1e6
+
+
+def _request(conn: http.client.HTTPConnection, method: str, path: str, body: object = None,
+             headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path} -> {response.status}")
+    return response
+
+
+def upload_monolithic(host: str, repo: str, path: Path, digest: str) -> float:
+    conn = http.client.HTTPConnection(host, timeout=600, blocksize=MIB)
+    started = time.perf_counter()
+    location = _request(conn, "POST", f"/v2/{repo}/blobs/uploads/").getheader("Location") or ""
+    location = location.split(host, 1)[-1]
+    sep = "&" if "?" in location else "?"
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        _request(conn, "PUT", f"{location}{sep}digest={digest}", body=f,
+                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+    return size / 1e6 / (time.perf_counter() - started)
+
+
+def upload_chunked(host: str, repo: str, path: Path, digest: str) -> float:
+    conn = http.client.HTTPConnection(host, timeout=600, blocksize=MIB)
+    size = path.stat().st_size
+    started = time.perf_counter()
+    location = _request(conn, "POST", f"/v2/{repo}/blobs/uploads/").getheader("Location") or ""
+    with path.open("rb") as f:
+        offset = 0
+        while offset < size:
+            chunk = f.read(CHUNK)
+            response = _request(conn, "PATCH", location.split(host, 1)[-1], body=chunk, headers={
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                "Content-Length": str(len(chunk)), "Content-Type": "application/octet-stream"})
+            location = response.getheader("Location") or location
+            offset += len(chunk)
+    location = location.split(host, 1)[-1]
+    sep = "&" if "?" in location else "?"
+    _request(conn, "PUT", f"{location}{sep}digest={digest}", headers={"Content-Length": "0"})
+    return size / 1e6 / (time.perf_counter() - started)
+
+
+def skopeo_push(host: str, repo: str, layout: Path, size: int) -> float:
+    for cache in Path("/var/lib/containers/cache").glob("blob-info-cache*"):
+        cache.unlink()  # no remembered locations: every run uploads every blob
+    started = time.perf_counter()
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                    f"docker://{host}/{repo}:v1"], check=True, capture_output=True)
+    return size / 1e6 / (time.perf_counter() - started)
+
+
+def skopeo_pull(host: str, repo: str, size: int, scratch: Path) -> float:
+    out = scratch / "pull"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/{repo}:v1",
+                    f"dir:{out}"], check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    return size / 1e6 / elapsed
+
+
+def wrk_get(host: str, path: str, seconds: int) -> float:
+    out = subprocess.run(["wrk", "-t2", "-c8", f"-d{seconds}s", "-H", f"Accept: {OCI_MANIFEST}",
+                          f"http://{host}{path}"], capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} failed responses from {host}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def ab_head(host: str, path: str, requests: int) -> float:
+    out = subprocess.run(["ab", "-q", "-k", "-i", "-c8", f"-n{requests}", "-H", f"Accept: {OCI_MANIFEST}",
+                          f"http://{host}{path}"], capture_output=True, text=True, check=True).stdout
+    failed = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    if failed:
+        raise RuntimeError(f"ab saw {failed.group(1)} failed responses from {host}")
+    return float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+# -- fixtures ----------------------------------------------------------------
+
+
+def big_file(size: int) -> tuple[Path, str]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"random-{size}.bin"
+    if not path.exists() or path.stat().st_size != size:
+        with path.open("wb") as f:
+            for _ in range(size // (64 * MIB)):
+                f.write(os.urandom(64 * MIB))
+    digest_path = path.with_suffix(".sha256")
+    if not digest_path.exists():
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(16 * MIB):
+                h.update(block)
+        digest_path.write_text("sha256:" + h.hexdigest())
+    return path, digest_path.read_text()
+
+
+def big_layout(blob: Path) -> tuple[Path, int]:
+    """A one-layer OCI layout whose layer is the 1 GiB random file, tarred, gzip level 0."""
+    layout = CACHE / "layout-1gib"
+    marker = layout / "done"
+    if not marker.exists():
+        shutil.rmtree(layout, ignore_errors=True)
+        (layout / "blobs" / "sha256").mkdir(parents=True)
+        tmp = layout / "layer.tmp"
+        subprocess.run(f"tar -C {blob.parent} -cf - {blob.name} | gzip -1 -c > {tmp}",
+                       shell=True, check=True)
+        h = hashlib.sha256()
+        with tmp.open("rb") as f:
+            while block := f.read(16 * MIB):
+                h.update(block)
+        layer_digest = "sha256:" + h.hexdigest()
+        size = tmp.stat().st_size
+        tmp.rename(layout / "blobs" / "sha256" / layer_digest[7:])
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": sha256(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer_digest, "size": size}]}).encode()
+        for data in (config, manifest):
+            (layout / "blobs" / "sha256" / sha256(data)[7:]).write_bytes(data)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": sha256(manifest), "size": len(manifest),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+        marker.write_text("ok")
+    size = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+    return layout, size
+
+
+def many_layer_layout() -> tuple[Path, int]:
+    layout = CACHE / "layout-20"
+    if not (layout / "index.json").exists():
+        image = make_image(layer_count=20, layer_bytes=4 * MIB, seed="bench20")
+        write_layout(image, layout)
+    size = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+    return layout, size
+
+
+def seed_manifest(host: str) -> str:
+    """Push a small image and return its manifest path."""
+    image = make_image(layer_count=3, layer_bytes=1024, seed="rps")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    for blob in [image.config, *image.layers]:
+        location = _request(conn, "POST", "/v2/bench/rps/blobs/uploads/").getheader("Location") or ""
+        location = location.split(host, 1)[-1]
+        sep = "&" if "?" in location else "?"
+        _request(conn, "PUT", f"{location}{sep}digest={sha256(blob)}", body=blob,
+                 headers={"Content-Type": "application/octet-stream"})
+    _request(conn, "PUT", "/v2/bench/rps/manifests/v1", body=image.manifest,
+             headers={"Content-Type": OCI_MANIFEST})
+    return "/v2/bench/rps/manifests/v1"
+
+
+# -- the run -----------------------------------------------------------------
+
+
+@dataclass
+class Metric:
+    name: str
+    unit: str
+    target: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    rss: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, server: str, value: float, rss: int) -> None:
+        self.values.setdefault(server, []).append(value)
+        self.rss.setdefault(server, []).append(rss)
+
+    def median(self, server: str) -> float | None:
+        values = self.values.get(server)
+        return statistics.median(values) if values else None
+
+    def peak_rss(self, server: str) -> int | None:
+        values = self.rss.get(server)
+        return max(values) if values else None
+
+
+def measure(metric: Metric, server: Server, action: Callable[[], float]) -> None:
+    assert server.process is not None
+    with RssSampler(server.process.pid) as sampler:
+        value = action()
+    metric.add(server.name, value, sampler.peak)
+    print(f"  {metric.name:<38} {server.name:<13} {value:14.1f} {metric.unit:<6} "
+          f"peak RSS {sampler.peak / MIB:7.1f} MiB", flush=True)
+
+
+def run(rounds: int, seconds: int, small: bool) -> list[Metric]:
+    blob_size = 256 * MIB if small else GIB
+    blob, blob_digest = big_file(blob_size)
+    small_blob, small_digest = big_file(64 * MIB)
+    layout_big, layout_big_size = big_layout(blob)
+    layout_many, layout_many_size = many_layer_layout()
+    scratch = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
+    label = "1 GiB" if not small else "256 MiB"
+
+    metrics = {
+        "get": Metric(f"blob GET, {label}", "MB/s", ">= 1.0x; within 10% of nginx"),
+        "range": Metric(f"ranged GET, middle 256 MiB of {label}", "MB/s", ">= 1.0x"),
+        "mono": Metric(f"blob upload, monolithic {label}", "MB/s", ">= 1.0x"),
+        "chunk": Metric(f"blob upload, chunked {label} (16 MiB chunks)", "MB/s", ">= 1.0x"),
+        "small": Metric("blob upload, monolithic 64 MiB", "MB/s", "RSS flat"),
+        "push1": Metric(f"skopeo push, 1-layer {label} image", "MB/s", ">= 1.0x"),
+        "pull1": Metric(f"skopeo pull, 1-layer {label} image", "MB/s", ">= 1.0x"),
+        "push20": Metric("skopeo push, 20-layer image", "MB/s", ">= 1.0x"),
+        "pull20": Metric("skopeo pull, 20-layer image", "MB/s", ">= 1.0x"),
+        "mget": Metric("manifest GET, 8 connections (wrk)", "req/s", ">= 2.0x"),
+        "mhead": Metric("manifest HEAD, 8 connections (ab -k)", "req/s", ">= 2.0x"),
+    }
+    ports = {n: free_port() for n in ("Moorage", "Distribution", "nginx")}
+    servers: list[Server] = [
+        Moorage("Moorage", ports["Moorage"], scratch / "moorage"),
+        Distribution("Distribution", ports["Distribution"], scratch / "distribution"),
+    ]
+    nginx = Nginx("nginx", ports["nginx"], scratch / "nginx", blob)
+    mid = blob_size // 2
+    range_header = f"bytes={mid - 128 * MIB}-{mid + 128 * MIB - 1}"
+
+    for r in range(rounds):
+        order = servers if r % 2 == 0 else list(reversed(servers))
+        print(f"round {r + 1}/{rounds}: {', '.join(s.name for s in order)}", flush=True)
+        for server in order:
+            server.start()
+            try:
+                host = server.host
+                measure(metrics["mono"], server, lambda: upload_monolithic(host, "bench/mono", blob, blob_digest))
+                measure(metrics["chunk"], server, lambda: upload_chunked(host, "bench/chunk", blob, blob_digest))
+                measure(metrics["small"], server, lambda: upload_monolithic(host, "bench/small", small_blob, small_digest))
+                path = f"/v2/bench/mono/blobs/{blob_digest}"
+                measure(metrics["get"], server, lambda: curl_get(host, path))
+                measure(metrics["range"], server, lambda: curl_get(host, path, range_header))
+                measure(metrics["push1"], server, lambda: skopeo_push(host, "bench/big", layout_big, layout_big_size))
+                measure(metrics["pull1"], server, lambda: skopeo_pull(host, "bench/big", layout_big_size, scratch))
+                measure(metrics["push20"], server, lambda: skopeo_push(host, "bench/many", layout_many, layout_many_size))
+                measure(metrics["pull20"], server, lambda: skopeo_pull(host, "bench/many", layout_many_size, scratch))
+                manifest = seed_manifest(host)
+                measure(metrics["mget"], server, lambda: wrk_get(host, manifest, seconds))
+                measure(metrics["mhead"], server, lambda: ab_head(host, manifest, 20000 * seconds // 5))
+            finally:
+                server.stop()
+        nginx.start()
+        try:
+            measure(metrics["get"], nginx, lambda: curl_get(nginx.host, "/v2/blob"))
+        finally:
+            nginx.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return list(metrics.values())
+
+
+def versions() -> dict[str, str]:
+    def first_line(*cmd: str) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    return {
+        "Distribution": first_line("docker-registry", "--version"),
+        "skopeo": first_line("skopeo", "--version"),
+        "nginx": first_line("nginx", "-v"),
+        "wrk": first_line("wrk", "--version"),
+        "Python": platform.python_version(),
+    }
+
+
+def render(metrics: list[Metric], rounds: int, seconds: int) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (`bench/run.py`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, loopback. "
+        f"Moorage and CNCF Distribution run in the same session, one at a time, in alternating "
+        f"order over {rounds} rounds; each figure is the median of the rounds. Both use the "
+        "local filesystem; Moorage runs on its embedded defaults (SQLite, one worker) with its "
+        "access log on. Every figure is a throughput or a rate, so a ratio above 1.0 means "
+        f"Moorage did better. Manifest rates are {seconds}-second runs.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+        "| benchmark | unit | Moorage | Distribution | ratio | target | met |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for m in metrics:
+        mo, di = m.median("Moorage"), m.median("Distribution")
+        ratio = mo / di if mo and di else None
+        need = 2.0 if "2.0x" in m.target else 1.0
+        met = "yes" if ratio is not None and ratio >= need else "**no**"
+        if m.target == "RSS flat":
+            met = "see RSS"
+        lines.append(f"| {m.name} | {m.unit} | {mo:,.0f} | {di:,.0f} | {ratio:.2f} | {m.target} | {met} |")
+    get = metrics[0]
+    ng, mo = get.median("nginx"), get.median("Moorage")
+    if ng and mo:
+        lines += ["", f"Blob GET against nginx (sendfile, one worker) serving the same file: nginx "
+                  f"{ng:,.0f} MB/s, Moorage {mo:,.0f} MB/s, ratio {mo / ng:.2f} "
+                  f"({'within' if mo / ng >= 0.9 else '**not within**'} 10%)."]
+    lines += ["", "## Peak RSS during each benchmark (MiB, whole process tree, max over rounds)", "",
+              "| benchmark | Moorage | Distribution |", "|---|---:|---:|"]
+    for m in metrics:
+        mo_rss, di_rss = m.peak_rss("Moorage"), m.peak_rss("Distribution")
+        lines.append(f"| {m.name} | {(mo_rss or 0) / MIB:,.1f} | {(di_rss or 0) / MIB:,.1f} |")
+    lines += ["", "## Raw rounds", "", "```"]
+    for m in metrics:
+        for server, values in m.values.items():
+            lines.append(f"{m.name} / {server}: " + ", ".join(f"{v:,.1f}" for v in values))
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each manifest-rate run")
+    parser.add_argument("--small", action="store_true", help="256 MiB instead of 1 GiB (a quick look)")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks-results.md")
+    args = parser.parse_args()
+    metrics = run(args.rounds, args.seconds, args.small)
+    text = render(metrics, args.rounds, args.seconds)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
