@@ -42,6 +42,46 @@ def _hash_file(path: Path, algorithm: str) -> tuple[Hasher, int]:
     return hasher, size
 
 
+def _hash_and_write(fd: int, hasher: Hasher, block: bytearray) -> None:
+    hasher.update(block)
+    os.write(fd, block)
+
+
+async def _pipelined_write(
+    fd: int, hasher: Hasher, chunks: AsyncIterable[bytes], expected_length: int | None
+) -> int:
+    """Hash and write each full buffer on a worker thread while the event loop
+    receives the next one: hashlib and os.write release the GIL, so the two
+    overlap on separate cores. One block is in flight at a time, in order."""
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    buffer = bytearray()
+    written = 0
+    try:
+        async for chunk in chunks:
+            buffer += chunk
+            written += len(chunk)
+            if expected_length is not None and written > expected_length:
+                break
+            if len(buffer) >= _WRITE_BUFFER:
+                if pending is not None:
+                    await pending
+                block, buffer = buffer, bytearray()
+                pending = loop.run_in_executor(None, _hash_and_write, fd, hasher, block)
+        if pending is not None:
+            await pending
+            pending = None
+        if expected_length is not None and written != expected_length:
+            raise TruncatedBody(f"body had {written} bytes where {expected_length} were announced")
+        if buffer:
+            _hash_and_write(fd, hasher, buffer)
+        return written
+    finally:
+        if pending is not None:
+            # Never leave a write racing with the caller's truncate and close.
+            await asyncio.shield(pending)
+
+
 class FilesystemBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -124,27 +164,9 @@ class FilesystemBlobStore:
             try:
                 start = os.fstat(fd).st_size
                 hasher = (await self._running_hash(upload_id, path, start)).copy()
-                written = 0
-                buffer = bytearray()
-                async for chunk in chunks:
-                    buffer += chunk
-                    written += len(chunk)
-                    if expected_length is not None and written > expected_length:
-                        break
-                    if len(buffer) >= _WRITE_BUFFER:
-                        hasher.update(buffer)
-                        os.write(fd, buffer)
-                        buffer.clear()
-                if expected_length is not None and written != expected_length:
-                    os.ftruncate(fd, start)
-                    raise TruncatedBody(
-                        f"body had {written} bytes where {expected_length} were announced"
-                    )
-                if buffer:
-                    hasher.update(buffer)
-                    os.write(fd, buffer)
+                written = await _pipelined_write(fd, hasher, chunks, expected_length)
             except BaseException:
-                # A failed or cancelled body leaves the upload as it was before.
+                # A failed, short or cancelled body leaves the upload as it was before.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise
