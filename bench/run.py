@@ -459,7 +459,7 @@ def versions() -> dict[str, str]:
 
 def render(metrics: list[Metric], rounds: int, seconds: int) -> str:
     lines = [
-        "# Benchmarks",
+        "## Latest run",
         "",
         "Produced by `make bench` (`bench/run.py`) on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, loopback. "
@@ -506,13 +506,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10, help="length of each manifest-rate run")
     parser.add_argument("--small", action="store_true", help="256 MiB instead of 1 GiB (a quick look)")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks-results.md")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     metrics = run(args.rounds, args.seconds, args.small)
-    text = render(metrics, args.rounds, args.seconds)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    write_results(args.output, render(metrics, args.rounds, args.seconds))
     print(f"\nwrote {args.output}")
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_results(path: Path, results: str) -> None:
+    """Replace the generated block of the document, keeping the prose around it."""
+    block = f"{BEGIN}\n{results}\n{END}"
+    if path.exists() and BEGIN in (text := path.read_text()) and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        path.write_text(head + block + tail)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(block + "\n")
 
 
 if __name__ == "__main__":

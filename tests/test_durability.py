@@ -3,6 +3,7 @@ server process (``kill -9`` is a real SIGKILL to the whole process group)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -117,46 +118,66 @@ def test_kill9_after_pushes_keeps_every_acknowledged_push(server_factory, tmp_pa
     assert_store_consistent(registry)
 
 
-def test_graceful_shutdown_finishes_inflight_upload(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    registry: MoorageServer = server_factory(tmp_path / "data")
-    data = os.urandom(16 * (1 << 20))
+def _upload_during_sigterm(
+    registry: MoorageServer, data: bytes, pause: float
+) -> tuple[str, requests.Response | None]:
+    """Stream ``data`` in 1 MiB pieces, ``pause`` seconds apart, sending SIGTERM
+    to the server a quarter of the way through; returns the session and reply."""
     location = requests.post(f"{registry.url}/v2/drain/blob/blobs/uploads/", timeout=5).headers["Location"]
-    halfway = threading.Event()
-    result: dict[str, object] = {}
+    pieces = len(data) >> 20
+    quarter = threading.Event()
+    result: dict[str, requests.Response] = {}
 
     def slow() -> Iterator[bytes]:
-        for i in range(16):
-            if i == 4:
-                halfway.set()
-            time.sleep(0.1)
+        for i in range(pieces):
+            if i == pieces // 4:
+                quarter.set()
+            time.sleep(pause)
             yield data[i << 20:(i + 1) << 20]
 
     def stream() -> None:
-        try:
-            result["response"] = requests.patch(f"{registry.url}{location}", data=slow(), timeout=60)
-        except requests.RequestException as exc:
-            result["error"] = exc
+        with contextlib.suppress(requests.RequestException):
+            result["response"] = requests.patch(f"{registry.url}{location}", data=slow(), timeout=120)
 
     streamer = threading.Thread(target=stream)
     streamer.start()
-    assert halfway.wait(30)
+    assert quarter.wait(30)
     assert registry.process is not None
     os.killpg(registry.process.pid, signal.SIGTERM)
-    streamer.join(60)
-    registry.stop()
+    streamer.join(120)
+    assert registry.process.wait(60) == 0, "the server did not exit cleanly on SIGTERM"
+    registry.process = None
+    return location, result.get("response")
+
+
+def test_graceful_shutdown_finishes_inflight_upload(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    registry: MoorageServer = server_factory(tmp_path / "data")
+    data = os.urandom(16 << 20)
+    location, response = _upload_during_sigterm(registry, data, pause=0.1)
+    assert response is not None and response.status_code == 202
+    assert response.headers["Range"] == f"0-{len(data) - 1}"
+    registry.start()
+    done = requests.put(f"{registry.url}{location}", params={"digest": sha256(data)}, timeout=30)
+    assert done.status_code == 201, done.text
+    assert_store_consistent(registry)
+
+
+def test_shutdown_timeout_leaves_cut_upload_resumable(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "moorage.toml"
+    config.write_text("[server]\nshutdown_timeout = 1\n")
+    registry: MoorageServer = server_factory(tmp_path / "data", "--config", str(config))
+    data = os.urandom(40 << 20)
+    location, response = _upload_during_sigterm(registry, data, pause=0.15)
+    assert response is None or response.status_code != 202, "the upload should have been cut"
     registry.start()
     status = requests.get(f"{registry.url}{location}", timeout=5)
-    response = result.get("response")
-    if isinstance(response, requests.Response) and response.status_code == 202:
-        # Finished before the worker stopped: every byte is there.
-        assert status.headers["Range"] == f"0-{len(data) - 1}"
-    else:
-        # Cut short: the session resumes from a prefix of what was sent.
-        assert status.status_code == 204
-        offset = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
-        r = requests.patch(f"{registry.url}{location}", data=data[offset:],
-                           headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=30)
-        assert r.status_code == 202
+    assert status.status_code == 204
+    # A streamed body keeps the prefix that arrived before the cut.
+    offset = int(status.headers["Range"].split("-")[1]) + 1
+    assert 0 < offset < len(data)
+    r = requests.patch(f"{registry.url}{location}", data=data[offset:],
+                       headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=30)
+    assert r.status_code == 202, (status.headers, r.headers, r.text)
     done = requests.put(f"{registry.url}{location}", params={"digest": sha256(data)}, timeout=30)
     assert done.status_code == 201, done.text
     assert_store_consistent(registry)

@@ -4,15 +4,11 @@ each overriding the one before."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-ENV_SETTINGS = "MOORAGE_SETTINGS_JSON"  # how the supervisor hands settings to workers
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -29,13 +25,6 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, value: str) -> Settings:
-        return cls(**json.loads(value))
 
 
 _FILE_KEYS = {

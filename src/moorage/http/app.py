@@ -6,25 +6,25 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from moorage.http.access import DELETE, PULL, PUSH, AccessPolicy
+from moorage.http.access_log import REPOSITORY_KEY
 from moorage.http.request import Request
 from moorage.oci.names import NameError_, validate_name
 from moorage.registry import BlobService, ManifestService, Page, RegistryError, range_header
-from moorage.registry.errors import NameInvalid, RangeInvalid, Unsupported
+from moorage.registry.errors import NameInvalid, Unsupported
 
 log = logging.getLogger("moorage.http")
-access_log = logging.getLogger("moorage.access")
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 JSON = "application/json"
 MAX_PAGE = 10_000
 DEFAULT_CATALOG_PAGE = 1000
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 Headers = list[tuple[str, str]]
 
@@ -34,14 +34,7 @@ class Response:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
-    file: str | None = None
-    file_range: tuple[int, int] | None = None  # inclusive byte span of ``file``
-    length: int | None = None  # Content-Length to announce on HEAD replies
-
-    def size(self) -> int:
-        if self.file_range is not None:
-            return self.file_range[1] - self.file_range[0] + 1
-        return len(self.body)
+    file: str | None = None  # a blob served with sendfile; Range is honoured there
 
 
 def json_response(status: int, payload: Any, headers: Headers | None = None) -> Response:
@@ -122,13 +115,16 @@ class RegistryApp:
             Route(re.compile(r"^/health$"), {"GET": (self.get_health, ())}),
         ]
 
-    # -- RSGI entry points -------------------------------------------------
+    # -- aiohttp entry points ---------------------------------------------
 
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
-        if scope.proto != "http":
-            return
-        started = time.perf_counter()
-        request = Request(scope, proto)
+    def build(self) -> web.Application:
+        # Bodies are streamed by the handlers, never buffered by aiohttp.
+        application = web.Application(client_max_size=0)
+        application.router.add_route("*", "/{path:.*}", self.handle)
+        return application
+
+    async def handle(self, raw: web.Request) -> web.StreamResponse:
+        request = Request(raw)
         repository: str | None = None
         self.inflight += 1
         try:
@@ -152,8 +148,8 @@ class RegistryApp:
             )
         finally:
             self.inflight -= 1
-        self._send(proto, request, response)
-        self._log(request, repository, response, started)
+        raw[REPOSITORY_KEY] = repository
+        return self._render(response)
 
     def _dispatch(self, request: Request) -> tuple[Handler, dict[str, str], tuple[str, ...]]:
         path = request.path
@@ -174,42 +170,12 @@ class RegistryApp:
         raise RegistryError("no such endpoint", status=404)
 
     @staticmethod
-    def _send(proto: Any, request: Request, response: Response) -> None:
+    def _render(response: Response) -> web.StreamResponse:
         headers = [API_VERSION, *response.headers]
-        if request.method == "HEAD":
-            length = response.length if response.length is not None else response.size()
-            headers.append(("content-length", str(length)))
-            proto.response_empty(response.status, headers)
-        elif response.file is not None and response.file_range is not None:
-            start, end = response.file_range
-            proto.response_file_range(response.status, headers, response.file, start, end + 1)
-        elif response.body:
-            proto.response_bytes(response.status, headers, response.body)
-        else:
-            headers.append(("content-length", "0"))
-            proto.response_empty(response.status, headers)
-
-    @staticmethod
-    def _log(request: Request, repository: str | None, response: Response, started: float) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        client = request.scope.client
-        access_log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": request.path,
-                    "repository": repository,
-                    "status": response.status,
-                    "bytes_in": _announced_length(request),
-                    "bytes_out": 0 if request.method == "HEAD" else response.size(),
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "client": client,
-                    "user_agent": request.header("user-agent"),
-                },
-                separators=(",", ":"),
-            )
-        )
+        if response.file is not None:
+            # aiohttp's FileResponse uses os.sendfile and answers Range and HEAD itself.
+            return web.FileResponse(response.file, status=response.status, headers=headers)
+        return web.Response(status=response.status, headers=headers, body=response.body)
 
     # -- base, health ------------------------------------------------------
 
@@ -228,21 +194,9 @@ class RegistryApp:
         headers: Headers = [
             ("docker-content-digest", str(blob.digest)),
             ("content-type", "application/octet-stream"),
-            ("accept-ranges", "bytes"),
-            ("etag", f'"{blob.digest}"'),
             ("cache-control", "max-age=31536000"),
         ]
-        status, span = 200, (0, blob.size - 1)
-        range_value = request.header("range")
-        if range_value:
-            span = _parse_range(range_value, blob.size)
-            status = 206
-            headers.append(("content-range", f"bytes {span[0]}-{span[1]}/{blob.size}"))
-        if request.method == "HEAD":
-            return Response(status, headers, length=span[1] - span[0] + 1)
-        if blob.size == 0:
-            return Response(status, headers)
-        return Response(status, headers, file=blob.path, file_range=span)
+        return Response(200, headers, file=blob.path)
 
     async def delete_blob(self, request: Request, params: dict[str, str]) -> Response:
         digest = self.blobs.delete(params["name"], params["digest"])
@@ -323,9 +277,7 @@ class RegistryApp:
             ("docker-content-digest", manifest.digest),
             ("etag", f'"{manifest.digest}"'),
         ]
-        if request.method == "HEAD":
-            return Response(200, headers, length=len(manifest.content))
-        return Response(200, headers, manifest.content)
+        return Response(200, headers, manifest.content)  # aiohttp drops the body on HEAD
 
     async def put_manifest(self, request: Request, params: dict[str, str]) -> Response:
         self.manifests.check_size(request.content_length)
@@ -372,11 +324,6 @@ class RegistryApp:
         return Response(200, headers, body)
 
 
-def _announced_length(request: Request) -> int | None:
-    value = request.header("content-length")
-    return int(value) if value and value.isdigit() else None
-
-
 async def _empty_body() -> Any:
     return
     yield  # pragma: no cover - makes this an async generator
@@ -394,24 +341,3 @@ def _link(path: str, page: Page, limit: int | None) -> Headers:
     if page.next_last is None or limit is None:
         return []
     return [("link", f'<{path}?n={limit}&last={page.next_last}>; rel="next"')]
-
-
-def _parse_range(value: str, size: int) -> tuple[int, int]:
-    """One byte range per RFC 9110, clamped to the blob; 416 when unsatisfiable."""
-    match = _RANGE.match(value.strip())
-    unsatisfiable = RangeInvalid(
-        f"range {value[:60]!r} not satisfiable", headers={"Content-Range": f"bytes */{size}"}
-    )
-    if not match or (not match.group(1) and not match.group(2)):
-        raise unsatisfiable
-    first, last = match.group(1), match.group(2)
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise unsatisfiable
-        return max(size - suffix, 0), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
-        raise unsatisfiable
-    return start, end

@@ -1,38 +1,38 @@
-"""A thin, typed view of an RSGI request: only what the handlers read."""
+"""A thin, typed view of an aiohttp request: only what the handlers read."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
-from urllib.parse import parse_qs
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from moorage.registry.errors import SizeInvalid
 
 
 class Request:
-    __slots__ = ("_proto", "_query", "headers", "method", "path", "query_string", "scope")
+    __slots__ = ("_raw", "headers", "method", "path")
 
-    def __init__(self, scope: Any, proto: Any) -> None:
-        self.scope = scope
-        self._proto = proto
-        self.method: str = scope.method
-        self.path: str = scope.path
-        self.query_string: str = scope.query_string
-        self.headers = scope.headers
-        self._query: dict[str, list[str]] | None = None
+    def __init__(self, raw: web.Request) -> None:
+        self._raw = raw
+        self.method: str = raw.method
+        # The path as sent, still percent-encoded, so encoded tricks stay visible.
+        self.path: str = raw.rel_url.raw_path
+        self.headers = raw.headers
+
+    @property
+    def client(self) -> str | None:
+        return self._raw.remote
 
     def header(self, name: str) -> str | None:
-        value = self.headers.get(name)
-        return None if value is None else str(value)
+        return self.headers.get(name)
 
     def header_values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers.items() if k.lower() == name]
+        return list(self.headers.getall(name, []))
 
     def query(self, name: str) -> str | None:
-        if self._query is None:
-            self._query = parse_qs(self.query_string, keep_blank_values=True)
-        values = self._query.get(name)
-        return values[0] if values else None
+        return self._raw.rel_url.query.get(name)
 
     @property
     def content_length(self) -> int | None:
@@ -45,20 +45,21 @@ class Request:
 
     @property
     def has_body(self) -> bool:
-        length = self.content_length
-        if length is not None:
-            return length > 0
-        return "chunked" in (self.header("transfer-encoding") or "").lower()
+        return self._raw.body_exists
 
     async def body(self) -> AsyncIterator[bytes]:
-        async for chunk in self._proto:
-            yield chunk
+        """The body as it arrives; a connection that drops mid-body is SIZE_INVALID."""
+        try:
+            async for chunk in self._raw.content.iter_any():
+                yield chunk
+        except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+            raise SizeInvalid("request body ended before it was complete") from exc
 
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None when it exceeds ``limit`` bytes."""
         parts: list[bytes] = []
         total = 0
-        async for chunk in self._proto:
+        async for chunk in self.body():
             total += len(chunk)
             if total > limit:
                 return None

@@ -161,14 +161,21 @@ class FilesystemBlobStore:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             except FileNotFoundError:
                 raise UploadMissing(upload_id) from None
+            hasher: Hasher | None = None
             try:
                 start = os.fstat(fd).st_size
                 hasher = (await self._running_hash(upload_id, path, start)).copy()
                 written = await _pipelined_write(fd, hasher, chunks, expected_length)
-            except BaseException:
-                # A failed, short or cancelled body leaves the upload as it was before.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
+            except BaseException as exc:
+                if hasher is not None and expected_length is None and not isinstance(exc, OSError):
+                    # A streamed body cut short (client gone, server stopping) keeps
+                    # the prefix that arrived: every byte of it is valid, and the
+                    # client resumes from the offset the status reports.
+                    self._hashers[upload_id] = (hasher, os.fstat(fd).st_size)
+                else:
+                    # A sized chunk is all or nothing: the upload stays as it was.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
                 raise
             finally:
                 os.close(fd)

@@ -1,0 +1,76 @@
+"""The ``moorage`` command: configuration sources, clear errors, garbage collection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import requests
+
+from tests.helpers import push_blob
+from tests.server import MOORAGE, MoorageServer, free_port
+
+
+def moorage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(MOORAGE), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_unknown_auth_mode_is_one_clear_error(tmp_path: Path) -> None:
+    result = moorage("serve", "--auth", "htpasswd", "--data", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown auth mode 'htpasswd'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "moorage.toml"
+    config.write_text("[server]\nport = 'not a number'\n")
+    result = moorage("serve", "--config", str(config))
+    assert result.returncode == 2 and "port must be an integer" in result.stderr
+    config.write_text("[registry]\nmax_manifest_bytes = 1024\n")
+    result = moorage("serve", "--config", str(config))
+    assert result.returncode == 2 and "at least 4 MiB" in result.stderr
+
+
+def test_config_file_environment_and_flags_layer(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "moorage.toml"
+    config.write_text(f"[server]\nport = {port}\n[storage]\ndata = '{tmp_path / 'from-file'}'\n"
+                      "[registry]\nmax_manifest_bytes = 5000000\n")
+    server = MoorageServer(tmp_path / "from-flag", tmp_path / "log", ("--config", str(config)))
+    server.port = port  # the file's port; --port is not given
+    server.start()
+    try:
+        push_blob(server, "cfg/test", b"hello")
+        # --data beats the file's data directory.
+        assert (tmp_path / "from-flag" / "metadata.db").exists()
+        assert not (tmp_path / "from-file").exists()
+    finally:
+        server.stop()
+
+
+def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
+    kept = push_blob(registry, "gc/keep", b"kept bytes")
+    dropped = push_blob(registry, "gc/drop", b"dropped bytes")
+    shared = push_blob(registry, "gc/drop", b"shared bytes")
+    push_blob(registry, "gc/keep", b"shared bytes")
+    for digest in (dropped, shared):
+        assert requests.delete(f"{registry.url}/v2/gc/drop/blobs/{digest}", timeout=5).status_code == 202
+    registry.stop()
+    orphan = registry.data_dir / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"published just before a crash")
+
+    dry = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0", "--dry-run")
+    assert dry.returncode == 0 and "would delete 1 unlinked blobs and 1 unrecorded files" in dry.stdout
+    assert orphan.exists()
+
+    done = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0")
+    assert done.returncode == 0, done.stderr
+    files = registry.blob_files()
+    assert dropped not in files and not orphan.exists()
+    assert {kept, shared} <= files
+    registry.start()
+    assert requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content == b"shared bytes"
