@@ -19,7 +19,7 @@ run: $(STAMP)
 test-deps: $(STAMP)
 	bash scripts/install-test-deps.sh
 
-test: test-deps
+test: test-deps lint
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: test-deps

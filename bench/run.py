@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.oci_layout import make_image, sha256, tar_layer, write_layout  # noqa: E402
+from tests.oci_layout import make_image, sha256, write_layout  # noqa: E402
 from tests.server import free_port  # noqa: E402
 
 GIB = 1 << 30
@@ -101,8 +101,9 @@ class Server:
         self.workdir.mkdir(parents=True)
         self.prepare()
         log = (self.workdir / "server.log").open("wb")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -127,8 +128,16 @@ class Server:
 
 class Moorage(Server):
     def command(self) -> list[str]:
-        return [str(Path(sys.executable).with_name("moorage")), "serve", "--auth", "none",
-                "--port", str(self.port), "--data", str(self.workdir / "data")]
+        return [
+            str(Path(sys.executable).with_name("moorage")),
+            "serve",
+            "--auth",
+            "none",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.workdir / "data"),
+        ]
 
 
 class Distribution(Server):
@@ -171,21 +180,28 @@ class Nginx(Server):
 
 
 def curl_get(host: str, path: str, range_header: str | None = None) -> float:
-    """MB/s of a GET as curl measures it: the median of three, as one GET is noisy here."""
-    return statistics.median(_curl_get(host, path, range_header) for _ in range(3))
+    """MB/s of a GET as curl measures it: the median of five, as one GET is noisy here."""
+    return statistics.median(_curl_get(host, path, range_header) for _ in range(5))
 
 
 def _curl_get(host: str, path: str, range_header: str | None) -> float:
     args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}", "--fail"]
     if range_header:
         args += ["-H", f"Range: {range_header}"]
-    out = subprocess.run([*args, f"http://{host}{path}"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*args, f"http://{host}{path}"], capture_output=True, text=True, check=True
+    )
     speed, _ = out.stdout.split()
     return float(speed) / 1e6
 
 
-def _request(conn: http.client.HTTPConnection, method: str, path: str, body: object = None,
-             headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+def _request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> http.client.HTTPResponse:
     conn.request(method, path, body=body, headers=headers or {})
     response = conn.getresponse()
     response.read()
@@ -202,8 +218,13 @@ def upload_monolithic(host: str, repo: str, path: Path, digest: str) -> float:
     sep = "&" if "?" in location else "?"
     size = path.stat().st_size
     with path.open("rb") as f:
-        _request(conn, "PUT", f"{location}{sep}digest={digest}", body=f,
-                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+        _request(
+            conn,
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            body=f,
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
     return size / 1e6 / (time.perf_counter() - started)
 
 
@@ -216,9 +237,17 @@ def upload_chunked(host: str, repo: str, path: Path, digest: str) -> float:
         offset = 0
         while offset < size:
             chunk = f.read(CHUNK)
-            response = _request(conn, "PATCH", location.split(host, 1)[-1], body=chunk, headers={
-                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-                "Content-Length": str(len(chunk)), "Content-Type": "application/octet-stream"})
+            response = _request(
+                conn,
+                "PATCH",
+                location.split(host, 1)[-1],
+                body=chunk,
+                headers={
+                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                    "Content-Length": str(len(chunk)),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
             location = response.getheader("Location") or location
             offset += len(chunk)
     location = location.split(host, 1)[-1]
@@ -231,8 +260,18 @@ def skopeo_push(host: str, repo: str, layout: Path, size: int) -> float:
     for cache in Path("/var/lib/containers/cache").glob("blob-info-cache*"):
         cache.unlink()  # no remembered locations: every run uploads every blob
     started = time.perf_counter()
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
-                    f"docker://{host}/{repo}:v1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:latest",
+            f"docker://{host}/{repo}:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return size / 1e6 / (time.perf_counter() - started)
 
 
@@ -240,16 +279,38 @@ def skopeo_pull(host: str, repo: str, size: int, scratch: Path) -> float:
     out = scratch / "pull"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/{repo}:v1",
-                    f"dir:{out}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{host}/{repo}:v1",
+            f"dir:{out}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     elapsed = time.perf_counter() - started
     shutil.rmtree(out, ignore_errors=True)
     return size / 1e6 / elapsed
 
 
 def wrk_get(host: str, path: str, seconds: int) -> float:
-    out = subprocess.run(["wrk", "-t2", "-c8", f"-d{seconds}s", "-H", f"Accept: {OCI_MANIFEST}",
-                          f"http://{host}{path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            "-c8",
+            f"-d{seconds}s",
+            "-H",
+            f"Accept: {OCI_MANIFEST}",
+            f"http://{host}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} failed responses from {host}")
@@ -257,8 +318,22 @@ def wrk_get(host: str, path: str, seconds: int) -> float:
 
 
 def ab_head(host: str, path: str, requests: int) -> float:
-    out = subprocess.run(["ab", "-q", "-k", "-i", "-c8", f"-n{requests}", "-H", f"Accept: {OCI_MANIFEST}",
-                          f"http://{host}{path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ab",
+            "-q",
+            "-k",
+            "-i",
+            "-c8",
+            f"-n{requests}",
+            "-H",
+            f"Accept: {OCI_MANIFEST}",
+            f"http://{host}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     failed = re.search(r"Non-2xx responses:\s+(\d+)", out)
     if failed:
         raise RuntimeError(f"ab saw {failed.group(1)} failed responses from {host}")
@@ -293,8 +368,9 @@ def big_layout(blob: Path) -> tuple[Path, int]:
         shutil.rmtree(layout, ignore_errors=True)
         (layout / "blobs" / "sha256").mkdir(parents=True)
         tmp = layout / "layer.tmp"
-        subprocess.run(f"tar -C {blob.parent} -cf - {blob.name} | gzip -1 -c > {tmp}",
-                       shell=True, check=True)
+        subprocess.run(
+            f"tar -C {blob.parent} -cf - {blob.name} | gzip -1 -c > {tmp}", shell=True, check=True
+        )
         h = hashlib.sha256()
         with tmp.open("rb") as f:
             while block := f.read(16 * MIB):
@@ -302,20 +378,49 @@ def big_layout(blob: Path) -> tuple[Path, int]:
         layer_digest = "sha256:" + h.hexdigest()
         size = tmp.stat().st_size
         tmp.rename(layout / "blobs" / "sha256" / layer_digest[7:])
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": sha256(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": layer_digest, "size": size}]}).encode()
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            }
+        ).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": sha256(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer_digest,
+                        "size": size,
+                    }
+                ],
+            }
+        ).encode()
         for data in (config, manifest):
             (layout / "blobs" / "sha256" / sha256(data)[7:]).write_bytes(data)
         (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-            "mediaType": OCI_MANIFEST, "digest": sha256(manifest), "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+        (layout / "index.json").write_text(
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "manifests": [
+                        {
+                            "mediaType": OCI_MANIFEST,
+                            "digest": sha256(manifest),
+                            "size": len(manifest),
+                            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                        }
+                    ],
+                }
+            )
+        )
         marker.write_text("ok")
     size = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
     return layout, size
@@ -335,13 +440,25 @@ def seed_manifest(host: str) -> str:
     image = make_image(layer_count=3, layer_bytes=1024, seed="rps")
     conn = http.client.HTTPConnection(host, timeout=30)
     for blob in [image.config, *image.layers]:
-        location = _request(conn, "POST", "/v2/bench/rps/blobs/uploads/").getheader("Location") or ""
+        location = (
+            _request(conn, "POST", "/v2/bench/rps/blobs/uploads/").getheader("Location") or ""
+        )
         location = location.split(host, 1)[-1]
         sep = "&" if "?" in location else "?"
-        _request(conn, "PUT", f"{location}{sep}digest={sha256(blob)}", body=blob,
-                 headers={"Content-Type": "application/octet-stream"})
-    _request(conn, "PUT", "/v2/bench/rps/manifests/v1", body=image.manifest,
-             headers={"Content-Type": OCI_MANIFEST})
+        _request(
+            conn,
+            "PUT",
+            f"{location}{sep}digest={sha256(blob)}",
+            body=blob,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    _request(
+        conn,
+        "PUT",
+        "/v2/bench/rps/manifests/v1",
+        body=image.manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     return "/v2/bench/rps/manifests/v1"
 
 
@@ -369,13 +486,16 @@ class Metric:
         return max(values) if values else None
 
 
-def measure(metric: Metric, server: Server, action: Callable[[], float]) -> None:
+def measure(metric: Metric, server: Server, action: Callable[..., float], *args: object) -> None:
     assert server.process is not None
     with RssSampler(server.process.pid) as sampler:
-        value = action()
+        value = action(*args)
     metric.add(server.name, value, sampler.peak)
-    print(f"  {metric.name:<38} {server.name:<13} {value:14.1f} {metric.unit:<6} "
-          f"peak RSS {sampler.peak / MIB:7.1f} MiB", flush=True)
+    print(
+        f"  {metric.name:<38} {server.name:<13} {value:14.1f} {metric.unit:<6} "
+        f"peak RSS {sampler.peak / MIB:7.1f} MiB",
+        flush=True,
+    )
 
 
 def run(rounds: int, seconds: int, small: bool) -> list[Metric]:
@@ -416,24 +536,28 @@ def run(rounds: int, seconds: int, small: bool) -> list[Metric]:
             server.start()
             try:
                 host = server.host
-                measure(metrics["mono"], server, lambda: upload_monolithic(host, "bench/mono", blob, blob_digest))
-                measure(metrics["chunk"], server, lambda: upload_chunked(host, "bench/chunk", blob, blob_digest))
-                measure(metrics["small"], server, lambda: upload_monolithic(host, "bench/small", small_blob, small_digest))
                 path = f"/v2/bench/mono/blobs/{blob_digest}"
-                measure(metrics["get"], server, lambda: curl_get(host, path))
-                measure(metrics["range"], server, lambda: curl_get(host, path, range_header))
-                measure(metrics["push1"], server, lambda: skopeo_push(host, "bench/big", layout_big, layout_big_size))
-                measure(metrics["pull1"], server, lambda: skopeo_pull(host, "bench/big", layout_big_size, scratch))
-                measure(metrics["push20"], server, lambda: skopeo_push(host, "bench/many", layout_many, layout_many_size))
-                measure(metrics["pull20"], server, lambda: skopeo_pull(host, "bench/many", layout_many_size, scratch))
+                steps: list[tuple[str, Callable[..., float], tuple[object, ...]]] = [
+                    ("mono", upload_monolithic, (host, "bench/mono", blob, blob_digest)),
+                    ("chunk", upload_chunked, (host, "bench/chunk", blob, blob_digest)),
+                    ("small", upload_monolithic, (host, "bench/small", small_blob, small_digest)),
+                    ("get", curl_get, (host, path)),
+                    ("range", curl_get, (host, path, range_header)),
+                    ("push1", skopeo_push, (host, "bench/big", layout_big, layout_big_size)),
+                    ("pull1", skopeo_pull, (host, "bench/big", layout_big_size, scratch)),
+                    ("push20", skopeo_push, (host, "bench/many", layout_many, layout_many_size)),
+                    ("pull20", skopeo_pull, (host, "bench/many", layout_many_size, scratch)),
+                ]
+                for key, action, args in steps:
+                    measure(metrics[key], server, action, *args)
                 manifest = seed_manifest(host)
-                measure(metrics["mget"], server, lambda: wrk_get(host, manifest, seconds))
-                measure(metrics["mhead"], server, lambda: ab_head(host, manifest, 20000 * seconds // 5))
+                measure(metrics["mget"], server, wrk_get, host, manifest, seconds)
+                measure(metrics["mhead"], server, ab_head, host, manifest, 20000 * seconds // 5)
             finally:
                 server.stop()
         nginx.start()
         try:
-            measure(metrics["get"], nginx, lambda: curl_get(nginx.host, "/v2/blob"))
+            measure(metrics["get"], nginx, curl_get, nginx.host, "/v2/blob")
         finally:
             nginx.stop()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -481,15 +605,25 @@ def render(metrics: list[Metric], rounds: int, seconds: int) -> str:
         met = "yes" if ratio is not None and ratio >= need else "**no**"
         if m.target == "RSS flat":
             met = "see RSS"
-        lines.append(f"| {m.name} | {m.unit} | {mo:,.0f} | {di:,.0f} | {ratio:.2f} | {m.target} | {met} |")
+        lines.append(
+            f"| {m.name} | {m.unit} | {mo:,.0f} | {di:,.0f} | {ratio:.2f} | {m.target} | {met} |"
+        )
     get = metrics[0]
     ng, mo = get.median("nginx"), get.median("Moorage")
     if ng and mo:
-        lines += ["", f"Blob GET against nginx (sendfile, one worker) serving the same file: nginx "
-                  f"{ng:,.0f} MB/s, Moorage {mo:,.0f} MB/s, ratio {mo / ng:.2f} "
-                  f"({'within' if mo / ng >= 0.9 else '**not within**'} 10%)."]
-    lines += ["", "## Peak RSS during each benchmark (MiB, whole process tree, max over rounds)", "",
-              "| benchmark | Moorage | Distribution |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"Blob GET against nginx (sendfile, one worker) serving the same file: nginx "
+            f"{ng:,.0f} MB/s, Moorage {mo:,.0f} MB/s, ratio {mo / ng:.2f} "
+            f"({'within' if mo / ng >= 0.9 else '**not within**'} 10%).",
+        ]
+    lines += [
+        "",
+        "## Peak RSS during each benchmark (MiB, whole process tree, max over rounds)",
+        "",
+        "| benchmark | Moorage | Distribution |",
+        "|---|---:|---:|",
+    ]
     for m in metrics:
         mo_rss, di_rss = m.peak_rss("Moorage"), m.peak_rss("Distribution")
         lines.append(f"| {m.name} | {(mo_rss or 0) / MIB:,.1f} | {(di_rss or 0) / MIB:,.1f} |")
@@ -503,9 +637,11 @@ def render(metrics: list[Metric], rounds: int, seconds: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10, help="length of each manifest-rate run")
-    parser.add_argument("--small", action="store_true", help="256 MiB instead of 1 GiB (a quick look)")
+    parser.add_argument(
+        "--small", action="store_true", help="256 MiB instead of 1 GiB (a quick look)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     metrics = run(args.rounds, args.seconds, args.small)

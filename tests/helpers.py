@@ -42,7 +42,11 @@ def push_image(registry: MoorageServer, repo: str, tag: str, image: Image) -> st
 
 
 def simple_manifest(
-    registry: MoorageServer, repo: str, *, seed: bytes = b"layer", extra: dict[str, Any] | None = None
+    registry: MoorageServer,
+    repo: str,
+    *,
+    seed: bytes = b"layer",
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
     config = b'{"architecture":"amd64","os":"linux"}'
     push_blob(registry, repo, config)

@@ -90,8 +90,10 @@ def write_layout(image: Image, directory: Path, tag: str = "latest") -> Path:
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": [
-            {**descriptor(OCI_MANIFEST, image.manifest),
-             "annotations": {"org.opencontainers.image.ref.name": tag}}
+            {
+                **descriptor(OCI_MANIFEST, image.manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
         ],
     }
     (directory / "index.json").write_text(json.dumps(index))

@@ -43,8 +43,17 @@ class MoorageServer:
     def start(self) -> MoorageServer:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(MOORAGE), "serve", "--auth", "none", "--port", str(self.port), "--data",
-             str(self.data_dir), *self.extra_args],
+            [
+                str(MOORAGE),
+                "serve",
+                "--auth",
+                "none",
+                "--port",
+                str(self.port),
+                "--data",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -102,9 +111,18 @@ class MoorageServer:
     def db_rows(self) -> dict[str, list[tuple[object, ...]]]:
         con = sqlite3.connect(self.data_dir / "metadata.db")
         try:
-            tables = ["repositories", "blobs", "repository_blobs", "manifests", "tags", "uploads",
-                      "manifest_references"]
-            return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+            tables = [
+                "repositories",
+                "blobs",
+                "repository_blobs",
+                "manifests",
+                "tags",
+                "uploads",
+                "manifest_references",
+            ]
+            return {
+                t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables
+            }
         finally:
             con.close()
 

@@ -25,14 +25,20 @@ def unchanged(registry: MoorageServer) -> Iterator[None]:
 
 
 def new_upload(registry: MoorageServer, repo: str) -> str:
-    return str(requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=5).headers["Location"])
+    return str(
+        requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=5).headers["Location"]
+    )
 
 
 def test_monolithic_digest_mismatch(registry: MoorageServer) -> None:
     wrong = sha256(b"something else")
     with unchanged(registry):
-        r = requests.post(f"{registry.url}/v2/bad/blob/blobs/uploads/", params={"digest": wrong},
-                          data=os.urandom(10_000), timeout=5)
+        r = requests.post(
+            f"{registry.url}/v2/bad/blob/blobs/uploads/",
+            params={"digest": wrong},
+            data=os.urandom(10_000),
+            timeout=5,
+        )
         assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
 
 
@@ -48,11 +54,17 @@ def test_put_digest_mismatch_ends_the_session(registry: MoorageServer) -> None:
     assert registry.upload_files() == set() and registry.db_rows()["uploads"] == []
 
 
-@pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "Z" * 64, "nodigest", "md5:" + "0" * 32])
+@pytest.mark.parametrize(
+    "digest", ["sha256:abc", "sha256:" + "Z" * 64, "nodigest", "md5:" + "0" * 32]
+)
 def test_malformed_digests(registry: MoorageServer, digest: str) -> None:
     with unchanged(registry):
-        r = requests.post(f"{registry.url}/v2/bad/blob/blobs/uploads/", params={"digest": digest},
-                          data=b"abc", timeout=5)
+        r = requests.post(
+            f"{registry.url}/v2/bad/blob/blobs/uploads/",
+            params={"digest": digest},
+            data=b"abc",
+            timeout=5,
+        )
         assert r.status_code == 400
         assert error_code(r) in ("DIGEST_INVALID", "UNSUPPORTED")
         r = requests.get(f"{registry.url}/v2/bad/blob/blobs/{digest}", timeout=5)
@@ -62,9 +74,14 @@ def test_malformed_digests(registry: MoorageServer, digest: str) -> None:
 def test_manifest_naming_missing_blob(registry: MoorageServer) -> None:
     config = b"{}"
     push_blob(registry, "bad/manifest", config)
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": descriptor(OCI_CONFIG, config),
-                       "layers": [descriptor(OCI_LAYER, b"never pushed")]}).encode()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, b"never pushed")],
+        }
+    ).encode()
     with unchanged(registry):
         r = put_manifest(registry, "bad/manifest", "v1", body)
         assert r.status_code == 400 and error_code(r) == "MANIFEST_BLOB_UNKNOWN"
@@ -72,11 +89,17 @@ def test_manifest_naming_missing_blob(registry: MoorageServer) -> None:
 
 
 def test_index_naming_missing_manifest(registry: MoorageServer) -> None:
-    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                       "manifests": [descriptor(OCI_MANIFEST, b"{}")]}).encode()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor(OCI_MANIFEST, b"{}")],
+        }
+    ).encode()
     with unchanged(registry):
-        r = put_manifest(registry, "bad/manifest", "idx", body,
-                         "application/vnd.oci.image.index.v1+json")
+        r = put_manifest(
+            registry, "bad/manifest", "idx", body, "application/vnd.oci.image.index.v1+json"
+        )
         assert r.status_code == 400 and error_code(r) == "MANIFEST_BLOB_UNKNOWN"
 
 
@@ -90,7 +113,9 @@ def _invalid_manifests(good: dict[str, object]) -> dict[str, bytes]:
         "schema version 3": variant(schemaVersion=3),
         "missing config": json.dumps({k: v for k, v in good.items() if k != "config"}).encode(),
         "layers not a list": variant(layers={"a": 1}),
-        "bad layer digest": variant(layers=[{"mediaType": OCI_LAYER, "digest": "sha256:1", "size": 1}]),
+        "bad layer digest": variant(
+            layers=[{"mediaType": OCI_LAYER, "digest": "sha256:1", "size": 1}]
+        ),
         "negative size": variant(config={**good["config"], "size": -1}),  # type: ignore[dict-item]
         "unknown media type": variant(mediaType="application/x-nope"),
         "config and manifests": variant(manifests=[]),
@@ -111,16 +136,26 @@ def test_invalid_manifests(registry: MoorageServer) -> None:
 def test_content_type_must_match_media_type(registry: MoorageServer) -> None:
     body = simple_manifest(registry, "bad/ctype")
     with unchanged(registry):
-        r = put_manifest(registry, "bad/ctype", "v1", body,
-                         "application/vnd.docker.distribution.manifest.v2+json")
+        r = put_manifest(
+            registry,
+            "bad/ctype",
+            "v1",
+            body,
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         assert r.status_code == 400 and error_code(r) == "MANIFEST_INVALID"
 
 
 def test_schema1_is_unsupported(registry: MoorageServer) -> None:
     body = json.dumps({"schemaVersion": 1, "name": "bad/s1", "tag": "v1", "fsLayers": []}).encode()
     with unchanged(registry):
-        r = put_manifest(registry, "bad/s1", "v1", body,
-                         "application/vnd.docker.distribution.manifest.v1+prettyjws")
+        r = put_manifest(
+            registry,
+            "bad/s1",
+            "v1",
+            body,
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        )
         assert r.status_code == 400 and error_code(r) == "UNSUPPORTED"
 
 
@@ -148,8 +183,12 @@ def test_oversized_manifest_is_413(registry: MoorageServer) -> None:
             yield body[:1000]
             yield body[1000:]
 
-        r = requests.put(f"{registry.url}/v2/bad/huge/manifests/v2", data=chunked(),
-                         headers={"Content-Type": OCI_MANIFEST}, timeout=10)
+        r = requests.put(
+            f"{registry.url}/v2/bad/huge/manifests/v2",
+            data=chunked(),
+            headers={"Content-Type": OCI_MANIFEST},
+            timeout=10,
+        )
         assert r.status_code == 413
 
 
@@ -170,8 +209,13 @@ def test_bad_names(registry: MoorageServer, path: str) -> None:
     with unchanged(registry):
         for method in (b"GET", b"PUT", b"POST"):
             target = path.replace("/manifests/v1", "/blobs/uploads/") if method == b"POST" else path
-            reply = raw_request(registry, method + b" " + target.encode() +
-                                b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            reply = raw_request(
+                registry,
+                method
+                + b" "
+                + target.encode()
+                + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
             status_line, _, rest = reply.partition(b"\r\n")
             assert b" 400 " in status_line, (method, path, reply[:300])
             assert b"NAME_INVALID" in rest
@@ -179,16 +223,25 @@ def test_bad_names(registry: MoorageServer, path: str) -> None:
 
 def test_out_of_order_and_malformed_content_range(registry: MoorageServer) -> None:
     location = new_upload(registry, "bad/range")
-    requests.patch(f"{registry.url}{location}", data=b"a" * 100,
-                   headers={"Content-Range": "0-99"}, timeout=5)
+    requests.patch(
+        f"{registry.url}{location}", data=b"a" * 100, headers={"Content-Range": "0-99"}, timeout=5
+    )
     with unchanged(registry):
         for header in ("200-299", "50-149", "0-99", "abc", "100-50"):
-            r = requests.patch(f"{registry.url}{location}", data=b"b" * 100,
-                               headers={"Content-Range": header}, timeout=5)
+            r = requests.patch(
+                f"{registry.url}{location}",
+                data=b"b" * 100,
+                headers={"Content-Range": header},
+                timeout=5,
+            )
             assert r.status_code == 416, header
             assert r.headers["Range"] == "0-99"
-        r = requests.patch(f"{registry.url}{location}", data=b"b" * 100,
-                           headers={"Content-Range": "100-149"}, timeout=5)
+        r = requests.patch(
+            f"{registry.url}{location}",
+            data=b"b" * 100,
+            headers={"Content-Range": "100-149"},
+            timeout=5,
+        )
         assert r.status_code == 400 and error_code(r) == "SIZE_INVALID"
     assert requests.get(f"{registry.url}{location}", timeout=5).headers["Range"] == "0-99"
 
@@ -201,7 +254,8 @@ def test_truncated_bodies_leave_nothing(registry: MoorageServer) -> None:
         # The client announces 1000 bytes, sends 400 and hangs up.
         for request in (
             f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode(),
-            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode(),
+            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 1000\r\n\r\n".encode(),
             f"POST /v2/bad/trunc/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
             "Content-Length: 1000\r\n\r\n".encode(),
         ):
@@ -228,7 +282,10 @@ def test_unknown_blob_and_manifest(registry: MoorageServer) -> None:
     with unchanged(registry):
         r = requests.get(f"{registry.url}/v2/bad/none/blobs/{digest}", timeout=5)
         assert r.status_code == 404 and error_code(r) == "BLOB_UNKNOWN"
-        assert requests.delete(f"{registry.url}/v2/bad/none/blobs/{digest}", timeout=5).status_code == 404
+        assert (
+            requests.delete(f"{registry.url}/v2/bad/none/blobs/{digest}", timeout=5).status_code
+            == 404
+        )
         r = requests.get(f"{registry.url}/v2/bad/none/manifests/latest", timeout=5)
         assert r.status_code == 404 and error_code(r) == "MANIFEST_UNKNOWN"
         r = requests.request("PATCH", f"{registry.url}/v2/bad/none/manifests/latest", timeout=5)

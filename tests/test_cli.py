@@ -13,8 +13,13 @@ from tests.server import MOORAGE, MoorageServer, free_port
 
 
 def moorage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(MOORAGE), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(MOORAGE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_unknown_auth_mode_is_one_clear_error(tmp_path: Path) -> None:
@@ -37,8 +42,10 @@ def test_bad_config_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_config_file_environment_and_flags_layer(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "moorage.toml"
-    config.write_text(f"[server]\nport = {port}\n[storage]\ndata = '{tmp_path / 'from-file'}'\n"
-                      "[registry]\nmax_manifest_bytes = 5000000\n")
+    config.write_text(
+        f"[server]\nport = {port}\n[storage]\ndata = '{tmp_path / 'from-file'}'\n"
+        "[registry]\nmax_manifest_bytes = 5000000\n"
+    )
     server = MoorageServer(tmp_path / "from-flag", tmp_path / "log", ("--config", str(config)))
     server.port = port  # the file's port; --port is not given
     server.start()
@@ -57,14 +64,19 @@ def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
     shared = push_blob(registry, "gc/drop", b"shared bytes")
     push_blob(registry, "gc/keep", b"shared bytes")
     for digest in (dropped, shared):
-        assert requests.delete(f"{registry.url}/v2/gc/drop/blobs/{digest}", timeout=5).status_code == 202
+        assert (
+            requests.delete(f"{registry.url}/v2/gc/drop/blobs/{digest}", timeout=5).status_code
+            == 202
+        )
     registry.stop()
     orphan = registry.data_dir / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"published just before a crash")
 
     dry = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0", "--dry-run")
-    assert dry.returncode == 0 and "would delete 1 unlinked blobs and 1 unrecorded files" in dry.stdout
+    assert (
+        dry.returncode == 0 and "would delete 1 unlinked blobs and 1 unrecorded files" in dry.stdout
+    )
     assert orphan.exists()
 
     done = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0")
@@ -73,4 +85,7 @@ def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
     assert dropped not in files and not orphan.exists()
     assert {kept, shared} <= files
     registry.start()
-    assert requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content == b"shared bytes"
+    assert (
+        requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content
+        == b"shared bytes"
+    )

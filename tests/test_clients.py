@@ -33,8 +33,10 @@ def assert_served_whole(registry: MoorageServer, repo: str, reference: str) -> s
     """Fetch a manifest and every blob it names, checking each digest; returns its digest."""
     response = requests.get(
         f"{registry.url}/v2/{repo}/manifests/{reference}",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
-                 "application/vnd.docker.distribution.manifest.v2+json"},
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, "
+            "application/vnd.docker.distribution.manifest.v2+json"
+        },
         timeout=30,
     )
     assert response.status_code == 200, response.text
@@ -50,18 +52,29 @@ def test_skopeo_round_trip_keeps_every_digest(registry: MoorageServer, tmp_path:
     skopeo = require_tool("skopeo")
     image = make_image(layer_count=4, layer_bytes=256 * 1024, seed="skopeo")
     layout = write_layout(image, tmp_path / "src")
-    run(skopeo, "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
-        f"docker://{registry.host}/team/skopeo:v1")
+    run(
+        skopeo,
+        "copy",
+        "--dest-tls-verify=false",
+        f"oci:{layout}:latest",
+        f"docker://{registry.host}/team/skopeo:v1",
+    )
 
     assert assert_served_whole(registry, "team/skopeo", "v1") == image.manifest_digest
     out = tmp_path / "pulled"
-    run(skopeo, "copy", "--src-tls-verify=false", f"docker://{registry.host}/team/skopeo:v1",
-        f"oci:{out}:latest")
+    run(
+        skopeo,
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{registry.host}/team/skopeo:v1",
+        f"oci:{out}:latest",
+    )
     pulled = read_layout_blobs(out)
     for digest in [*image.blob_digests, image.manifest_digest]:
         assert digest in pulled
-    raw = run(skopeo, "inspect", "--tls-verify=false", "--raw",
-              f"docker://{registry.host}/team/skopeo:v1")
+    raw = run(
+        skopeo, "inspect", "--tls-verify=false", "--raw", f"docker://{registry.host}/team/skopeo:v1"
+    )
     assert raw.encode() == image.manifest
 
 
@@ -74,8 +87,15 @@ def test_podman_push_and_pull(registry: MoorageServer, tmp_path: Path) -> None:
     runroot = Path(tempfile.mkdtemp(prefix="podrun", dir="/tmp"))
 
     def pod(root: str, *args: str) -> str:
-        return run(podman, "--root", str(tmp_path / root), "--runroot", str(runroot / root),
-                   "--storage-driver=vfs", *args)
+        return run(
+            podman,
+            "--root",
+            str(tmp_path / root),
+            "--runroot",
+            str(runroot / root),
+            "--storage-driver=vfs",
+            *args,
+        )
 
     pod("a", "pull", f"oci:{layout}:latest")
     image_id = pod("a", "images", "--format", "{{.ID}}", "--noheading").split()[0]
@@ -103,7 +123,9 @@ def test_crane_push_copy_pull_and_delete(registry: MoorageServer, tmp_path: Path
     copy_requests = [e for e in registry.access_log() if e["repository"] == "other/crane-copy"]
     mounts = [e for e in copy_requests if e["method"] == "POST" and e["status"] == 201]
     assert len(mounts) == len(image.blob_digests)
-    assert not [e for e in copy_requests if e["method"] in ("PATCH", "PUT") and "/blobs/" in e["path"]]
+    assert not [
+        e for e in copy_requests if e["method"] in ("PATCH", "PUT") and "/blobs/" in e["path"]
+    ]
     assert assert_served_whole(registry, "other/crane-copy", "v1") == image.manifest_digest
 
     run(crane, "tag", "--insecure", src, "v2")
@@ -131,7 +153,9 @@ def test_oras_artifact_push_and_pull(registry: MoorageServer, tmp_path: Path) ->
         files.append(path)
     client = oras.client.OrasClient(hostname=registry.host, insecure=True)
     target = f"{registry.host}/team/artifact:v1"
-    response = client.push(target=target, files=[str(f) for f in files], disable_path_validation=True)
+    response = client.push(
+        target=target, files=[str(f) for f in files], disable_path_validation=True
+    )
     assert response.status_code == 201
 
     manifest = client.get_manifest(target)

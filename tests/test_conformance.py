@@ -37,9 +37,7 @@ def test_conformance_suite_passes_every_workflow(registry: MoorageServer) -> Non
     suite = ET.parse(report / "junit.xml").getroot()
     cases = list(suite.iter("testcase"))
     failed = [
-        c.get("name")
-        for c in cases
-        if c.find("failure") is not None or c.find("error") is not None
+        c.get("name") for c in cases if c.find("failure") is not None or c.find("error") is not None
     ]
     passed = [c for c in cases if c.find("skipped") is None and c.get("name") not in failed]
     assert failed == [], f"conformance failures: {failed}"

@@ -49,11 +49,17 @@ def test_kill9_during_chunked_upload_then_resume(server_factory, tmp_path: Path)
     registry: MoorageServer = server_factory(tmp_path / "data")
     data = os.urandom(24 * CHUNK)
     digest = sha256(data)
-    location = requests.post(f"{registry.url}/v2/crash/big/blobs/uploads/", timeout=5).headers["Location"]
+    location = requests.post(f"{registry.url}/v2/crash/big/blobs/uploads/", timeout=5).headers[
+        "Location"
+    ]
     acked = 0
     for _ in range(4):
-        r = requests.patch(f"{registry.url}{location}", data=data[acked:acked + CHUNK],
-                           headers={"Content-Range": f"{acked}-{acked + CHUNK - 1}"}, timeout=30)
+        r = requests.patch(
+            f"{registry.url}{location}",
+            data=data[acked : acked + CHUNK],
+            headers={"Content-Range": f"{acked}-{acked + CHUNK - 1}"},
+            timeout=30,
+        )
         assert r.status_code == 202
         acked += CHUNK
 
@@ -61,16 +67,15 @@ def test_kill9_during_chunked_upload_then_resume(server_factory, tmp_path: Path)
 
     def slow_rest() -> Iterator[bytes]:
         for offset in range(acked, len(data), 1 << 20):
-            yield data[offset:offset + (1 << 20)]
+            yield data[offset : offset + (1 << 20)]
             if offset - acked >= 6 * CHUNK:
                 sent.set()
                 time.sleep(0.05)
 
     def stream() -> None:
-        try:
+        # The server dies under it; that is the point.
+        with contextlib.suppress(requests.RequestException):
             requests.patch(f"{registry.url}{location}", data=slow_rest(), timeout=60)
-        except requests.RequestException:
-            pass  # the server dies under it; that is the point
 
     streamer = threading.Thread(target=stream)
     streamer.start()
@@ -93,8 +98,12 @@ def test_kill9_during_chunked_upload_then_resume(server_factory, tmp_path: Path)
     assert status.status_code == 204
     offset = int(status.headers["Range"].split("-")[1]) + 1
     assert offset >= acked, "acknowledged chunks were lost"
-    r = requests.patch(f"{registry.url}{location}", data=data[offset:],
-                       headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=60)
+    r = requests.patch(
+        f"{registry.url}{location}",
+        data=data[offset:],
+        headers={"Content-Range": f"{offset}-{len(data) - 1}"},
+        timeout=60,
+    )
     assert r.status_code == 202, r.text
     done = requests.put(f"{registry.url}{location}", params={"digest": digest}, timeout=60)
     assert done.status_code == 201, done.text
@@ -123,7 +132,9 @@ def _upload_during_sigterm(
 ) -> tuple[str, requests.Response | None]:
     """Stream ``data`` in 1 MiB pieces, ``pause`` seconds apart, sending SIGTERM
     to the server a quarter of the way through; returns the session and reply."""
-    location = requests.post(f"{registry.url}/v2/drain/blob/blobs/uploads/", timeout=5).headers["Location"]
+    location = requests.post(f"{registry.url}/v2/drain/blob/blobs/uploads/", timeout=5).headers[
+        "Location"
+    ]
     pieces = len(data) >> 20
     quarter = threading.Event()
     result: dict[str, requests.Response] = {}
@@ -133,11 +144,13 @@ def _upload_during_sigterm(
             if i == pieces // 4:
                 quarter.set()
             time.sleep(pause)
-            yield data[i << 20:(i + 1) << 20]
+            yield data[i << 20 : (i + 1) << 20]
 
     def stream() -> None:
         with contextlib.suppress(requests.RequestException):
-            result["response"] = requests.patch(f"{registry.url}{location}", data=slow(), timeout=120)
+            result["response"] = requests.patch(
+                f"{registry.url}{location}", data=slow(), timeout=120
+            )
 
     streamer = threading.Thread(target=stream)
     streamer.start()
@@ -175,8 +188,12 @@ def test_shutdown_timeout_leaves_cut_upload_resumable(server_factory, tmp_path: 
     # A streamed body keeps the prefix that arrived before the cut.
     offset = int(status.headers["Range"].split("-")[1]) + 1
     assert 0 < offset < len(data)
-    r = requests.patch(f"{registry.url}{location}", data=data[offset:],
-                       headers={"Content-Range": f"{offset}-{len(data) - 1}"}, timeout=30)
+    r = requests.patch(
+        f"{registry.url}{location}",
+        data=data[offset:],
+        headers={"Content-Range": f"{offset}-{len(data) - 1}"},
+        timeout=30,
+    )
     assert r.status_code == 202, (status.headers, r.headers, r.text)
     done = requests.put(f"{registry.url}{location}", params={"digest": sha256(data)}, timeout=30)
     assert done.status_code == 201, done.text
@@ -192,13 +209,23 @@ def test_twenty_identical_concurrent_pushes(registry: MoorageServer) -> None:
 
     def chunked(i: int) -> int:
         repo = f"race/repo{i % 4}"
-        location = requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=30).headers["Location"]
+        location = requests.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=30).headers[
+            "Location"
+        ]
         half = len(data) // 2
-        r = requests.patch(f"{registry.url}{location}", data=data[:half],
-                           headers={"Content-Range": f"0-{half - 1}"}, timeout=30)
+        r = requests.patch(
+            f"{registry.url}{location}",
+            data=data[:half],
+            headers={"Content-Range": f"0-{half - 1}"},
+            timeout=30,
+        )
         assert r.status_code == 202
-        return requests.put(f"{registry.url}{r.headers['Location']}", params={"digest": digest},
-                            data=data[half:], timeout=30).status_code
+        return requests.put(
+            f"{registry.url}{r.headers['Location']}",
+            params={"digest": digest},
+            data=data[half:],
+            timeout=30,
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         futures = [pool.submit(monolithic if i % 2 else chunked, i) for i in range(20)]
@@ -206,7 +233,9 @@ def test_twenty_identical_concurrent_pushes(registry: MoorageServer) -> None:
 
     assert [f for f in registry.blob_files() if f == digest] == [digest]
     rows = registry.db_rows()
-    assert [r for r in rows["blobs"] if r[0] == digest] and len([r for r in rows["blobs"] if r[0] == digest]) == 1
+    assert [r for r in rows["blobs"] if r[0] == digest] and len(
+        [r for r in rows["blobs"] if r[0] == digest]
+    ) == 1
     assert len([r for r in rows["repository_blobs"] if r[1] == digest]) == 4
     assert registry.upload_files() == set()
     for i in range(4):
@@ -216,8 +245,12 @@ def test_twenty_identical_concurrent_pushes(registry: MoorageServer) -> None:
     # And twenty clients tagging the same manifest at once.
     body = simple_manifest(registry, "race/repo0")
     with ThreadPoolExecutor(max_workers=20) as pool:
-        codes = list(pool.map(lambda _: put_manifest(registry, "race/repo0", "latest", body).status_code,
-                              range(20)))
+        codes = list(
+            pool.map(
+                lambda _: put_manifest(registry, "race/repo0", "latest", body).status_code,
+                range(20),
+            )
+        )
     assert codes == [201] * 20
     assert len([m for m in registry.db_rows()["manifests"] if m[2] == sha256(body)]) == 1
     assert_store_consistent(registry)

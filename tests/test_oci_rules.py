@@ -6,13 +6,23 @@ import json
 
 import pytest
 
-from moorage.oci import DigestError, ManifestError, NameError_, parse_digest, parse_manifest
-from moorage.oci import validate_name, validate_tag
+from moorage.oci import (
+    DigestError,
+    ManifestError,
+    NameError_,
+    parse_digest,
+    parse_manifest,
+    validate_name,
+    validate_tag,
+)
 from moorage.oci.manifest import DOCKER_LIST, OCI_INDEX, OCI_MANIFEST
 
 HEX = "a" * 64
-GOOD_CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json",
-               "digest": f"sha256:{HEX}", "size": 2}
+GOOD_CONFIG = {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": f"sha256:{HEX}",
+    "size": 2,
+}
 
 
 @pytest.mark.parametrize("value", [f"sha256:{HEX}", "sha512:" + "b" * 128])
@@ -22,8 +32,15 @@ def test_digests_accepted(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "unsupported"),
-    [("sha256:" + "A" * 64, False), ("sha256:abc", False), ("sha256", False), ("", False),
-     ("md5:" + "0" * 32, True), ("sha256:" + HEX + "0", False), ("SHA256:" + HEX, False)],
+    [
+        ("sha256:" + "A" * 64, False),
+        ("sha256:abc", False),
+        ("sha256", False),
+        ("", False),
+        ("md5:" + "0" * 32, True),
+        ("sha256:" + HEX + "0", False),
+        ("SHA256:" + HEX, False),
+    ],
 )
 def test_digests_refused(value: str, unsupported: bool) -> None:
     with pytest.raises(DigestError) as info:
@@ -31,14 +48,28 @@ def test_digests_refused(value: str, unsupported: bool) -> None:
     assert info.value.unsupported is unsupported
 
 
-@pytest.mark.parametrize("name", ["ns/img", "a0/b-c/d__e", "my.org/x.y", "n/a--b", "x/" + "y" * 200])
+@pytest.mark.parametrize(
+    "name", ["ns/img", "a0/b-c/d__e", "my.org/x.y", "n/a--b", "x/" + "y" * 200]
+)
 def test_names_accepted(name: str) -> None:
     assert validate_name(name) == name.split("/")[0]
 
 
 @pytest.mark.parametrize(
-    "name", ["img", "NS/img", "ns/../img", "ns//img", "/ns/img", "ns/img/", "ns/-img", "ns/img.",
-             "ns/im g", "ns/" + "a" * 260, "ns/a___b"],
+    "name",
+    [
+        "img",
+        "NS/img",
+        "ns/../img",
+        "ns//img",
+        "/ns/img",
+        "ns/img/",
+        "ns/-img",
+        "ns/img.",
+        "ns/im g",
+        "ns/" + "a" * 260,
+        "ns/a___b",
+    ],
 )
 def test_names_refused(name: str) -> None:
     with pytest.raises(NameError_):
@@ -55,12 +86,25 @@ def test_tags() -> None:
 
 
 def test_image_manifest_fields() -> None:
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": GOOD_CONFIG,
-           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       "digest": f"sha256:{'c' * 64}", "size": 5},
-                      {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                       "digest": f"sha256:{'d' * 64}", "size": 9, "urls": ["https://example/x"]}],
-           "subject": {"mediaType": OCI_MANIFEST, "digest": f"sha256:{'e' * 64}", "size": 7}}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": GOOD_CONFIG,
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": f"sha256:{'c' * 64}",
+                "size": 5,
+            },
+            {
+                "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                "digest": f"sha256:{'d' * 64}",
+                "size": 9,
+                "urls": ["https://example/x"],
+            },
+        ],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": f"sha256:{'e' * 64}", "size": 7},
+    }
     parsed = parse_manifest(json.dumps(doc).encode(), OCI_MANIFEST)
     assert parsed.media_type == OCI_MANIFEST
     assert parsed.subject is not None and parsed.subject.digest == f"sha256:{'e' * 64}"
@@ -84,8 +128,12 @@ def test_media_type_comes_from_body_header_or_shape() -> None:
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []},
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {**GOOD_CONFIG, "size": True}},
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": GOOD_CONFIG, "artifactType": 3},
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": GOOD_CONFIG,
-         "layers": [{**GOOD_CONFIG, "urls": "not-a-list"}]},
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": GOOD_CONFIG,
+            "layers": [{**GOOD_CONFIG, "urls": "not-a-list"}],
+        },
         {"schemaVersion": "2", "config": GOOD_CONFIG},
     ],
 )

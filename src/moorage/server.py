@@ -12,12 +12,10 @@ import os
 import shutil
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from aiohttp import web
+from sqlalchemy import text
 
 from moorage.config import Settings
 from moorage.http import RegistryApp
@@ -46,7 +44,11 @@ def open_registry(settings: Settings) -> tuple[BlobService, ManifestService, Met
     upgrade(engine)
     metadata = MetadataStore(engine)
     store = FilesystemBlobStore(data)
-    return BlobService(store, metadata), ManifestService(metadata, settings.max_manifest_bytes), metadata
+    return (
+        BlobService(store, metadata),
+        ManifestService(metadata, settings.max_manifest_bytes),
+        metadata,
+    )
 
 
 def create_app(settings: Settings) -> RegistryApp:

@@ -19,11 +19,15 @@ def _root() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1]")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 5000]")] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", envvar="MOORAGE_DATA", help="Data directory [default: ./moorage-data]"),
+        typer.Option(
+            "--data", envvar="MOORAGE_DATA", help="Data directory [default: ./moorage-data]"
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
     auth: Annotated[

@@ -1,4 +1,4 @@
-"""The HTTP layer: an RSGI application (served by Granian) that maps the
+"""The HTTP layer: an aiohttp application that maps the
 distribution API onto the registry services and renders their errors."""
 
 from moorage.http.app import RegistryApp

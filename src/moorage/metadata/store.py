@@ -11,10 +11,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, create_engine, delete, event, func, select
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.engine import Connection
 
 from moorage.metadata.models import (
     Blob,
@@ -32,6 +44,13 @@ MANIFEST_REFERENCE = "manifest"
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    if key is None:  # pragma: no cover - every table here has a primary key
+        raise RuntimeError("insert returned no primary key")
+    return int(key[0])
 
 
 @dataclass(frozen=True)
@@ -115,11 +134,9 @@ class MetadataStore:
             return int(repo_id)
         namespace = name.split("/", 1)[0]
         result = conn.execute(
-            Repository.__table__.insert().values(
-                name=name, namespace=namespace, created_at=_now()
-            )
+            insert(Repository).values(name=name, namespace=namespace, created_at=_now())
         )
-        return int(result.inserted_primary_key[0])
+        return _inserted_id(result)
 
     @staticmethod
     def _repository_id(conn: Connection, name: str) -> int | None:
@@ -156,9 +173,7 @@ class MetadataStore:
         with self.engine.begin() as conn:
             repo_id = self._ensure_repository(conn, repo)
             if conn.scalar(select(Blob.size).where(Blob.digest == digest)) is None:
-                conn.execute(
-                    Blob.__table__.insert().values(digest=digest, size=size, created_at=_now())
-                )
+                conn.execute(insert(Blob).values(digest=digest, size=size, created_at=_now()))
             self._link(conn, repo_id, digest)
 
     @staticmethod
@@ -170,7 +185,7 @@ class MetadataStore:
         )
         if exists is None:
             conn.execute(
-                RepositoryBlob.__table__.insert().values(
+                insert(RepositoryBlob).values(
                     repository_id=repo_id, digest=digest, created_at=_now()
                 )
             )
@@ -233,9 +248,9 @@ class MetadataStore:
         """Drop a blob row, unless a repository linked it meanwhile."""
         with self.engine.begin() as conn:
             linked = conn.scalar(
-                select(func.count()).select_from(RepositoryBlob).where(
-                    RepositoryBlob.digest == digest
-                )
+                select(func.count())
+                .select_from(RepositoryBlob)
+                .where(RepositoryBlob.digest == digest)
             )
             if linked:
                 return False
@@ -246,9 +261,7 @@ class MetadataStore:
 
     def create_upload(self, upload_id: str, repo: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                Upload.__table__.insert().values(id=upload_id, repository=repo, created_at=_now())
-            )
+            conn.execute(insert(Upload).values(id=upload_id, repository=repo, created_at=_now()))
 
     def upload_repository(self, upload_id: str) -> str | None:
         with self.engine.connect() as conn:
@@ -287,63 +300,67 @@ class MetadataStore:
             )
         return sorted(wanted - found)
 
+    @staticmethod
+    def _manifest_id(conn: Connection, repo_id: int, digest: str) -> int | None:
+        value = conn.scalar(
+            select(Manifest.id).where(Manifest.repository_id == repo_id, Manifest.digest == digest)
+        )
+        return None if value is None else int(value)
+
+    @staticmethod
+    def _insert_manifest(conn: Connection, repo_id: int, manifest: NewManifest) -> int:
+        result = conn.execute(
+            insert(Manifest).values(
+                repository_id=repo_id,
+                digest=manifest.digest,
+                media_type=manifest.media_type,
+                artifact_type=manifest.artifact_type,
+                subject_digest=manifest.subject_digest,
+                annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
+                size=len(manifest.content),
+                content=manifest.content,
+                created_at=_now(),
+            )
+        )
+        manifest_id = _inserted_id(result)
+        refs = [
+            {"manifest_id": manifest_id, "digest": d, "kind": BLOB_REFERENCE}
+            for d in dict.fromkeys(manifest.blob_digests)
+        ] + [
+            {"manifest_id": manifest_id, "digest": d, "kind": MANIFEST_REFERENCE}
+            for d in dict.fromkeys(manifest.child_digests)
+        ]
+        if refs:
+            conn.execute(insert(ManifestReference), refs)
+        return manifest_id
+
     def put_manifest(self, repo: str, manifest: NewManifest, tag: str | None) -> None:
+        """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
         with self.engine.begin() as conn:
             repo_id = self._ensure_repository(conn, repo)
-            manifest_id = conn.scalar(
-                select(Manifest.id).where(
-                    Manifest.repository_id == repo_id, Manifest.digest == manifest.digest
-                )
-            )
+            manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
                 try:
                     with conn.begin_nested():
-                        result = conn.execute(
-                            Manifest.__table__.insert().values(
-                                repository_id=repo_id,
-                                digest=manifest.digest,
-                                media_type=manifest.media_type,
-                                artifact_type=manifest.artifact_type,
-                                subject_digest=manifest.subject_digest,
-                                annotations=json.dumps(manifest.annotations)
-                                if manifest.annotations
-                                else None,
-                                size=len(manifest.content),
-                                content=manifest.content,
-                                created_at=_now(),
-                            )
-                        )
+                        manifest_id = self._insert_manifest(conn, repo_id, manifest)
                 except IntegrityError:
-                    manifest_id = conn.scalar(
-                        select(Manifest.id).where(
-                            Manifest.repository_id == repo_id,
-                            Manifest.digest == manifest.digest,
-                        )
-                    )
-                else:
-                    manifest_id = result.inserted_primary_key[0]
-                    refs = [
-                        {"manifest_id": manifest_id, "digest": d, "kind": BLOB_REFERENCE}
-                        for d in dict.fromkeys(manifest.blob_digests)
-                    ] + [
-                        {"manifest_id": manifest_id, "digest": d, "kind": MANIFEST_REFERENCE}
-                        for d in dict.fromkeys(manifest.child_digests)
-                    ]
-                    if refs:
-                        conn.execute(ManifestReference.__table__.insert(), refs)
+                    # Another writer (another process, on PostgreSQL) stored it first.
+                    manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
+                    if manifest_id is None:
+                        raise
             if tag is not None:
-                self._set_tag(conn, repo_id, tag, int(manifest_id))
+                self._set_tag(conn, repo_id, tag, manifest_id)
 
     @staticmethod
     def _set_tag(conn: Connection, repo_id: int, tag: str, manifest_id: int) -> None:
         updated = conn.execute(
-            Tag.__table__.update()
+            update(Tag)
             .where(Tag.repository_id == repo_id, Tag.name == tag)
             .values(manifest_id=manifest_id, updated_at=_now())
         )
         if not updated.rowcount:
             conn.execute(
-                Tag.__table__.insert().values(
+                insert(Tag).values(
                     repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
                 )
             )
@@ -354,15 +371,13 @@ class MetadataStore:
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
                 return False
-            manifest_id = conn.scalar(
-                select(Manifest.id).where(
-                    Manifest.repository_id == repo_id, Manifest.digest == digest
-                )
-            )
+            manifest_id = self._manifest_id(conn, repo_id, digest)
             if manifest_id is None:
                 return False
             conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            conn.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
+            conn.execute(
+                delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id)
+            )
             conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
             return True
 

@@ -12,7 +12,7 @@ TAG_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 MAX_NAME_LENGTH = 255
 
 
-class NameError_(ValueError):  # noqa: N801 - NameError is a builtin
+class NameError_(ValueError):
     """A repository name or tag that the spec's grammar rejects."""
 
 

@@ -152,9 +152,7 @@ class BlobService:
             )
         chunk = end - start + 1
         if length is not None and length != chunk:
-            raise SizeInvalid(
-                f"Content-Length {length} does not match Content-Range {start}-{end}"
-            )
+            raise SizeInvalid(f"Content-Length {length} does not match Content-Range {start}-{end}")
         return chunk
 
     async def append(

@@ -32,7 +32,9 @@ class RegistryError(Exception):
 
 
 def _error(code: str, status: int) -> type[RegistryError]:
-    return type(code.title().replace("_", "") + "Error", (RegistryError,), {"code": code, "status": status})
+    return type(
+        code.title().replace("_", "") + "Error", (RegistryError,), {"code": code, "status": status}
+    )
 
 
 BlobUnknown = _error("BLOB_UNKNOWN", 404)
