@@ -296,48 +296,35 @@ def skopeo_pull(host: str, repo: str, size: int, scratch: Path) -> float:
     return size / 1e6 / elapsed
 
 
+def _load_rate(tool: str, args: list[str], rate: str, failures: str) -> float:
+    """Run a load generator; its requests per second, refusing runs with failed replies."""
+    out = subprocess.run([tool, *args], capture_output=True, text=True, check=True).stdout
+    failed = re.search(failures, out)
+    if failed:
+        raise RuntimeError(f"{tool} saw {failed.group(1)} failed responses: {args[-1]}")
+    found = re.search(rate, out)
+    if found is None:
+        raise RuntimeError(f"{tool} printed no rate:\n{out}")
+    return float(found.group(1))
+
+
 def wrk_get(host: str, path: str, seconds: int) -> float:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            "-c8",
-            f"-d{seconds}s",
-            "-H",
-            f"Accept: {OCI_MANIFEST}",
-            f"http://{host}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"wrk saw {errors.group(1)} failed responses from {host}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    args = ["-t2", "-c8", f"-d{seconds}s", "-H", f"Accept: {OCI_MANIFEST}", f"http://{host}{path}"]
+    return _load_rate("wrk", args, r"Requests/sec:\s+([\d.]+)", r"Non-2xx or 3xx responses: (\d+)")
 
 
 def ab_head(host: str, path: str, requests: int) -> float:
-    out = subprocess.run(
-        [
-            "ab",
-            "-q",
-            "-k",
-            "-i",
-            "-c8",
-            f"-n{requests}",
-            "-H",
-            f"Accept: {OCI_MANIFEST}",
-            f"http://{host}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    failed = re.search(r"Non-2xx responses:\s+(\d+)", out)
-    if failed:
-        raise RuntimeError(f"ab saw {failed.group(1)} failed responses from {host}")
-    return float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    args = [
+        "-q",
+        "-k",
+        "-i",
+        "-c8",
+        f"-n{requests}",
+        "-H",
+        f"Accept: {OCI_MANIFEST}",
+        f"http://{host}{path}",
+    ]
+    return _load_rate("ab", args, r"Requests per second:\s+([\d.]+)", r"Non-2xx responses:\s+(\d+)")
 
 
 # -- fixtures ----------------------------------------------------------------

@@ -60,6 +60,8 @@ def test_config_file_environment_and_flags_layer(tmp_path: Path) -> None:
 
 def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
     kept = push_blob(registry, "gc/keep", b"kept bytes")
+    open_upload = requests.post(f"{registry.url}/v2/gc/keep/blobs/uploads/", timeout=5)
+    upload_id = open_upload.headers["Location"].rsplit("/", 1)[1]
     dropped = push_blob(registry, "gc/drop", b"dropped bytes")
     shared = push_blob(registry, "gc/drop", b"shared bytes")
     push_blob(registry, "gc/keep", b"shared bytes")
@@ -73,17 +75,21 @@ def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"published just before a crash")
 
-    dry = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0", "--dry-run")
-    assert (
-        dry.returncode == 0 and "would delete 1 unlinked blobs and 1 unrecorded files" in dry.stdout
-    )
+    args = ("--data", str(registry.data_dir), "--grace-seconds", "0")
+    dry = moorage("gc", *args, "--dry-run")
+    assert dry.returncode == 0
+    assert "would delete 1 unlinked blobs, 1 unrecorded files and 0 stale uploads" in dry.stdout
     assert orphan.exists()
 
-    done = moorage("gc", "--data", str(registry.data_dir), "--grace-seconds", "0")
+    done = moorage("gc", *args)
     assert done.returncode == 0, done.stderr
     files = registry.blob_files()
     assert dropped not in files and not orphan.exists()
     assert {kept, shared} <= files
+    assert upload_id in registry.upload_files(), "a fresh upload session is not stale"
+    stale = moorage("gc", *args, "--upload-max-age", "0")
+    assert "0 unlinked blobs, 0 unrecorded files and 1 stale uploads" in stale.stdout
+    assert upload_id not in registry.upload_files()
     registry.start()
     assert (
         requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content

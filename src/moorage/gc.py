@@ -18,18 +18,22 @@ from moorage.server import open_registry
 class GcReport:
     deleted: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
+    stale_uploads: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
 
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         return (
-            f"{verb} {len(self.deleted)} unlinked blobs and {len(self.orphan_files)} "
-            f"unrecorded files, {self.freed_bytes} bytes"
+            f"{verb} {len(self.deleted)} unlinked blobs, {len(self.orphan_files)} "
+            f"unrecorded files and {len(self.stale_uploads)} stale uploads, "
+            f"{self.freed_bytes} bytes"
         )
 
 
-def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool) -> GcReport:
+def collect_garbage(
+    settings: Settings, grace_seconds: int, dry_run: bool, upload_max_age: int = 7 * 86400
+) -> GcReport:
     blobs, _, metadata = open_registry(settings)
     store = blobs.store
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
@@ -50,4 +54,13 @@ def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool) -> Gc
             report.freed_bytes += size
             if not dry_run:
                 store.delete_blob(digest)
+    # Upload sessions abandoned by their clients (Distribution purges after a week too).
+    upload_cutoff = datetime.now(UTC) - timedelta(seconds=upload_max_age)
+    for upload_id, created in metadata.list_uploads().items():
+        if created.replace(tzinfo=created.tzinfo or UTC) < upload_cutoff:
+            report.stale_uploads.append(upload_id)
+            report.freed_bytes += store.upload_size(upload_id) or 0
+            if not dry_run:
+                metadata.delete_upload(upload_id)
+                store.discard_upload(upload_id)
     return report

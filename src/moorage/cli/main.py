@@ -52,13 +52,24 @@ def gc(
     data: Annotated[Path | None, typer.Option("--data", envvar="MOORAGE_DATA")] = None,
     config: Annotated[Path | None, typer.Option("--config")] = None,
     grace_seconds: Annotated[int, typer.Option(help="Keep blobs younger than this")] = 3600,
+    upload_max_age: Annotated[
+        int, typer.Option(help="Delete upload sessions older than this many seconds")
+    ] = 7 * 86400,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
 ) -> None:
-    """Delete blobs that no repository links any more."""
+    """Delete blobs no repository links, and abandoned upload sessions.
+
+    Run it while the registry is stopped."""
     from moorage.gc import collect_garbage
 
-    settings = load_settings(config, data_dir=str(data) if data else None)
-    report = collect_garbage(settings, grace_seconds=grace_seconds, dry_run=dry_run)
+    try:
+        settings = load_settings(config, data_dir=str(data) if data else None)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    report = collect_garbage(
+        settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
+    )
     typer.echo(report.summary())
 
 

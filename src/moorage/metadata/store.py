@@ -211,21 +211,20 @@ class MetadataStore:
             )
             return bool(result.rowcount)
 
-    def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
+    def _missing(
+        self, repo: str, digests: Iterable[str], column: Any, repo_column: Any
+    ) -> list[str]:
+        """Which of ``digests`` have no row in ``column``'s table for ``repo``."""
         wanted = set(digests)
         if not wanted:
             return []
+        stmt = select(column).where(repo_column == _repo_id, column.in_(wanted))
         with self.engine.connect() as conn:
-            found = set(
-                conn.scalars(
-                    select(RepositoryBlob.digest).where(
-                        RepositoryBlob.repository_id == _repo_id,
-                        RepositoryBlob.digest.in_(wanted),
-                    ),
-                    {"repo": repo},
-                )
-            )
+            found = set(conn.scalars(stmt, {"repo": repo}))
         return sorted(wanted - found)
+
+    def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
+        return self._missing(repo, digests, RepositoryBlob.digest, RepositoryBlob.repository_id)
 
     def blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
         wanted = list(set(digests))
@@ -286,19 +285,7 @@ class MetadataStore:
         return StoredManifest(row[0], row[1], bytes(row[2]), row[3])
 
     def missing_manifests(self, repo: str, digests: Iterable[str]) -> list[str]:
-        wanted = set(digests)
-        if not wanted:
-            return []
-        with self.engine.connect() as conn:
-            found = set(
-                conn.scalars(
-                    select(Manifest.digest).where(
-                        Manifest.repository_id == _repo_id, Manifest.digest.in_(wanted)
-                    ),
-                    {"repo": repo},
-                )
-            )
-        return sorted(wanted - found)
+        return self._missing(repo, digests, Manifest.digest, Manifest.repository_id)
 
     @staticmethod
     def _manifest_id(conn: Connection, repo_id: int, digest: str) -> int | None:
