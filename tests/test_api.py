@@ -479,6 +479,8 @@ def test_access_log_is_structured_and_keeps_credentials_out(registry: MoorageSer
     posts = [e for e in entries if e["method"] == "POST"]
     assert posts and posts[-1]["repository"] == "log/check" and posts[-1]["status"] == 201
     assert posts[-1]["bytes_in"] == 5
+    gets = [e for e in entries if e["method"] == "GET" and e["path"] == "/v2/"]
+    assert gets and all(e["bytes_out"] == 2 for e in gets)  # the body "{}", not the headers
     assert all(
         {"method", "path", "status", "bytes_out", "duration_ms"} <= e.keys() for e in entries
     )

@@ -24,7 +24,7 @@ class JsonAccessLogger(AbstractAccessLogger):
                     "repository": request.get(REPOSITORY_KEY),
                     "status": response.status,
                     "bytes_in": int(length) if length.isdigit() else None,
-                    "bytes_out": response.body_length,
+                    "bytes_out": 0 if request.method == "HEAD" else response.content_length,
                     "duration_ms": round(time * 1000, 3),
                     "client": request.remote,
                     "user_agent": request.headers.get("User-Agent"),
