@@ -24,13 +24,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+REGION_HOSTS = (
+    "us.localhost uk.localhost de.localhost au.localhost jp.localhost "
+    "registry.ng.localhost registry.eu-gb.localhost registry.eu-de.localhost "
+    "registry.au-syd.localhost"
+)
+
+
+def ensure_region_hosts() -> None:
+    """Name the default regional domains in /etc/hosts (tests and CI run as root),
+    so real clients reach each region by the name it answers on."""
+    hosts = Path("/etc/hosts")
+    if "registry.au-syd.localhost" not in hosts.read_text():
+        with hosts.open("a") as f:
+            f.write(f"\n127.0.0.1 {REGION_HOSTS}\n")
+
+
 class MoorageServer:
-    def __init__(self, data_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        auth: str = "none",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = extra_args
+        self.auth = auth
+        self.env = env or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.stdout_path = log_path.with_suffix(".stdout")
+
+    def host_for(self, domain: str) -> str:
+        return f"{domain}:{self.port}"
 
     @property
     def host(self) -> str:
@@ -47,17 +76,17 @@ class MoorageServer:
                 str(MOORAGE),
                 "serve",
                 "--auth",
-                "none",
+                self.auth,
                 "--port",
                 str(self.port),
                 "--data",
                 str(self.data_dir),
                 *self.extra_args,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=self.stdout_path.open("ab"),
+            stderr=log,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -214,7 +214,7 @@ def test_bad_names(registry: MoorageServer, path: str) -> None:
                 method
                 + b" "
                 + target.encode()
-                + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             )
             status_line, _, rest = reply.partition(b"\r\n")
             assert b" 400 " in status_line, (method, path, reply[:300])
@@ -253,10 +253,11 @@ def test_truncated_bodies_leave_nothing(registry: MoorageServer) -> None:
     with unchanged(registry):
         # The client announces 1000 bytes, sends 400 and hangs up.
         for request in (
-            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode(),
-            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+            f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Content-Length: 1000\r\n\r\n".encode(),
-            f"POST /v2/bad/trunc/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+            f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Length: 1000\r\n\r\n".encode(),
+            f"POST /v2/bad/trunc/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Content-Length: 1000\r\n\r\n".encode(),
         ):
             raw_request(registry, request + b"z" * 400, close_early=True)

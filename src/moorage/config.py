@@ -17,7 +17,12 @@ class Settings:
     port: int = 5000
     data_dir: str = "moorage-data"
     database_url: str | None = None  # default: SQLite inside data_dir
-    auth: str = "none"
+    auth: str = "token"
+    base_domain: str = "localhost"
+    token_lifetime: int = 300
+    key_rotation: int = 7 * 86400
+    service_id_limit: int = 2000
+    admin_email: str = "admin@moorage.local"
     max_manifest_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
     access_log: bool = True
@@ -33,6 +38,11 @@ _FILE_KEYS = {
     ("server", "port"): "port",
     ("server", "auth"): "auth",
     ("server", "shutdown_timeout"): "shutdown_timeout",
+    ("server", "base_domain"): "base_domain",
+    ("auth", "token_lifetime"): "token_lifetime",
+    ("auth", "key_rotation"): "key_rotation",
+    ("iam", "service_id_limit"): "service_id_limit",
+    ("iam", "admin_email"): "admin_email",
     ("storage", "data"): "data_dir",
     ("database", "url"): "database_url",
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
@@ -46,6 +56,9 @@ _ENV_KEYS = {
     "MOORAGE_DATABASE_URL": "database_url",
     "MOORAGE_MAX_MANIFEST_BYTES": "max_manifest_bytes",
     "MOORAGE_LOG_LEVEL": "log_level",
+    "MOORAGE_BASE_DOMAIN": "base_domain",
+    "MOORAGE_AUTH": "auth",
+    "MOORAGE_TOKEN_LIFETIME": "token_lifetime",
 }
 
 
@@ -80,8 +93,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             values[field] = _coerce(field, os.environ[variable])
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
-    if settings.auth != "none":
-        raise ConfigError(f"unknown auth mode {settings.auth!r}: only 'none' exists until IAM")
+    if settings.auth not in ("token", "none"):
+        raise ConfigError(f"unknown auth mode {settings.auth!r}: use 'token' or 'none'")
+    if not 5 <= settings.token_lifetime <= 3600:
+        raise ConfigError("token_lifetime must be between 5 and 3600 seconds")
     if settings.max_manifest_bytes < 4 * 1024 * 1024:
         raise ConfigError("max_manifest_bytes must be at least 4 MiB (4194304)")
     return settings

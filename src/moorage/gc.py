@@ -34,8 +34,9 @@ class GcReport:
 def collect_garbage(
     settings: Settings, grace_seconds: int, dry_run: bool, upload_max_age: int = 7 * 86400
 ) -> GcReport:
-    blobs, _, metadata = open_registry(settings)
-    store = blobs.store
+    parts = open_registry(settings)
+    metadata = parts.metadata
+    store = parts.blobs.store
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
     report = GcReport(dry_run=dry_run)
     for value in metadata.unreferenced_blobs(cutoff):

@@ -12,16 +12,25 @@ import os
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
 
+from moorage.auth.keys import KeyRing
+from moorage.auth.ratelimit import FailureLimiter
+from moorage.auth.tokens import TokenService
 from moorage.config import Settings
 from moorage.http import RegistryApp
-from moorage.http.access import OpenAccess
+from moorage.http.access import OpenAccess, TokenAccess
 from moorage.http.access_log import JsonAccessLogger
+from moorage.http.management import ManagementApi
+from moorage.http.token_endpoint import TokenEndpoint
+from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
+from moorage.iam.service import IamService
 from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
+from moorage.regions import RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.storage import FilesystemBlobStore
 
@@ -37,25 +46,56 @@ def configure_logging(level: str, access_log: bool) -> None:
     logging.getLogger("moorage.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
-def open_registry(settings: Settings) -> tuple[BlobService, ManifestService, MetadataStore]:
+@dataclass(frozen=True)
+class Components:
+    blobs: BlobService
+    manifests: ManifestService
+    metadata: MetadataStore
+    iam: IamService
+    regions: RegionMap
+
+
+def open_registry(settings: Settings) -> Components:
     data = settings.data_path
     data.mkdir(parents=True, exist_ok=True)
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
     upgrade(engine)
     metadata = MetadataStore(engine)
     store = FilesystemBlobStore(data)
-    return (
+    regions = RegionMap.default(settings.base_domain)
+    keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
+    iam = IamService(engine, keeper, tuple(regions.regions), settings.service_id_limit)
+    return Components(
         BlobService(store, metadata),
         ManifestService(metadata, settings.max_manifest_bytes),
         metadata,
+        iam,
+        regions,
     )
 
 
+def _bootstrap(iam: IamService, settings: Settings) -> None:
+    """A fresh installation gets an account and an administrator; the key is
+    shown once on the terminal, never in the log."""
+    given = os.environ.get("MOORAGE_BOOTSTRAP_APIKEY") or None
+    created = iam.bootstrap(settings.admin_email, given)
+    if created is None:
+        return
+    log.info("created the administrator %s with API key %s", settings.admin_email, created.id)
+    if given is None:
+        sys.stdout.write(
+            f"\nAdministrator {settings.admin_email}, API key {created.id}:\n\n"
+            f"    {created.secret}\n\n{PRESERVE_NOTICE}\n\n"
+        )
+        sys.stdout.flush()
+
+
 def create_app(settings: Settings) -> RegistryApp:
-    blobs, manifests, metadata = open_registry(settings)
-    report = blobs.reconcile()
+    parts = open_registry(settings)
+    report = parts.blobs.reconcile()
     log.info("uploads after restart: %s", report)
     data = settings.data_path
+    metadata = parts.metadata
 
     def health() -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -78,7 +118,24 @@ def create_app(settings: Settings) -> RegistryApp:
             settings.host,
             settings.port,
         )
-    return RegistryApp(blobs, manifests, OpenAccess(), health)
+        return RegistryApp(parts.blobs, parts.manifests, OpenAccess(), health, parts.regions)
+
+    _bootstrap(parts.iam, settings)
+    keys = KeyRing(data / "keys", rotate_after=settings.key_rotation, retain=2 * 86400)
+    tokens = TokenService(keys, parts.iam, lifetime=settings.token_lifetime)
+    iam = parts.iam
+    limiter = FailureLimiter()
+    return RegistryApp(
+        parts.blobs,
+        parts.manifests,
+        TokenAccess(tokens),
+        health,
+        parts.regions,
+        token_endpoint=TokenEndpoint(tokens, iam, limiter),
+        jwks=keys.jwks,
+        namespaces_of=lambda account, region: [n.name for n in iam.namespaces(account, region)],
+        management=ManagementApi(iam, parts.metadata, parts.regions, limiter),
+    )
 
 
 def serve(settings: Settings) -> None:

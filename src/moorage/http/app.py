@@ -12,10 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from moorage.http.access import DELETE, PULL, PUSH, AccessPolicy
+from moorage.http.access import CATALOG, DELETE, PULL, PUSH, AccessPolicy, Identity
 from moorage.http.access_log import REPOSITORY_KEY
+from moorage.http.management import ManagementApi
 from moorage.http.request import Request
+from moorage.http.token_endpoint import TokenEndpoint
+from moorage.metadata import RepoRef
 from moorage.oci.names import NameError_, validate_name
+from moorage.regions import RegionMap, Target, UnknownDomain
 from moorage.registry import BlobService, ManifestService, Page, RegistryError, range_header
 from moorage.registry.errors import NameInvalid, Unsupported
 
@@ -46,17 +50,37 @@ def error_response(error: RegistryError) -> Response:
     return json_response(error.status, error.body(), list(error.headers.items()))
 
 
-Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+@dataclass(frozen=True)
+class Call:
+    """One request on its way through a handler: where it landed and who sent it."""
+
+    request: Request
+    params: dict[str, str]
+    target: Target
+    identity: Identity
+
+    @property
+    def name(self) -> str:
+        return self.params["name"]
+
+    @property
+    def repo(self) -> RepoRef:
+        return RepoRef(self.target.region.name, self.params["name"])
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+PUBLIC: None = None  # actions of endpoints that need no token at all
 
 
 @dataclass(frozen=True)
 class Route:
     pattern: re.Pattern[str]
-    methods: dict[str, tuple[Handler, tuple[str, ...]]]
+    methods: dict[str, tuple[Handler, tuple[str, ...] | None]]
 
 
 class RegistryApp:
-    """The RSGI application. ``health`` returns a dict that is served at /health."""
+    """The registry's HTTP application. ``health`` returns what /health serves;
+    ``namespaces_of(account, region)`` limits the catalog to an account's own."""
 
     def __init__(
         self,
@@ -64,11 +88,21 @@ class RegistryApp:
         manifests: ManifestService,
         access: AccessPolicy,
         health: Callable[[], dict[str, Any]],
+        regions: RegionMap,
+        token_endpoint: TokenEndpoint | None = None,
+        jwks: Callable[[], dict[str, Any]] | None = None,
+        namespaces_of: Callable[[str, str], list[str]] | None = None,
+        management: ManagementApi | None = None,
     ) -> None:
+        self.management = management
         self.blobs = blobs
         self.manifests = manifests
         self.access = access
         self.health = health
+        self.regions = regions
+        self.token_endpoint = token_endpoint
+        self.jwks = jwks
+        self.namespaces_of = namespaces_of
         self.routes = self._routes()
         self.inflight = 0
 
@@ -76,7 +110,7 @@ class RegistryApp:
         name = r"(?P<name>.+?)"
         return [
             Route(re.compile(r"^/v2/?$"), {"GET": (self.base, ()), "HEAD": (self.base, ())}),
-            Route(re.compile(r"^/v2/_catalog$"), {"GET": (self.catalog, (PULL,))}),
+            Route(re.compile(r"^/v2/_catalog$"), {"GET": (self.catalog, (CATALOG,))}),
             Route(re.compile(rf"^/v2/{name}/tags/list$"), {"GET": (self.tags, (PULL,))}),
             Route(
                 re.compile(rf"^/v2/{name}/manifests/(?P<ref>[^/]+)$"),
@@ -112,14 +146,22 @@ class RegistryApp:
                 re.compile(rf"^/v2/{name}/referrers/(?P<digest>[^/]+)$"),
                 {"GET": (self.referrers, (PULL,))},
             ),
-            Route(re.compile(r"^/health$"), {"GET": (self.get_health, ())}),
+            Route(re.compile(r"^/health$"), {"GET": (self.get_health, PUBLIC)}),
+            Route(
+                re.compile(r"^/oauth/token$"),
+                {"GET": (self.token, PUBLIC), "POST": (self.token, PUBLIC)},
+            ),
+            Route(re.compile(r"^/oauth/jwks\.json$"), {"GET": (self.get_jwks, PUBLIC)}),
         ]
 
     # -- aiohttp entry points ---------------------------------------------
 
     def build(self) -> web.Application:
-        # Bodies are streamed by the handlers, never buffered by aiohttp.
-        application = web.Application(client_max_size=0)
+        # Registry bodies are streamed by the handlers, never buffered by aiohttp;
+        # aiohttp's own limit applies only to the token endpoint's small form.
+        application = web.Application(client_max_size=64 * 1024)
+        if self.management is not None:
+            application.router.add_routes(self.management.routes())
         application.router.add_route("*", "/{path:.*}", self.handle)
         return application
 
@@ -129,14 +171,20 @@ class RegistryApp:
         self.inflight += 1
         try:
             handler, params, actions = self._dispatch(request)
+            target = self._target(request)
             repository = params.get("name")
             if repository is not None:
-                try:
-                    validate_name(repository)
-                except NameError_ as exc:
-                    raise NameInvalid(str(exc), detail={"name": repository[:256]}) from exc
-            self.access.check(request.headers, repository, actions)
-            response = await handler(request, params)
+                _check_name(repository)
+            if actions is None:
+                identity = Identity(None, None)
+            else:
+                owner = None
+                if "upload" in params and repository is not None:
+                    owner = self.blobs.session_owner(
+                        RepoRef(target.region.name, repository), params["upload"]
+                    )
+                identity = self.access.check(request, target, repository, actions, owner)
+            response = await handler(Call(request, params, target, identity))
         except RegistryError as exc:
             response = error_response(exc)
         except asyncio.CancelledError:
@@ -151,7 +199,13 @@ class RegistryApp:
         raw[REPOSITORY_KEY] = repository
         return self._render(response)
 
-    def _dispatch(self, request: Request) -> tuple[Handler, dict[str, str], tuple[str, ...]]:
+    def _target(self, request: Request) -> Target:
+        try:
+            return self.regions.resolve(request.host)
+        except UnknownDomain:
+            raise RegistryError("no registry answers on this host name", status=404) from None
+
+    def _dispatch(self, request: Request) -> tuple[Handler, dict[str, str], tuple[str, ...] | None]:
         path = request.path
         if ".." in path or "//" in path or "%" in path:
             raise NameInvalid("path tricks are not allowed in repository names")
@@ -177,20 +231,32 @@ class RegistryApp:
             return web.FileResponse(response.file, status=response.status, headers=headers)
         return web.Response(status=response.status, headers=headers, body=response.body)
 
-    # -- base, health ------------------------------------------------------
+    # -- base, health, tokens ---------------------------------------------
 
-    async def base(self, request: Request, params: dict[str, str]) -> Response:
+    async def base(self, call: Call) -> Response:
         return json_response(200, {})
 
-    async def get_health(self, request: Request, params: dict[str, str]) -> Response:
+    async def get_health(self, call: Call) -> Response:
         report = self.health()
         report["inflight_requests"] = self.inflight - 1
         return json_response(200 if report.get("status") == "ok" else 503, report)
 
+    async def token(self, call: Call) -> Response:
+        if self.token_endpoint is None:
+            raise RegistryError("this registry runs without authentication", status=404)
+        reply = await self.token_endpoint.handle(call.request, call.target)
+        headers = [*reply.headers, ("cache-control", "no-store")]
+        return json_response(reply.status, reply.body, headers)
+
+    async def get_jwks(self, call: Call) -> Response:
+        if self.jwks is None:
+            raise RegistryError("this registry runs without authentication", status=404)
+        return json_response(200, self.jwks())
+
     # -- blobs -------------------------------------------------------------
 
-    async def get_blob(self, request: Request, params: dict[str, str]) -> Response:
-        blob = self.blobs.get(params["name"], params["digest"])
+    async def get_blob(self, call: Call) -> Response:
+        blob = self.blobs.get(call.repo, call.params["digest"])
         headers: Headers = [
             ("docker-content-digest", str(blob.digest)),
             ("content-type", "application/octet-stream"),
@@ -198,11 +264,12 @@ class RegistryApp:
         ]
         return Response(200, headers, file=blob.path)
 
-    async def delete_blob(self, request: Request, params: dict[str, str]) -> Response:
-        digest = self.blobs.delete(params["name"], params["digest"])
+    async def delete_blob(self, call: Call) -> Response:
+        digest = self.blobs.delete(call.repo, call.params["digest"])
         return Response(202, [("docker-content-digest", str(digest))])
 
-    def _upload_headers(self, name: str, upload_id: str, size: int) -> Headers:
+    @staticmethod
+    def _upload_headers(name: str, upload_id: str, size: int) -> Headers:
         return [
             ("location", f"/v2/{name}/blobs/uploads/{upload_id}"),
             ("range", range_header(size)),
@@ -215,62 +282,64 @@ class RegistryApp:
             201, [("location", f"/v2/{name}/blobs/{digest}"), ("docker-content-digest", digest)]
         )
 
-    async def start_upload(self, request: Request, params: dict[str, str]) -> Response:
-        name = params["name"]
+    async def start_upload(self, call: Call) -> Response:
+        request = call.request
         mount = request.query("mount")
         if mount:
             source = request.query("from")
+            source_repo = None
             if source:
-                try:
-                    validate_name(source)
-                except NameError_ as exc:
-                    raise NameInvalid(str(exc), detail={"name": source[:256]}) from exc
-                self.access.check(request.headers, source, (PULL,))
-            mounted = self.blobs.mount(name, mount, source)
+                _check_name(source)
+                # Mounting reads the source: the token must allow pulling it too.
+                self.access.check(request, call.target, source, (PULL,))
+                source_repo = RepoRef(call.target.region.name, source)
+            mounted = self.blobs.mount(call.repo, mount, source_repo)
             if mounted is not None:
-                return self._blob_created(name, str(mounted))
+                return self._blob_created(call.name, str(mounted))
         digest = request.query("digest")
         if digest is not None:
             body = request.body() if request.has_body else _empty_body()
-            stored = await self.blobs.upload_whole(name, digest, body, request.content_length)
-            return self._blob_created(name, str(stored))
-        upload = self.blobs.start_upload(name)
-        return Response(202, self._upload_headers(name, upload.upload_id, upload.size))
+            stored = await self.blobs.upload_whole(call.repo, digest, body, request.content_length)
+            return self._blob_created(call.name, str(stored))
+        upload = self.blobs.start_upload(call.repo, call.identity.subject)
+        return Response(202, self._upload_headers(call.name, upload.upload_id, upload.size))
 
-    async def upload_status(self, request: Request, params: dict[str, str]) -> Response:
-        upload = self.blobs.status(params["name"], params["upload"])
-        return Response(204, self._upload_headers(params["name"], upload.upload_id, upload.size))
+    async def upload_status(self, call: Call) -> Response:
+        upload = self.blobs.status(call.repo, call.params["upload"])
+        return Response(204, self._upload_headers(call.name, upload.upload_id, upload.size))
 
-    async def patch_upload(self, request: Request, params: dict[str, str]) -> Response:
+    async def patch_upload(self, call: Call) -> Response:
+        request = call.request
         upload = await self.blobs.append(
-            params["name"],
-            params["upload"],
+            call.repo,
+            call.params["upload"],
             request.body(),
             request.header("content-range"),
             request.content_length,
         )
-        return Response(202, self._upload_headers(params["name"], upload.upload_id, upload.size))
+        return Response(202, self._upload_headers(call.name, upload.upload_id, upload.size))
 
-    async def finish_upload(self, request: Request, params: dict[str, str]) -> Response:
+    async def finish_upload(self, call: Call) -> Response:
+        request = call.request
         digest = await self.blobs.finish(
-            params["name"],
-            params["upload"],
+            call.repo,
+            call.params["upload"],
             request.query("digest"),
             request.body() if request.has_body else None,
             request.header("content-range"),
             request.content_length,
         )
-        return self._blob_created(params["name"], str(digest))
+        return self._blob_created(call.name, str(digest))
 
-    async def cancel_upload(self, request: Request, params: dict[str, str]) -> Response:
-        self.blobs.cancel(params["name"], params["upload"])
+    async def cancel_upload(self, call: Call) -> Response:
+        self.blobs.cancel(call.repo, call.params["upload"])
         return Response(204)
 
     # -- manifests ---------------------------------------------------------
 
-    async def get_manifest(self, request: Request, params: dict[str, str]) -> Response:
+    async def get_manifest(self, call: Call) -> Response:
         manifest = self.manifests.get(
-            params["name"], params["ref"], request.header_values("accept")
+            call.repo, call.params["ref"], call.request.header_values("accept")
         )
         headers: Headers = [
             ("content-type", manifest.media_type),
@@ -279,49 +348,63 @@ class RegistryApp:
         ]
         return Response(200, headers, manifest.content)  # aiohttp drops the body on HEAD
 
-    async def put_manifest(self, request: Request, params: dict[str, str]) -> Response:
+    async def put_manifest(self, call: Call) -> Response:
+        request = call.request
         self.manifests.check_size(request.content_length)
         body = await request.read(self.manifests.max_manifest_bytes)
         if body is None:
             raise self.manifests.too_large()
         result = self.manifests.put(
-            params["name"], params["ref"], body, request.header("content-type")
+            call.repo, call.params["ref"], body, request.header("content-type")
         )
         headers: Headers = [
-            ("location", f"/v2/{params['name']}/manifests/{result.digest}"),
+            ("location", f"/v2/{call.name}/manifests/{result.digest}"),
             ("docker-content-digest", result.digest),
         ]
         if result.subject:
             headers.append(("oci-subject", result.subject))
         return Response(201, headers)
 
-    async def delete_manifest(self, request: Request, params: dict[str, str]) -> Response:
-        self.manifests.delete(params["name"], params["ref"])
+    async def delete_manifest(self, call: Call) -> Response:
+        self.manifests.delete(call.repo, call.params["ref"])
         return Response(202)
 
     # -- listings ----------------------------------------------------------
 
-    async def tags(self, request: Request, params: dict[str, str]) -> Response:
-        limit = _page_size(request.query("n"), None)
-        page = self.manifests.tags(params["name"], limit, request.query("last"))
+    async def tags(self, call: Call) -> Response:
+        limit = _page_size(call.request.query("n"), None)
+        page = self.manifests.tags(call.repo, limit, call.request.query("last"))
         return json_response(
             200,
-            {"name": params["name"], "tags": page.items},
-            _link(f"/v2/{params['name']}/tags/list", page, limit),
+            {"name": call.name, "tags": page.items},
+            _link(f"/v2/{call.name}/tags/list", page, limit),
         )
 
-    async def catalog(self, request: Request, params: dict[str, str]) -> Response:
-        limit = _page_size(request.query("n"), DEFAULT_CATALOG_PAGE)
-        page = self.manifests.catalog(limit, request.query("last"))
+    async def catalog(self, call: Call) -> Response:
+        limit = _page_size(call.request.query("n"), DEFAULT_CATALOG_PAGE)
+        region = call.target.region.name
+        namespaces = None
+        if not call.identity.unrestricted:
+            account = call.identity.account
+            owned = self.namespaces_of(account, region) if account and self.namespaces_of else []
+            namespaces = owned
+        page = self.manifests.catalog(region, limit, call.request.query("last"), namespaces)
         return json_response(200, {"repositories": page.items}, _link("/v2/_catalog", page, limit))
 
-    async def referrers(self, request: Request, params: dict[str, str]) -> Response:
-        artifact_type = request.query("artifactType")
-        body = self.manifests.referrers(params["name"], params["digest"], artifact_type)
+    async def referrers(self, call: Call) -> Response:
+        artifact_type = call.request.query("artifactType")
+        body = self.manifests.referrers(call.repo, call.params["digest"], artifact_type)
         headers: Headers = [("content-type", "application/vnd.oci.image.index.v1+json")]
         if artifact_type is not None:
             headers.append(("oci-filters-applied", "artifactType"))
         return Response(200, headers, body)
+
+
+def _check_name(name: str) -> None:
+    try:
+        validate_name(name)
+    except NameError_ as exc:
+        raise NameInvalid(str(exc), detail={"name": name[:256]}) from exc
 
 
 async def _empty_body() -> Any:

@@ -25,6 +25,25 @@ class Request:
     def client(self) -> str | None:
         return self._raw.remote
 
+    @property
+    def host(self) -> str:
+        return self._raw.host
+
+    @property
+    def scheme(self) -> str:
+        return self._raw.scheme
+
+    async def form(self) -> dict[str, list[str]]:
+        """An urlencoded form body (small: the token endpoint's)."""
+        data = await self._raw.post()
+        form: dict[str, list[str]] = {}
+        for key, value in data.items():
+            form.setdefault(key, []).append(str(value))
+        return form
+
+    def query_all(self, name: str) -> list[str]:
+        return list(self._raw.rel_url.query.getall(name, []))
+
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 

@@ -32,9 +32,14 @@ class Base(DeclarativeBase):
 
 
 class Repository(Base):
+    """A repository of one regional registry: the same name in two regions is
+    two repositories."""
+
     __tablename__ = "repositories"
+    __table_args__ = (UniqueConstraint("region", "name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    region: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
     namespace: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -109,5 +114,7 @@ class Upload(Base):
 
     __tablename__ = "uploads"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
     repository: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # who started it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

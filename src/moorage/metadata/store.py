@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Engine,
@@ -53,6 +53,20 @@ def _inserted_id(result: CursorResult[Any]) -> int:
     return int(key[0])
 
 
+class RepoRef(NamedTuple):
+    """A repository: its region and its name within that region."""
+
+    region: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _p(repo: RepoRef, **extra: object) -> dict[str, object]:
+    return {"region": repo.region, "repo": repo.name, **extra}
+
+
 @dataclass(frozen=True)
 class StoredManifest:
     digest: str
@@ -71,6 +85,17 @@ class NewManifest:
     content: bytes
     blob_digests: Sequence[str]
     child_digests: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    repository: str
+    namespace: str
+    tag: str
+    digest: str
+    media_type: str
+    created: datetime
+    size: int
 
 
 @dataclass(frozen=True)
@@ -104,7 +129,11 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'metadata.db'}"
 
 
-_repo_id = select(Repository.id).where(Repository.name == bindparam("repo")).scalar_subquery()
+_repo_id = (
+    select(Repository.id)
+    .where(Repository.region == bindparam("region"), Repository.name == bindparam("repo"))
+    .scalar_subquery()
+)
 
 _MANIFEST_BY_TAG = (
     select(Manifest.digest, Manifest.media_type, Manifest.content, Manifest.subject_digest)
@@ -128,32 +157,50 @@ class MetadataStore:
     # -- repositories ------------------------------------------------------
 
     @staticmethod
-    def _ensure_repository(conn: Connection, name: str) -> int:
-        repo_id = conn.scalar(select(Repository.id).where(Repository.name == name))
+    def _ensure_repository(conn: Connection, repo: RepoRef) -> int:
+        repo_id = MetadataStore._repository_id(conn, repo)
         if repo_id is not None:
-            return int(repo_id)
-        namespace = name.split("/", 1)[0]
+            return repo_id
+        namespace = repo.name.split("/", 1)[0]
         result = conn.execute(
-            insert(Repository).values(name=name, namespace=namespace, created_at=_now())
+            insert(Repository).values(
+                region=repo.region, name=repo.name, namespace=namespace, created_at=_now()
+            )
         )
         return _inserted_id(result)
 
     @staticmethod
-    def _repository_id(conn: Connection, name: str) -> int | None:
-        value = conn.scalar(select(Repository.id).where(Repository.name == name))
+    def _repository_id(conn: Connection, repo: RepoRef) -> int | None:
+        value = conn.scalar(
+            select(Repository.id).where(
+                Repository.region == repo.region, Repository.name == repo.name
+            )
+        )
         return None if value is None else int(value)
 
-    def repository_exists(self, name: str) -> bool:
+    def repository_exists(self, repo: RepoRef) -> bool:
         with self.engine.connect() as conn:
-            return self._repository_id(conn, name) is not None
+            return self._repository_id(conn, repo) is not None
 
-    def list_repositories(self, limit: int | None, last: str | None) -> list[str]:
-        """Repositories holding at least one manifest, in lexical order."""
+    def list_repositories(
+        self,
+        region: str,
+        limit: int | None,
+        last: str | None,
+        namespaces: list[str] | None = None,
+    ) -> list[str]:
+        """Repositories of a region holding at least one manifest, in lexical order,
+        optionally only those in the given namespaces."""
         stmt = (
             select(Repository.name)
-            .where(select(Manifest.id).where(Manifest.repository_id == Repository.id).exists())
+            .where(
+                Repository.region == region,
+                select(Manifest.id).where(Manifest.repository_id == Repository.id).exists(),
+            )
             .order_by(Repository.name)
         )
+        if namespaces is not None:
+            stmt = stmt.where(Repository.namespace.in_(namespaces))
         if last:
             stmt = stmt.where(Repository.name > last)
         if limit is not None:
@@ -163,12 +210,12 @@ class MetadataStore:
 
     # -- blobs -------------------------------------------------------------
 
-    def linked_blob_size(self, repo: str, digest: str) -> int | None:
+    def linked_blob_size(self, repo: RepoRef, digest: str) -> int | None:
         with self.engine.connect() as conn:
-            value = conn.scalar(_LINKED_BLOB_SIZE, {"repo": repo, "digest": digest})
+            value = conn.scalar(_LINKED_BLOB_SIZE, _p(repo, digest=digest))
         return None if value is None else int(value)
 
-    def record_blob(self, repo: str, digest: str, size: int) -> None:
+    def record_blob(self, repo: RepoRef, digest: str, size: int) -> None:
         """Record a committed blob and link it into ``repo``, idempotently."""
         with self.engine.begin() as conn:
             repo_id = self._ensure_repository(conn, repo)
@@ -190,16 +237,16 @@ class MetadataStore:
                 )
             )
 
-    def mount_blob(self, repo: str, digest: str, source_repo: str) -> int | None:
+    def mount_blob(self, repo: RepoRef, digest: str, source_repo: RepoRef) -> int | None:
         """Link a blob that ``source_repo`` holds into ``repo``; its size, or None."""
         with self.engine.begin() as conn:
-            size = conn.scalar(_LINKED_BLOB_SIZE, {"repo": source_repo, "digest": digest})
+            size = conn.scalar(_LINKED_BLOB_SIZE, _p(source_repo, digest=digest))
             if size is None:
                 return None
             self._link(conn, self._ensure_repository(conn, repo), digest)
             return int(size)
 
-    def unlink_blob(self, repo: str, digest: str) -> bool:
+    def unlink_blob(self, repo: RepoRef, digest: str) -> bool:
         with self.engine.begin() as conn:
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
@@ -212,7 +259,7 @@ class MetadataStore:
             return bool(result.rowcount)
 
     def _missing(
-        self, repo: str, digests: Iterable[str], column: Any, repo_column: Any
+        self, repo: RepoRef, digests: Iterable[str], column: Any, repo_column: Any
     ) -> list[str]:
         """Which of ``digests`` have no row in ``column``'s table for ``repo``."""
         wanted = set(digests)
@@ -220,10 +267,10 @@ class MetadataStore:
             return []
         stmt = select(column).where(repo_column == _repo_id, column.in_(wanted))
         with self.engine.connect() as conn:
-            found = set(conn.scalars(stmt, {"repo": repo}))
+            found = set(conn.scalars(stmt, _p(repo)))
         return sorted(wanted - found)
 
-    def missing_blobs(self, repo: str, digests: Iterable[str]) -> list[str]:
+    def missing_blobs(self, repo: RepoRef, digests: Iterable[str]) -> list[str]:
         return self._missing(repo, digests, RepositoryBlob.digest, RepositoryBlob.repository_id)
 
     def blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
@@ -258,13 +305,25 @@ class MetadataStore:
 
     # -- uploads -----------------------------------------------------------
 
-    def create_upload(self, upload_id: str, repo: str) -> None:
+    def create_upload(self, upload_id: str, repo: RepoRef, owner: str | None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(Upload).values(id=upload_id, repository=repo, created_at=_now()))
+            conn.execute(
+                insert(Upload).values(
+                    id=upload_id,
+                    region=repo.region,
+                    repository=repo.name,
+                    owner=owner,
+                    created_at=_now(),
+                )
+            )
 
-    def upload_repository(self, upload_id: str) -> str | None:
+    def upload_session(self, upload_id: str) -> tuple[RepoRef, str | None] | None:
+        """The repository an upload belongs to, and who started it."""
         with self.engine.connect() as conn:
-            return conn.scalar(select(Upload.repository).where(Upload.id == upload_id))
+            row = conn.execute(
+                select(Upload.region, Upload.repository, Upload.owner).where(Upload.id == upload_id)
+            ).first()
+        return None if row is None else (RepoRef(row[0], row[1]), row[2])
 
     def delete_upload(self, upload_id: str) -> None:
         with self.engine.begin() as conn:
@@ -276,15 +335,17 @@ class MetadataStore:
 
     # -- manifests and tags ------------------------------------------------
 
-    def get_manifest(self, repo: str, reference: str, *, by_digest: bool) -> StoredManifest | None:
+    def get_manifest(
+        self, repo: RepoRef, reference: str, *, by_digest: bool
+    ) -> StoredManifest | None:
         stmt = _MANIFEST_BY_DIGEST if by_digest else _MANIFEST_BY_TAG
         with self.engine.connect() as conn:
-            row = conn.execute(stmt, {"repo": repo, "ref": reference}).first()
+            row = conn.execute(stmt, _p(repo, ref=reference)).first()
         if row is None:
             return None
         return StoredManifest(row[0], row[1], bytes(row[2]), row[3])
 
-    def missing_manifests(self, repo: str, digests: Iterable[str]) -> list[str]:
+    def missing_manifests(self, repo: RepoRef, digests: Iterable[str]) -> list[str]:
         return self._missing(repo, digests, Manifest.digest, Manifest.repository_id)
 
     @staticmethod
@@ -321,7 +382,7 @@ class MetadataStore:
             conn.execute(insert(ManifestReference), refs)
         return manifest_id
 
-    def put_manifest(self, repo: str, manifest: NewManifest, tag: str | None) -> None:
+    def put_manifest(self, repo: RepoRef, manifest: NewManifest, tag: str | None) -> None:
         """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
         with self.engine.begin() as conn:
             repo_id = self._ensure_repository(conn, repo)
@@ -352,7 +413,7 @@ class MetadataStore:
                 )
             )
 
-    def delete_manifest(self, repo: str, digest: str) -> bool:
+    def delete_manifest(self, repo: RepoRef, digest: str) -> bool:
         """Delete a manifest and every tag naming it."""
         with self.engine.begin() as conn:
             repo_id = self._repository_id(conn, repo)
@@ -368,14 +429,14 @@ class MetadataStore:
             conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
             return True
 
-    def delete_tag(self, repo: str, tag: str) -> bool:
+    def delete_tag(self, repo: RepoRef, tag: str) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(
-                delete(Tag).where(Tag.repository_id == _repo_id, Tag.name == tag), {"repo": repo}
+                delete(Tag).where(Tag.repository_id == _repo_id, Tag.name == tag), _p(repo)
             )
             return bool(result.rowcount)
 
-    def list_tags(self, repo: str, limit: int | None, last: str | None) -> list[str] | None:
+    def list_tags(self, repo: RepoRef, limit: int | None, last: str | None) -> list[str] | None:
         """Tags in lexical order; None when the repository does not exist."""
         with self.engine.connect() as conn:
             repo_id = self._repository_id(conn, repo)
@@ -388,7 +449,7 @@ class MetadataStore:
                 stmt = stmt.limit(limit)
             return list(conn.scalars(stmt))
 
-    def referrers(self, repo: str, subject: str, artifact_type: str | None) -> list[Referrer]:
+    def referrers(self, repo: RepoRef, subject: str, artifact_type: str | None) -> list[Referrer]:
         stmt = (
             select(
                 Manifest.digest,
@@ -403,10 +464,60 @@ class MetadataStore:
         if artifact_type is not None:
             stmt = stmt.where(Manifest.artifact_type == artifact_type)
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt, {"repo": repo}).all()
+            rows = conn.execute(stmt, _p(repo)).all()
         return [
             Referrer(d, m, int(s), a, json.loads(ann) if ann else None) for d, m, s, a, ann in rows
         ]
+
+    def images(self, region: str, namespaces: list[str]) -> list[ImageRow]:
+        """Tagged images of the given namespaces of a region, for ``cr images``."""
+        if not namespaces:
+            return []
+        size = (
+            select(func.coalesce(func.sum(Blob.size), 0))
+            .join(ManifestReference, ManifestReference.digest == Blob.digest)
+            .where(ManifestReference.manifest_id == Manifest.id)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                Repository.name,
+                Repository.namespace,
+                Tag.name,
+                Manifest.digest,
+                Manifest.media_type,
+                Manifest.created_at,
+                size,
+            )
+            .join(Tag, Tag.repository_id == Repository.id)
+            .join(Manifest, Manifest.id == Tag.manifest_id)
+            .where(Repository.region == region, Repository.namespace.in_(namespaces))
+            .order_by(Repository.name, Tag.name)
+        )
+        with self.engine.connect() as conn:
+            return [ImageRow(*row) for row in conn.execute(stmt)]
+
+    def delete_namespace(self, region: str, namespace: str) -> int:
+        """Remove every repository of a namespace (its blobs go at the next gc)."""
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.scalars(
+                    select(Repository.id).where(
+                        Repository.region == region, Repository.namespace == namespace
+                    )
+                )
+            )
+            if not ids:
+                return 0
+            manifest_ids = select(Manifest.id).where(Manifest.repository_id.in_(ids))
+            conn.execute(delete(Tag).where(Tag.repository_id.in_(ids)))
+            conn.execute(
+                delete(ManifestReference).where(ManifestReference.manifest_id.in_(manifest_ids))
+            )
+            conn.execute(delete(Manifest).where(Manifest.repository_id.in_(ids)))
+            conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id.in_(ids)))
+            conn.execute(delete(Repository).where(Repository.id.in_(ids)))
+            return len(ids)
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, for health reports and consistency checks."""

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
-from moorage.metadata import MetadataStore
+from moorage.metadata import MetadataStore, RepoRef
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
@@ -66,14 +66,14 @@ class BlobService:
 
     # -- reads and deletes -------------------------------------------------
 
-    def get(self, repo: str, digest_value: str) -> BlobHandle:
+    def get(self, repo: RepoRef, digest_value: str) -> BlobHandle:
         digest = require_digest(digest_value)
         size = self.metadata.linked_blob_size(repo, str(digest))
         if size is None or self.store.blob_size(digest) is None:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return BlobHandle(digest, size, self.store.local_path(digest))
 
-    def delete(self, repo: str, digest_value: str) -> Digest:
+    def delete(self, repo: RepoRef, digest_value: str) -> Digest:
         """Unlink a blob from one repository; the bytes go when garbage collection runs."""
         digest = require_digest(digest_value)
         if not self.metadata.unlink_blob(repo, str(digest)):
@@ -82,17 +82,17 @@ class BlobService:
 
     # -- uploads -----------------------------------------------------------
 
-    def start_upload(self, repo: str) -> UploadState:
+    def start_upload(self, repo: RepoRef, owner: str | None = None) -> UploadState:
         upload_id = uuid.uuid4().hex
         self.store.create_upload(upload_id)
         try:
-            self.metadata.create_upload(upload_id, repo)
+            self.metadata.create_upload(upload_id, repo, owner)
         except BaseException:
             self.store.discard_upload(upload_id)
             raise
         return UploadState(upload_id, 0)
 
-    def mount(self, repo: str, digest_value: str, source_repo: str | None) -> Digest | None:
+    def mount(self, repo: RepoRef, digest_value: str, source_repo: RepoRef | None) -> Digest | None:
         """Link a blob from ``source_repo``; None means "upload it instead"."""
         try:
             digest = parse_digest(digest_value)
@@ -107,7 +107,7 @@ class BlobService:
         return digest
 
     async def upload_whole(
-        self, repo: str, digest_value: str, body: AsyncIterable[bytes], length: int | None
+        self, repo: RepoRef, digest_value: str, body: AsyncIterable[bytes], length: int | None
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
@@ -121,15 +121,21 @@ class BlobService:
         self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
         return digest
 
-    def _session(self, repo: str, upload_id: str) -> int:
-        if self.metadata.upload_repository(upload_id) != repo:
+    def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
+        """Who started an upload session of ``repo``, for authorization bound to it."""
+        session = self.metadata.upload_session(upload_id)
+        return session[1] if session is not None and session[0] == repo else None
+
+    def _session(self, repo: RepoRef, upload_id: str) -> int:
+        session = self.metadata.upload_session(upload_id)
+        if session is None or session[0] != repo:
             raise BlobUploadUnknown("blob upload unknown to registry")
         size = self.store.upload_size(upload_id)
         if size is None:
             raise BlobUploadUnknown("blob upload unknown to registry")
         return size
 
-    def status(self, repo: str, upload_id: str) -> UploadState:
+    def status(self, repo: RepoRef, upload_id: str) -> UploadState:
         return UploadState(upload_id, self._session(repo, upload_id))
 
     def _check_range(
@@ -157,7 +163,7 @@ class BlobService:
 
     async def append(
         self,
-        repo: str,
+        repo: RepoRef,
         upload_id: str,
         body: AsyncIterable[bytes],
         content_range: str | None,
@@ -169,7 +175,7 @@ class BlobService:
 
     async def finish(
         self,
-        repo: str,
+        repo: RepoRef,
         upload_id: str,
         digest_value: str | None,
         body: AsyncIterable[bytes] | None,
@@ -190,7 +196,7 @@ class BlobService:
         self._end_session(upload_id)
         return digest
 
-    def cancel(self, repo: str, upload_id: str) -> None:
+    def cancel(self, repo: RepoRef, upload_id: str) -> None:
         self._session(repo, upload_id)
         self._end_session(upload_id)
 

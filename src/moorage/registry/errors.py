@@ -31,24 +31,77 @@ class RegistryError(Exception):
         return {"errors": [error]}
 
 
-def _error(code: str, status: int) -> type[RegistryError]:
-    return type(
-        code.title().replace("_", "") + "Error", (RegistryError,), {"code": code, "status": status}
-    )
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    status = 404
 
 
-BlobUnknown = _error("BLOB_UNKNOWN", 404)
-BlobUploadInvalid = _error("BLOB_UPLOAD_INVALID", 400)
-BlobUploadUnknown = _error("BLOB_UPLOAD_UNKNOWN", 404)
-DigestInvalid = _error("DIGEST_INVALID", 400)
-ManifestBlobUnknown = _error("MANIFEST_BLOB_UNKNOWN", 400)
-ManifestInvalid = _error("MANIFEST_INVALID", 400)
-ManifestUnknown = _error("MANIFEST_UNKNOWN", 404)
-NameInvalid = _error("NAME_INVALID", 400)
-NameUnknown = _error("NAME_UNKNOWN", 404)
-SizeInvalid = _error("SIZE_INVALID", 400)
-Unauthorized = _error("UNAUTHORIZED", 401)
-Denied = _error("DENIED", 403)
-Unsupported = _error("UNSUPPORTED", 400)
-TooManyRequests = _error("TOOMANYREQUESTS", 429)
-RangeInvalid = _error("BLOB_UPLOAD_INVALID", 416)
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+    status = 400
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+    status = 404
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    status = 400
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+    status = 400
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    status = 400
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    status = 404
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    status = 400
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    status = 404
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+    status = 400
+
+
+class Unauthorized(RegistryError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class Denied(RegistryError):
+    code = "DENIED"
+    status = 403
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    status = 400
+
+
+class TooManyRequests(RegistryError):
+    code = "TOOMANYREQUESTS"
+    status = 429
+
+
+class RangeInvalid(BlobUploadInvalid):
+    """A chunk that does not continue the upload: 416, with the current Range."""
+
+    status = 416

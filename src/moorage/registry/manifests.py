@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.metadata import MetadataStore, NewManifest, StoredManifest
+from moorage.metadata import MetadataStore, NewManifest, RepoRef, StoredManifest
 from moorage.oci.digest import digest_bytes
 from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
@@ -84,7 +84,7 @@ class ManifestService:
                 "manifest unknown to registry", detail={"reference": reference[:140]}
             ) from exc
 
-    def get(self, repo: str, reference: str, accept: list[str]) -> StoredManifest:
+    def get(self, repo: RepoRef, reference: str, accept: list[str]) -> StoredManifest:
         by_digest = self._lookup_reference(reference)
         manifest = self.metadata.get_manifest(repo, reference, by_digest=by_digest)
         if manifest is None:
@@ -103,7 +103,9 @@ class ManifestService:
         if length is not None and length > self.max_manifest_bytes:
             raise self.too_large()
 
-    def put(self, repo: str, reference: str, body: bytes, content_type: str | None) -> PutResult:
+    def put(
+        self, repo: RepoRef, reference: str, body: bytes, content_type: str | None
+    ) -> PutResult:
         self.check_size(len(body))
         by_digest = self._reference(reference)
         if by_digest:
@@ -160,7 +162,7 @@ class ManifestService:
         )
         return PutResult(digest, parsed.subject.digest if parsed.subject else None)
 
-    def delete(self, repo: str, reference: str) -> None:
+    def delete(self, repo: RepoRef, reference: str) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""
         if self._lookup_reference(reference):
             found = self.metadata.delete_manifest(repo, reference)
@@ -176,16 +178,18 @@ class ManifestService:
         full = limit is not None and len(items) == limit and limit > 0
         return Page(items, items[-1] if full else None)
 
-    def tags(self, repo: str, limit: int | None, last: str | None) -> Page:
+    def tags(self, repo: RepoRef, limit: int | None, last: str | None) -> Page:
         tags = self.metadata.list_tags(repo, limit, last)
         if tags is None:
-            raise NameUnknown("repository name not known to registry", detail={"name": repo})
+            raise NameUnknown("repository name not known to registry", detail={"name": repo.name})
         return self._page(tags, limit)
 
-    def catalog(self, limit: int | None, last: str | None) -> Page:
-        return self._page(self.metadata.list_repositories(limit, last), limit)
+    def catalog(
+        self, region: str, limit: int | None, last: str | None, namespaces: list[str] | None
+    ) -> Page:
+        return self._page(self.metadata.list_repositories(region, limit, last, namespaces), limit)
 
-    def referrers(self, repo: str, digest_value: str, artifact_type: str | None) -> bytes:
+    def referrers(self, repo: RepoRef, digest_value: str, artifact_type: str | None) -> bytes:
         digest = require_digest(digest_value)
         descriptors: list[dict[str, Any]] = []
         for ref in self.metadata.referrers(repo, str(digest), artifact_type):

@@ -1,0 +1,196 @@
+"""The Docker registry token protocol: scopes in, ES256 JWTs out.
+
+A token grants exactly the intersection of what was asked and what IAM
+allows; a partial grant is not an error. Access tokens are short-lived;
+refresh tokens let a client (or a long push) get new ones, and every refresh
+checks again that the credential behind it is neither locked nor deleted."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+
+from moorage.auth.keys import KeyRing
+from moorage.iam.roles import DELETE, LIST, PULL, PUSH, REGISTRY, allowed_actions
+from moorage.iam.service import IamService, Principal
+from moorage.oci.names import NameError_, validate_name
+from moorage.regions import Target
+
+ISSUER = "moorage"
+_SCOPE = re.compile(r"^([a-z0-9]+)(?:\([a-z0-9]+\))?:(.+):([a-z*,]*)$")
+REGISTRY_ACTIONS = {PULL: PULL, PUSH: PUSH, DELETE: DELETE}
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Scope:
+    type: str
+    name: str
+    actions: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, value: str) -> Scope | None:
+        match = _SCOPE.match(value.strip())
+        if not match:
+            return None
+        actions = tuple(a for a in match.group(3).split(",") if a)
+        return cls(match.group(1), match.group(2), actions)
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}:{','.join(self.actions)}"
+
+
+def parse_scopes(values: list[str]) -> list[Scope]:
+    """Scopes as clients send them: repeated parameters, or space-separated (OAuth2 form)."""
+    scopes = []
+    for value in values:
+        for part in value.split():
+            scope = Scope.parse(part)
+            if scope is not None:
+                scopes.append(scope)
+    return scopes
+
+
+class TokenService:
+    def __init__(
+        self,
+        keys: KeyRing,
+        iam: IamService,
+        lifetime: int = 300,
+        refresh_lifetime: int = 86_400,
+    ) -> None:
+        self.keys = keys
+        self.iam = iam
+        self.lifetime = lifetime
+        self.refresh_lifetime = refresh_lifetime
+
+    # -- decisions -----------------------------------------------------------
+
+    def grant(
+        self, principal: Principal | None, target: Target, scopes: list[Scope]
+    ) -> list[dict[str, Any]]:
+        region = target.region
+        grants = self.iam.grants(principal) if principal is not None else []
+        access: list[dict[str, Any]] = []
+        for scope in scopes:
+            if scope.type == "registry" and scope.name == "catalog":
+                if principal is not None and any(
+                    LIST in g.actions
+                    and g.service_name == REGISTRY
+                    and g.region in (None, region.name)
+                    for g in grants
+                ):
+                    access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
+                continue
+            if scope.type != "repository":
+                continue
+            try:
+                namespace = validate_name(scope.name)
+            except NameError_:
+                continue
+            wanted = set(REGISTRY_ACTIONS) if "*" in scope.actions else set(scope.actions)
+            owner = self.iam.namespace_owner(region.name, namespace)
+            granted: set[str] = set()
+            if owner is not None and region.is_global:
+                granted.add(PULL)  # the global registry's namespaces are public
+            if principal is not None and owner == principal.account_id:
+                allowed = allowed_actions(grants, REGISTRY, region.name, namespace)
+                granted |= {a for a, needs in REGISTRY_ACTIONS.items() if needs in allowed}
+            actions = sorted(granted & wanted)
+            if actions:
+                access.append({"type": "repository", "name": scope.name, "actions": actions})
+        return access
+
+    # -- issuing -------------------------------------------------------------
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        key = self.keys.current()
+        return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid})
+
+    def issue(
+        self, principal: Principal | None, target: Target, scopes: list[Scope], offline: bool
+    ) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": target.service,
+            "sub": principal.id if principal else "anonymous",
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+            "access": self.grant(principal, target, scopes),
+        }
+        if principal is not None:
+            claims["acct"] = principal.account_id
+        token = self._sign(claims)
+        reply: dict[str, Any] = {
+            "token": token,
+            "access_token": token,
+            "expires_in": self.lifetime,
+            "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        }
+        if offline and principal is not None:
+            reply["refresh_token"] = self._sign(
+                {
+                    "iss": ISSUER,
+                    "aud": target.service,
+                    "sub": principal.id,
+                    "typ": "refresh",
+                    "iat": now,
+                    "exp": now + self.refresh_lifetime,
+                    "jti": uuid.uuid4().hex,
+                    "acct": principal.account_id,
+                    "kind": principal.kind,
+                    "cred": principal.credential_id,
+                    "rw": principal.readwrite,
+                    "region": principal.region,
+                }
+            )
+        return reply
+
+    def principal_from_refresh(self, token: str, target: Target) -> Principal:
+        """The principal a refresh token stands for, if its credential still works."""
+        claims = self.verify(token, target.service)
+        if claims.get("typ") != "refresh":
+            raise InvalidToken("not a refresh token")
+        principal = Principal(
+            claims["acct"],
+            claims["kind"],
+            claims["sub"],
+            claims.get("cred"),
+            bool(claims.get("rw")),
+            claims.get("region"),
+        )
+        if not self.iam.credential_active(principal):
+            raise InvalidToken("the credential behind this refresh token is locked or deleted")
+        return principal
+
+    # -- verifying -----------------------------------------------------------
+
+    def verify(self, token: str, audience: str, *, allow_expired: bool = False) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self.keys.public_key(str(header.get("kid", "")))
+            if key is None:
+                raise InvalidToken("unknown signing key")
+            return jwt.decode(
+                token,
+                key,
+                algorithms=["ES256"],
+                audience=audience,
+                issuer=ISSUER,
+                leeway=5,
+                options={"verify_exp": not allow_expired, "require": ["exp", "iat", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(type(exc).__name__) from exc

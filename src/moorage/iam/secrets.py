@@ -1,0 +1,80 @@
+"""Secrets at rest: API keys and registry tokens are kept as keyed HMACs (fast
+to look up, useless if the database leaks without the key file), passwords as
+scrypt hashes, and registry token values sealed with AES-GCM."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PRESERVE_NOTICE = "Please preserve the API key! It cannot be retrieved after it's created."
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def new_secret() -> str:
+    """A fresh API key or registry token value (264 random bits)."""
+    return secrets.token_urlsafe(33)
+
+
+def load_or_create_key(path: Path, size: int = 32) -> bytes:
+    """A server key file, created once with mode 0600 and an atomic rename."""
+    try:
+        data = path.read_bytes()
+        if len(data) == size:
+            return data
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, path)  # never overwrite a key another process just made
+    tmp.unlink()
+    return path.read_bytes()
+
+
+class SecretKeeper:
+    def __init__(self, key: bytes) -> None:
+        self._mac_key = hmac.new(key, b"moorage:hmac", hashlib.sha256).digest()
+        self._seal_key = hmac.new(key, b"moorage:seal", hashlib.sha256).digest()
+
+    def digest(self, value: str) -> str:
+        return hmac.new(self._mac_key, value.encode(), hashlib.sha256).hexdigest()
+
+    def seal(self, value: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self._seal_key).encrypt(nonce, value.encode(), b"registry-token")
+
+    def unseal(self, sealed: bytes) -> str:
+        return AESGCM(self._seal_key).decrypt(sealed[:12], sealed[12:], b"registry-token").decode()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    derived = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(derived).decode()
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt_b64, hash_b64 = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    derived = hashlib.scrypt(
+        password.encode(), salt=base64.b64decode(salt_b64), dklen=32, **_SCRYPT
+    )
+    return hmac.compare_digest(derived, base64.b64decode(hash_b64))
