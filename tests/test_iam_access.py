@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -356,3 +357,46 @@ def test_expired_token_is_refused_but_an_upload_it_started_completes(
         assert done.status_code == 201, done.text
     finally:
         registry.stop()
+
+
+def test_podman_with_creds_and_dockerconfigjson(
+    iam_registry: MoorageServer, admin: Api, layout: Path, tmp_path: Path
+) -> None:
+    podman = require_tool("podman")
+    runroot = Path(tempfile.mkdtemp(prefix="podrun", dir="/tmp"))  # podman caps its length
+
+    def pod(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                podman,
+                "--root",
+                str(tmp_path / "root"),
+                "--runroot",
+                str(runroot),
+                "--storage-driver=vfs",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    reader = admin.service_key("pod-reader", "Reader", region="us-south")
+    writer = admin.service_key("pod-writer", "Writer", region="us-south")
+    host = iam_registry.host_for("us.localhost")
+    assert pod("pull", f"oci:{layout}:latest").returncode == 0
+    image = f"{host}/team-a/podman:v1"
+    image_id = pod("images", "-q").stdout.split()[0]
+    assert pod("tag", image_id, image).returncode == 0
+
+    refused = pod("push", "--tls-verify=false", "--creds", f"iamapikey:{reader}", image)
+    assert refused.returncode != 0
+    pushed = pod("push", "--tls-verify=false", "--creds", f"iamapikey:{writer}", image)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pod("rmi", "-f", image).returncode == 0
+
+    authfile = dockerconfigjson(tmp_path / "auth.json", host, "iamapikey", reader)
+    pulled = pod("pull", "--tls-verify=false", "--authfile", str(authfile), image)
+    assert pulled.returncode == 0, pulled.stderr
+    other = dockerconfigjson(tmp_path / "other.json", host, "iamapikey", "not-a-key")
+    assert pod("pull", "--tls-verify=false", "--authfile", str(other), image).returncode != 0

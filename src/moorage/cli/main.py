@@ -7,9 +7,35 @@ from typing import Annotated
 
 import typer
 
+from moorage.cli import cr as cr_commands
+from moorage.cli import iam as iam_commands
+from moorage.cli.client import Connection, load_profile, save_profile
 from moorage.config import ConfigError, load_settings
 
 app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private container registry.")
+app.add_typer(iam_commands.app, name="iam")
+app.add_typer(cr_commands.app, name="cr")
+
+
+@app.command()
+def login(
+    server: Annotated[str, typer.Option("--server", help="e.g. http://localhost:5000")],
+    apikey: Annotated[str, typer.Option("--apikey", prompt=True, hide_input=True)],
+    region: Annotated[str | None, typer.Option("--region")] = None,
+) -> None:
+    """Remember a server, an API key and a region in the login profile."""
+    connection = Connection.resolve(server, apikey)
+    me = connection.request("GET", "/iam/me")
+    profile = {
+        "server": connection.server,
+        "apikey": apikey,
+        "region": region or load_profile().get("region") or "us-south",
+    }
+    save_profile(profile)
+    typer.echo(
+        f"Logged in to {connection.server} as {me['id']} (account {me['account_id']}), "
+        f"region {profile['region']}."
+    )
 
 
 @app.callback()
@@ -31,7 +57,8 @@ def serve(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
     auth: Annotated[
-        str | None, typer.Option(help="Authentication mode; 'none' opens the registry to all")
+        str | None,
+        typer.Option(help="'token' (default) or 'none', which opens the registry to all"),
     ] = None,
 ) -> None:
     """Start the registry."""

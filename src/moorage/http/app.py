@@ -290,9 +290,12 @@ class RegistryApp:
             source_repo = None
             if source:
                 _check_name(source)
-                # Mounting reads the source: the token must allow pulling it too.
-                self.access.check(request, call.target, source, (PULL,))
-                source_repo = RepoRef(call.target.region.name, source)
+                # Mounting reads the source: without pull on it, upload instead (202).
+                try:
+                    self.access.check(request, call.target, source, (PULL,))
+                    source_repo = RepoRef(call.target.region.name, source)
+                except RegistryError:
+                    source_repo = None
             mounted = self.blobs.mount(call.repo, mount, source_repo)
             if mounted is not None:
                 return self._blob_created(call.name, str(mounted))

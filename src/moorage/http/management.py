@@ -29,9 +29,10 @@ from moorage.iam.errors import (
 from moorage.iam.roles import REGISTRY, SERVICES, allowed_actions
 from moorage.iam.secrets import PRESERVE_NOTICE
 from moorage.iam.service import SERVICE_ID, USER, IamService, Principal
-from moorage.metadata import MetadataStore
+from moorage.metadata import MetadataStore, RepoRef
+from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, UnknownDomain
-from moorage.registry import RegistryError
+from moorage.registry import ManifestService, RegistryError
 
 API = "/api/v1"
 Endpoint = Callable[[web.Request, Principal], Awaitable[Any]]
@@ -76,11 +77,13 @@ class ManagementApi:
         self,
         iam: IamService,
         metadata: MetadataStore,
+        manifests: ManifestService,
         regions: RegionMap,
         limiter: FailureLimiter,
     ) -> None:
         self.iam = iam
         self.metadata = metadata
+        self.manifests = manifests
         self.regions = regions
         self.limiter = limiter
 
@@ -113,6 +116,9 @@ class ManagementApi:
             ("POST", "/cr/{region}/namespaces", self.add_namespace),
             ("DELETE", "/cr/{region}/namespaces/{name}", self.remove_namespace),
             ("GET", "/cr/{region}/images", self.list_images),
+            ("GET", "/cr/{region}/image", self.inspect_image),
+            ("DELETE", "/cr/{region}/image", self.remove_image),
+            ("POST", "/cr/{region}/image-tags", self.tag_image),
             ("GET", "/cr/{region}/tokens", self.list_tokens),
             ("POST", "/cr/{region}/tokens", self.add_token),
             ("GET", "/cr/{region}/tokens/{id}", self.get_token),
@@ -392,6 +398,65 @@ class ManagementApi:
             }
             for i in self.metadata.images(region, visible)
         ]
+
+    def _image(self, region: str, value: str | None) -> tuple[RepoRef, str, str]:
+        """``[domain/]namespace/image:tag`` or ``...@digest``, split for the services."""
+        if not value:
+            raise Invalid("image is required, as namespace/name:tag")
+        first, _, rest = value.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            value = rest  # drop a registry domain in front
+        if "@" in value:
+            name, _, reference = value.partition("@")
+        else:
+            name, sep, reference = value.rpartition(":")
+            if not sep or "/" in reference:
+                name, reference = value, "latest"
+        try:
+            namespace = validate_name(name)
+        except NameError_ as exc:
+            raise Invalid(str(exc)) from exc
+        return RepoRef(region, name), reference, namespace
+
+    def _may(self, p: Principal, action: str, region: str, namespace: str) -> None:
+        if self.iam.namespace_owner(region, namespace) != p.account_id:
+            raise NotFound(f"namespace {namespace!r} not found in {region}")
+        self._require(p, action, region, namespace)
+
+    async def inspect_image(self, request: web.Request, p: Principal) -> Any:
+        region = self._region(request)
+        repo, reference, namespace = self._image(region, request.query.get("image"))
+        self._may(p, roles.PULL, region, namespace)
+        manifest = self.manifests.get(repo, reference, [])
+        return {
+            "repository": repo.name,
+            "reference": reference,
+            "digest": manifest.digest,
+            "media_type": manifest.media_type,
+            "manifest": json.loads(manifest.content),
+        }
+
+    async def remove_image(self, request: web.Request, p: Principal) -> Any:
+        """Like ``cr image-rm``: the image's digest goes, with every tag on it."""
+        region = self._region(request)
+        repo, reference, namespace = self._image(region, request.query.get("image"))
+        self._may(p, roles.DELETE, region, namespace)
+        digest = self.manifests.get(repo, reference, []).digest
+        self.manifests.delete(repo, digest)
+        return {"deleted": f"{repo.name}@{digest}"}
+
+    async def tag_image(self, request: web.Request, p: Principal) -> Any:
+        region = self._region(request)
+        body = await self._body(request)
+        source, reference, source_ns = self._image(region, self._text(body, "source"))
+        target, tag, target_ns = self._image(region, self._text(body, "target"))
+        self._may(p, roles.PULL, region, source_ns)
+        self._may(p, roles.TAG, region, target_ns)
+        manifest = self.manifests.get(source, reference, [])
+        if target != source:
+            self.manifests.link_blobs(target, source, manifest)
+        self.manifests.put(target, tag, manifest.content, manifest.media_type)
+        return {"tagged": f"{target.name}:{tag}", "digest": manifest.digest}
 
     async def list_tokens(self, request: web.Request, p: Principal) -> Any:
         region = self._region(request)

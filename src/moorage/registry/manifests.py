@@ -162,6 +162,17 @@ class ManifestService:
         )
         return PutResult(digest, parsed.subject.digest if parsed.subject else None)
 
+    def link_blobs(self, target: RepoRef, source: RepoRef, manifest: StoredManifest) -> None:
+        """Make what an image manifest names visible in ``target`` too (a server-side copy)."""
+        parsed = parse_manifest(manifest.content, manifest.media_type)
+        if parsed.is_index:
+            raise Unsupported("copying an index to another repository is not supported")
+        for blob in parsed.required_blobs:
+            if self.metadata.mount_blob(target, blob.digest, source) is None:
+                raise ManifestBlobUnknown(
+                    "source image is incomplete", detail={"missing": blob.digest}
+                )
+
     def delete(self, repo: RepoRef, reference: str) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""
         if self._lookup_reference(reference):

@@ -1,0 +1,98 @@
+"""The CLI's connection to a Moorage server: where it is, which key signs in,
+and which region is targeted. Flags beat ``MOORAGE_SERVER``/``MOORAGE_APIKEY``,
+which beat the login profile."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+
+
+class CliError(typer.Exit):
+    """One clear line on stderr, then a non-zero exit."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        typer.echo(f"FAILED: {message}", err=True)
+        super().__init__(code)
+
+
+def profile_path() -> Path:
+    base = os.environ.get("MOORAGE_CONFIG_DIR")
+    return Path(base) if base else Path.home() / ".moorage" / "profile.json"
+
+
+def load_profile() -> dict[str, Any]:
+    try:
+        data = json.loads(profile_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_profile(profile: dict[str, Any]) -> None:
+    path = profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(profile, f, indent=2)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Connection:
+    server: str
+    apikey: str
+    region: str
+
+    @classmethod
+    def resolve(cls, server: str | None = None, apikey: str | None = None) -> Connection:
+        profile = load_profile()
+        server = server or os.environ.get("MOORAGE_SERVER") or profile.get("server")
+        apikey = apikey or os.environ.get("MOORAGE_APIKEY") or profile.get("apikey")
+        if not server:
+            raise CliError("no server: pass --server, set MOORAGE_SERVER or run `moorage login`")
+        if not apikey:
+            raise CliError("no API key: pass --apikey, set MOORAGE_APIKEY or run `moorage login`")
+        region = os.environ.get("MOORAGE_REGION") or profile.get("region") or "us-south"
+        return cls(server.rstrip("/"), apikey, region)
+
+    @property
+    def port_suffix(self) -> str:
+        port = urlsplit(self.server).port
+        return f":{port}" if port else ""
+
+    def request(self, method: str, path: str, body: Any = None, **params: str) -> Any:
+        try:
+            response = httpx.request(
+                method,
+                f"{self.server}/api/v1{path}",
+                json=body,
+                params={k: v for k, v in params.items() if v is not None} or None,
+                auth=("iamapikey", self.apikey),
+                timeout=60,
+            )
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach {self.server}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code}"
+            raise CliError(str(message))
+        return response.json() if response.content else None
+
+    def region_domain(self, region: str | None = None) -> str:
+        """The address clients use for a region: its domain and the server's port."""
+        wanted = region or self.region
+        for entry in self.request("GET", "/cr/regions"):
+            if entry["name"] == wanted:
+                return f"{entry['domain']}{self.port_suffix}"
+        raise CliError(f"unknown region {wanted!r}")

@@ -1,0 +1,289 @@
+"""``moorage cr``: the seed's ``ibmcloud cr`` commands, on the targeted region."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from moorage.cli.client import CliError, Connection, load_profile, save_profile
+from moorage.cli.output import OutputOption, emit
+
+app = typer.Typer(no_args_is_help=True, help="Registry namespaces, images and registry tokens.")
+
+ServerOption = Annotated[str | None, typer.Option("--server", help="Moorage server URL")]
+KeyOption = Annotated[str | None, typer.Option("--apikey", help="API key to sign in with")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Do not ask for confirmation")]
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+@app.command("api")
+def api(output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Show the targeted region and the registry address its clients use."""
+    connection = Connection.resolve(server, apikey)
+    emit(
+        {
+            "Registry": connection.region_domain(),
+            "Region": connection.region,
+            "API endpoint": f"{connection.server}/api/v1",
+        },
+        None,
+        output,
+    )
+
+
+@app.command("region-set")
+def region_set(region: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Target a region for the commands that follow."""
+    connection = Connection.resolve(server, apikey)
+    names = [r["name"] for r in connection.request("GET", "/cr/regions")]
+    if region not in names:
+        raise CliError(f"unknown region {region!r}; choose one of {', '.join(names)}")
+    profile = load_profile()
+    profile["region"] = region
+    save_profile(profile)
+    typer.echo(
+        f"The region is set to '{region}', the registry is "
+        f"'{Connection.resolve(server, apikey).region_domain(region)}'."
+    )
+
+
+@app.command("region")
+def region(server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Show the targeted region."""
+    typer.echo(Connection.resolve(server, apikey).region)
+
+
+def _default_authfile() -> Path:
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        return Path(os.environ["REGISTRY_AUTH_FILE"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    return Path.home() / ".docker" / "config.json"
+
+
+@app.command("login")
+def login(
+    authfile: Annotated[Path | None, typer.Option("--authfile", help="auth.json to write")] = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Write the API key for the targeted registry into a Docker/Podman auth file."""
+    connection = Connection.resolve(server, apikey)
+    host = connection.region_domain()
+    connection.request("GET", "/iam/me")  # refuse to write a key that does not work
+    path = authfile or _default_authfile()
+    try:
+        config: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        raise CliError(f"{path} is not valid JSON; not overwriting it") from None
+    auth = base64.b64encode(f"iamapikey:{connection.apikey}".encode()).decode()
+    config.setdefault("auths", {})[host] = {"auth": auth}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, path)
+    typer.echo(f"Logged in to '{host}' (credentials in {path}).")
+
+
+@app.command("namespace-add")
+def namespace_add(
+    name: str, output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Add a namespace to the targeted region."""
+    connection = Connection.resolve(server, apikey)
+    row = connection.request("POST", f"/cr/{connection.region}/namespaces", {"name": name})
+    if output == "json":
+        emit(row, None, output)
+    else:
+        typer.echo(f"Successfully added namespace '{name}' in {connection.region}")
+
+
+def _namespaces(output: str, server: str | None, apikey: str | None) -> None:
+    connection = Connection.resolve(server, apikey)
+    rows = connection.request("GET", f"/cr/{connection.region}/namespaces")
+    emit(rows, [("name", "NAMESPACE"), ("created_at", "CREATED")], output)
+
+
+@app.command("namespace-list")
+def namespace_list(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List your namespaces in the targeted region."""
+    _namespaces(output, server, apikey)
+
+
+@app.command("namespaces")
+def namespaces(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List your namespaces in the targeted region (alias of namespace-list)."""
+    _namespaces(output, server, apikey)
+
+
+@app.command("namespace-rm")
+def namespace_rm(
+    name: str, force: Force = False, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Remove a namespace and every image in it."""
+    connection = Connection.resolve(server, apikey)
+    if not force:
+        typer.confirm(f"Remove namespace '{name}' and all images in it?", abort=True)
+    connection.request("DELETE", f"/cr/{connection.region}/namespaces/{name}")
+    typer.echo(f"Successfully removed namespace '{name}'")
+
+
+IMAGE_COLUMNS = [
+    ("repository", "REPOSITORY"),
+    ("tag", "TAG"),
+    ("digest", "DIGEST"),
+    ("namespace", "NAMESPACE"),
+    ("created", "CREATED"),
+    ("size", "SIZE"),
+    ("security_status", "SECURITY STATUS"),
+]
+
+
+def _images(output: str, server: str | None, apikey: str | None, restrict: str | None) -> None:
+    connection = Connection.resolve(server, apikey)
+    host = connection.region_domain()
+    rows = connection.request("GET", f"/cr/{connection.region}/images")
+    if restrict:
+        rows = [r for r in rows if r["namespace"] == restrict]
+    if output != "json":
+        rows = [
+            {
+                **r,
+                "repository": f"{host}/{r['repository']}",
+                "digest": r["digest"][7:19],
+                "size": _human_size(r["size"]),
+                "created": r["created"][:19],
+            }
+            for r in rows
+        ]
+    emit(rows, IMAGE_COLUMNS, output)
+
+
+Restrict = Annotated[str | None, typer.Option("--restrict", help="Only this namespace")]
+
+
+@app.command("images")
+def images(
+    output: str = OutputOption,
+    restrict: Restrict = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List the images of your namespaces in the targeted region."""
+    _images(output, server, apikey, restrict)
+
+
+@app.command("image-list")
+def image_list(
+    output: str = OutputOption,
+    restrict: Restrict = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List images (alias of images)."""
+    _images(output, server, apikey, restrict)
+
+
+@app.command("image-rm")
+def image_rm(image: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Delete an image: its digest goes, with every tag that names it."""
+    connection = Connection.resolve(server, apikey)
+    result = connection.request("DELETE", f"/cr/{connection.region}/image", image=image)
+    typer.echo(f"Deleted image '{result['deleted']}'")
+
+
+@app.command("image-tag")
+def image_tag(
+    source: str, target: str, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Tag an image, in its repository or into another one of the region."""
+    connection = Connection.resolve(server, apikey)
+    result = connection.request(
+        "POST", f"/cr/{connection.region}/image-tags", {"source": source, "target": target}
+    )
+    typer.echo(f"Tagged '{result['tagged']}' ({result['digest']})")
+
+
+@app.command("image-inspect")
+def image_inspect(image: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Show an image's digest and manifest."""
+    connection = Connection.resolve(server, apikey)
+    emit(connection.request("GET", f"/cr/{connection.region}/image", image=image), None, "json")
+
+
+TOKEN_COLUMNS = [
+    ("id", "TOKEN ID"),
+    ("readwrite", "READWRITE"),
+    ("expires_at", "EXPIRY"),
+    ("description", "DESCRIPTION"),
+]
+
+
+@app.command("token-add")
+def token_add(
+    description: Annotated[str, typer.Option("--description")] = "",
+    non_expiring: Annotated[bool, typer.Option("--non-expiring")] = False,
+    readwrite: Annotated[bool, typer.Option("--readwrite")] = False,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Add a (deprecated) registry token for the targeted region's legacy domain."""
+    connection = Connection.resolve(server, apikey)
+    row = connection.request(
+        "POST",
+        f"/cr/{connection.region}/tokens",
+        {"description": description, "non_expiring": non_expiring, "readwrite": readwrite},
+    )
+    emit(
+        {"Token identifier": row["id"], "Token": row["token"]} if output != "json" else row,
+        None,
+        output,
+    )
+
+
+@app.command("token-list")
+def token_list(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List the registry tokens of the targeted region."""
+    connection = Connection.resolve(server, apikey)
+    emit(connection.request("GET", f"/cr/{connection.region}/tokens"), TOKEN_COLUMNS, output)
+
+
+@app.command("token-get")
+def token_get(token_id: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Print a registry token's value."""
+    connection = Connection.resolve(server, apikey)
+    typer.echo(connection.request("GET", f"/cr/{connection.region}/tokens/{token_id}")["token"])
+
+
+@app.command("token-rm")
+def token_rm(
+    token_id: str, force: Force = False, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Remove a registry token."""
+    connection = Connection.resolve(server, apikey)
+    if not force:
+        typer.confirm(f"Remove token {token_id}?", abort=True)
+    connection.request("DELETE", f"/cr/{connection.region}/tokens/{token_id}")
+    typer.echo(f"Removed token {token_id}")

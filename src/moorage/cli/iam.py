@@ -1,0 +1,312 @@
+"""``moorage iam``: the seed's ``ibmcloud iam`` commands against Moorage's IAM."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from moorage.cli.client import Connection
+from moorage.cli.output import OutputOption, emit
+
+app = typer.Typer(no_args_is_help=True, help="Users, service IDs, API keys and policies.")
+
+ServerOption = Annotated[str | None, typer.Option("--server", help="Moorage server URL")]
+KeyOption = Annotated[str | None, typer.Option("--apikey", help="API key to sign in with")]
+Description = Annotated[str, typer.Option("--description", "-d")]
+SERVICE_ID_COLUMNS = [
+    ("name", "NAME"),
+    ("id", "ID"),
+    ("description", "DESCRIPTION"),
+    ("created_at", "CREATED"),
+]
+KEY_COLUMNS = [
+    ("name", "NAME"),
+    ("id", "ID"),
+    ("description", "DESCRIPTION"),
+    ("locked", "LOCKED"),
+    ("created_at", "CREATED"),
+]
+POLICY_COLUMNS = [
+    ("id", "POLICY ID"),
+    ("roles", "ROLES"),
+    ("service_name", "SERVICE"),
+    ("region", "REGION"),
+    ("resource_type", "RESOURCE TYPE"),
+    ("resource", "RESOURCE"),
+]
+PRESERVE = "Please preserve the API key! It cannot be retrieved after it's created."
+
+
+def _policy_body(
+    roles: str,
+    service_name: str,
+    region: str | None,
+    resource_type: str | None,
+    resource: str | None,
+) -> dict[str, str | None]:
+    return {
+        "roles": roles,
+        "service_name": service_name,
+        "region": region,
+        "resource_type": resource_type,
+        "resource": resource,
+    }
+
+
+def _show_key(created: dict[str, object], output: str) -> None:
+    if output == "json":
+        emit(created, None, output)
+        return
+    typer.echo(
+        f"Name          {created['name']}\nID            {created['id']}\n"
+        f"Description   {created['description']}\nCreated At    {created['created_at']}\n"
+        f"API Key       {created['apikey']}\nLocked        {created['locked']}\n"
+    )
+    typer.echo(PRESERVE)
+
+
+@app.command("service-id-create")
+def service_id_create(
+    name: str,
+    description: Description = "",
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create a service ID."""
+    row = Connection.resolve(server, apikey).request(
+        "POST", "/iam/service-ids", {"name": name, "description": description}
+    )
+    emit(
+        row if output == "json" else {k: row[k] for k in ("name", "id", "description")},
+        None,
+        output,
+    )
+
+
+@app.command("service-ids")
+def service_ids(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List service IDs."""
+    emit(
+        Connection.resolve(server, apikey).request("GET", "/iam/service-ids"),
+        SERVICE_ID_COLUMNS,
+        output,
+    )
+
+
+@app.command("service-id")
+def service_id(
+    ref: str, output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Show one service ID (by name or ID)."""
+    emit(Connection.resolve(server, apikey).request("GET", f"/iam/service-ids/{ref}"), None, output)
+
+
+@app.command("service-id-delete")
+def service_id_delete(
+    ref: str,
+    force: Annotated[bool, typer.Option("--force", "-f")] = False,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Delete a service ID, its API keys and its policies."""
+    if not force:
+        typer.confirm(f"Delete service ID {ref}?", abort=True)
+    Connection.resolve(server, apikey).request("DELETE", f"/iam/service-ids/{ref}")
+    typer.echo(f"Service ID {ref} deleted")
+
+
+@app.command("service-policy-create")
+def service_policy_create(
+    service_id: str,
+    roles: Annotated[str, typer.Option("--roles", "-r")],
+    service_name: Annotated[str, typer.Option("--service-name")] = "container-registry",
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    resource_type: Annotated[str | None, typer.Option("--resource-type")] = None,
+    resource: Annotated[str | None, typer.Option("--resource")] = None,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Give a service ID roles on a service, optionally scoped to a region and namespace."""
+    row = Connection.resolve(server, apikey).request(
+        "POST",
+        f"/iam/service-ids/{service_id}/policies",
+        _policy_body(roles, service_name, region, resource_type, resource),
+    )
+    emit(row, None, output)
+
+
+@app.command("service-policies")
+def service_policies(
+    service_id: str,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List the policies of a service ID."""
+    emit(
+        Connection.resolve(server, apikey).request(
+            "GET", f"/iam/service-ids/{service_id}/policies"
+        ),
+        POLICY_COLUMNS,
+        output,
+    )
+
+
+@app.command("service-api-key-create")
+def service_api_key_create(
+    name: str,
+    service_id: str,
+    description: Description = "",
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create an API key for a service ID; the key is shown this one time."""
+    created = Connection.resolve(server, apikey).request(
+        "POST",
+        f"/iam/service-ids/{service_id}/api-keys",
+        {"name": name, "description": description},
+    )
+    _show_key(created, output)
+
+
+@app.command("service-api-keys")
+def service_api_keys(
+    service_id: str,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List the API keys of a service ID."""
+    emit(
+        Connection.resolve(server, apikey).request(
+            "GET", f"/iam/service-ids/{service_id}/api-keys"
+        ),
+        KEY_COLUMNS,
+        output,
+    )
+
+
+@app.command("api-key-create")
+def api_key_create(
+    name: str,
+    description: Description = "",
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create an API key for yourself; the key is shown this one time."""
+    created = Connection.resolve(server, apikey).request(
+        "POST", "/iam/api-keys", {"name": name, "description": description}
+    )
+    _show_key(created, output)
+
+
+@app.command("api-keys")
+def api_keys(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List your API keys."""
+    emit(Connection.resolve(server, apikey).request("GET", "/iam/api-keys"), KEY_COLUMNS, output)
+
+
+def _key_action(action: str, ref: str, server: str | None, apikey: str | None) -> None:
+    connection = Connection.resolve(server, apikey)
+    if action == "delete":
+        connection.request("DELETE", f"/iam/api-keys/{ref}")
+    else:
+        connection.request("POST", f"/iam/api-keys/{ref}/{action}")
+    typer.echo(f"API key {ref} {action}{'d' if action.endswith('e') else 'ed'}")
+
+
+@app.command("api-key-lock")
+def api_key_lock(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Lock an API key: it is refused from the next sign-in on."""
+    _key_action("lock", ref, server, apikey)
+
+
+@app.command("api-key-unlock")
+def api_key_unlock(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Unlock an API key."""
+    _key_action("unlock", ref, server, apikey)
+
+
+@app.command("api-key-delete")
+def api_key_delete(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Delete an API key."""
+    _key_action("delete", ref, server, apikey)
+
+
+@app.command("user-create")
+def user_create(
+    email: str,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create a user who signs in with email and password."""
+    emit(
+        Connection.resolve(server, apikey).request(
+            "POST", "/iam/users", {"email": email, "password": password}
+        ),
+        None,
+        output,
+    )
+
+
+@app.command("users")
+def users(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List the users of the account."""
+    emit(
+        Connection.resolve(server, apikey).request("GET", "/iam/users"),
+        [("email", "EMAIL"), ("id", "ID"), ("created_at", "CREATED")],
+        output,
+    )
+
+
+@app.command("user-policy-create")
+def user_policy_create(
+    email: str,
+    roles: Annotated[str, typer.Option("--roles", "-r")],
+    service_name: Annotated[str, typer.Option("--service-name")],
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    resource_type: Annotated[str | None, typer.Option("--resource-type")] = None,
+    resource: Annotated[str | None, typer.Option("--resource")] = None,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Give a user roles on a service."""
+    row = Connection.resolve(server, apikey).request(
+        "POST",
+        f"/iam/users/{email}/policies",
+        _policy_body(roles, service_name, region, resource_type, resource),
+    )
+    emit(row, None, output)
+
+
+@app.command("user-policies")
+def user_policies(
+    email: str, output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List the policies of a user."""
+    emit(
+        Connection.resolve(server, apikey).request("GET", f"/iam/users/{email}/policies"),
+        POLICY_COLUMNS,
+        output,
+    )
+
+
+@app.command("policy-delete")
+def policy_delete(policy_id: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Delete a policy by its ID."""
+    Connection.resolve(server, apikey).request("DELETE", f"/iam/policies/{policy_id}")
+    typer.echo(f"Policy {policy_id} deleted")
