@@ -400,3 +400,35 @@ def test_podman_with_creds_and_dockerconfigjson(
     assert pulled.returncode == 0, pulled.stderr
     other = dockerconfigjson(tmp_path / "other.json", host, "iamapikey", "not-a-key")
     assert pod("pull", "--tls-verify=false", "--authfile", str(other), image).returncode != 0
+
+
+def test_bootstrap_key_is_shown_once_and_works(tmp_path: Path) -> None:
+    registry = MoorageServer(tmp_path / "data", tmp_path / "server.log", auth="token").start()
+    try:
+        shown = registry.stdout_path.read_text()
+        assert "Please preserve the API key! It cannot be retrieved after it's created." in shown
+        key = shown.split("API key", 1)[1].split("\n\n", 2)[1].strip()
+        assert key not in registry.log_text()
+        me = requests.get(f"{registry.url}/api/v1/iam/me", auth=("iamapikey", key), timeout=5)
+        assert me.status_code == 200 and me.json()["kind"] == "user"
+        registry.stop()
+        registry.start()
+        assert registry.stdout_path.read_text() == shown  # not printed again
+    finally:
+        registry.stop()
+
+
+def test_openapi_document_lists_the_management_api(iam_registry: MoorageServer) -> None:
+    document = requests.get(f"{iam_registry.url}/api/v1/openapi.json", timeout=5).json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for path in (
+        "/api/v1/iam/service-ids",
+        "/api/v1/iam/service-ids/{ref}/policies",
+        "/api/v1/cr/{region}/namespaces",
+        "/api/v1/cr/{region}/tokens",
+    ):
+        assert path in paths
+    assert "post" in paths["/api/v1/iam/service-ids"]
+    unauthenticated = requests.get(f"{iam_registry.url}/api/v1/iam/service-ids", timeout=5)
+    assert unauthenticated.status_code == 401

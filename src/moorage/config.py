@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ class Settings:
     key_rotation: int = 7 * 86400
     service_id_limit: int = 2000
     admin_email: str = "admin@moorage.local"
+    # Custom regional registries: (name, domain, legacy domain or None). Empty:
+    # the seed's five regions and the global registry under base_domain.
+    regions: tuple[tuple[str, str, str | None], ...] = ()
     max_manifest_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
     access_log: bool = True
@@ -78,6 +82,31 @@ def _coerce(field: str, value: Any) -> Any:
     return str(value)
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def _regions(entries: Any) -> tuple[tuple[str, str, str | None], ...]:
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("[[regions]] must be a non-empty list of tables")
+    regions = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError("each [[regions]] entry needs a name and a domain")
+        domain, legacy = entry.get("domain"), entry.get("legacy_domain")
+        for host in (domain, legacy):
+            if host is not None and (not isinstance(host, str) or not _HOST.match(host)):
+                raise ConfigError(f"invalid domain {host!r} in region {entry['name']!r}")
+        if domain is None:
+            raise ConfigError(f"region {entry['name']!r} needs a domain")
+        regions.append((entry["name"], domain, legacy))
+    names = [r[0] for r in regions]
+    hosts = [h for r in regions for h in r[1:] if h]
+    if len(set(names)) != len(names) or len(set(hosts)) != len(hosts):
+        raise ConfigError("region names and domains must be unique")
+    return tuple(regions)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {}
     if config_file is not None:
@@ -88,6 +117,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for (section, key), field in _FILE_KEYS.items():
             if key in document.get(section, {}):
                 values[field] = _coerce(field, document[section][key])
+        if "regions" in document:
+            values["regions"] = _regions(document["regions"])
     for variable, field in _ENV_KEYS.items():
         if os.environ.get(variable):
             values[field] = _coerce(field, os.environ[variable])

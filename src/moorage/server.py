@@ -30,7 +30,7 @@ from moorage.http.token_endpoint import TokenEndpoint
 from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
 from moorage.iam.service import IamService
 from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
-from moorage.regions import RegionMap
+from moorage.regions import Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.storage import FilesystemBlobStore
 
@@ -62,7 +62,11 @@ def open_registry(settings: Settings) -> Components:
     upgrade(engine)
     metadata = MetadataStore(engine)
     store = FilesystemBlobStore(data)
-    regions = RegionMap.default(settings.base_domain)
+    regions = (
+        RegionMap([Region(*r) for r in settings.regions])
+        if settings.regions
+        else RegionMap.default(settings.base_domain)
+    )
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
     iam = IamService(engine, keeper, tuple(regions.regions), settings.service_id_limit)
     return Components(

@@ -1,0 +1,114 @@
+"""Key rotation, role decisions, scopes, regions and settings: the rules under
+the token service, checked directly (no server needed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from moorage.auth.keys import KeyRing
+from moorage.auth.tokens import InvalidToken, Scope, parse_scopes
+from moorage.config import ConfigError, load_settings
+from moorage.iam.roles import Grant, RoleError, allowed_actions, parse_roles
+from moorage.regions import RegionMap, UnknownDomain
+
+
+def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
+    import jwt
+
+    ring = KeyRing(tmp_path / "keys", rotate_after=3600, retain=3600)
+    first = ring.current()
+    token = jwt.encode({"sub": "x"}, first.private, algorithm="ES256", headers={"kid": first.kid})
+    assert ring.current() is first  # not due yet
+
+    ring.rotate_after = 0.0
+    time.sleep(1.1)
+    second = ring.current()
+    assert second.kid != first.kid
+    assert {k["kid"] for k in ring.jwks()["keys"]} == {first.kid, second.kid}
+    assert jwt.decode(token, ring.public_key(first.kid), algorithms=["ES256"])["sub"] == "x"
+    # Another process sharing the directory learns the new key on first sight.
+    other = KeyRing(tmp_path / "keys", rotate_after=3600, retain=3600)
+    assert other.public_key(second.kid) is not None
+
+    ring.retain = 0.0
+    time.sleep(1.1)
+    third = ring.current()
+    assert ring.public_key(first.kid) is None  # retired: its tokens no longer verify
+    assert ring.public_key(third.kid) is not None
+    assert all(k["alg"] == "ES256" and k["kty"] == "EC" for k in ring.jwks()["keys"])
+
+
+def test_roles_parse_and_decide() -> None:
+    assert parse_roles("writer, Reader,Reader") == ("Reader", "Writer")
+    assert parse_roles(["Administrator", "Manager"]) == ("Manager", "Administrator")
+    for bad in ("", "Readr", "Reader,Owner"):
+        with pytest.raises(RoleError):
+            parse_roles(bad)
+
+    grants = [
+        Grant.of(["Reader"], "container-registry", "us-south", "team-a"),
+        Grant.of(["Writer"], "container-registry", "eu-de", None),
+        Grant.of(["Manager"], "containers-kubernetes", None, None),
+    ]
+    assert allowed_actions(grants, "container-registry", "us-south", "team-a") == {"pull", "list"}
+    assert allowed_actions(grants, "container-registry", "us-south", "team-b") == set()
+    assert "push" in allowed_actions(grants, "container-registry", "eu-de", "anything")
+    assert "delete" not in allowed_actions(grants, "container-registry", "eu-de", "anything")
+    assert allowed_actions(grants, "container-registry", "jp-tok", "team-a") == set()
+
+
+def test_scopes() -> None:
+    scopes = parse_scopes(
+        [
+            "repository:ns/app:pull,push",
+            "repository(plugin):a/b:pull",
+            "registry:catalog:* repository:x/y:delete",
+            "garbage",
+        ]
+    )
+    assert [str(s) for s in scopes] == [
+        "repository:ns/app:pull,push",
+        "repository:a/b:pull",
+        "registry:catalog:*",
+        "repository:x/y:delete",
+    ]
+    assert Scope.parse("repository:ns/app:") == Scope("repository", "ns/app", ())
+
+
+def test_regions_by_host() -> None:
+    regions = RegionMap.default("example.test")
+    assert regions.resolve("us.example.test:5000").region.name == "us-south"
+    legacy = regions.resolve("registry.ng.example.test")
+    assert legacy.legacy and legacy.service == "registry.ng.example.test"
+    assert regions.resolve("example.test").region.is_global
+    assert regions.resolve("127.0.0.1:5000").region.is_global
+    assert regions.resolve("[::1]:5000").region.is_global
+    assert regions.resolve("JP.EXAMPLE.TEST").region.name == "jp-tok"
+    for unknown in ("evil.test", "", "us.example.test.evil"):
+        with pytest.raises(UnknownDomain):
+            regions.resolve(unknown)
+
+
+def test_custom_regions_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "moorage.toml"
+    config.write_text(
+        '[[regions]]\nname = "lab"\ndomain = "registry.lab.test"\nlegacy_domain = "old.lab.test"\n'
+    )
+    settings = load_settings(config)
+    assert settings.regions == (("lab", "registry.lab.test", "old.lab.test"),)
+    for bad in (
+        '[[regions]]\nname = "x"\n',
+        '[[regions]]\nname = "x"\ndomain = "bad domain"\n',
+        '[[regions]]\nname = "x"\ndomain = "a.test"\n[[regions]]\nname = "x"\ndomain = "b.test"\n',
+    ):
+        config.write_text(bad)
+        with pytest.raises(ConfigError):
+            load_settings(config)
+
+
+def test_invalid_token_messages_carry_no_token() -> None:
+    error = InvalidToken("ExpiredSignatureError")
+    assert "eyJ" not in str(error)
