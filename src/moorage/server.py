@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> RegistryApp:
         token_endpoint=TokenEndpoint(tokens, iam, limiter),
         jwks=keys.jwks,
         namespaces_of=lambda account, region: [n.name for n in iam.namespaces(account, region)],
-        management=ManagementApi(iam, parts.metadata, parts.manifests, parts.regions, limiter),
+        management=ManagementApi(iam, parts.manifests, parts.regions, limiter),
     )
 
 

@@ -17,10 +17,16 @@ from moorage.http.access_log import REPOSITORY_KEY
 from moorage.http.management import ManagementApi
 from moorage.http.request import Request
 from moorage.http.token_endpoint import TokenEndpoint
-from moorage.metadata import RepoRef
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, Target, UnknownDomain
-from moorage.registry import BlobService, ManifestService, Page, RegistryError, range_header
+from moorage.registry import (
+    BlobService,
+    ManifestService,
+    Page,
+    RegistryError,
+    RepoRef,
+    range_header,
+)
 from moorage.registry.errors import NameInvalid, Unsupported
 
 log = logging.getLogger("moorage.http")

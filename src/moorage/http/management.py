@@ -29,10 +29,9 @@ from moorage.iam.errors import (
 from moorage.iam.roles import REGISTRY, SERVICES, allowed_actions
 from moorage.iam.secrets import PRESERVE_NOTICE
 from moorage.iam.service import SERVICE_ID, USER, IamService, Principal
-from moorage.metadata import MetadataStore, RepoRef
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, UnknownDomain
-from moorage.registry import ManifestService, RegistryError
+from moorage.registry import ManifestService, RegistryError, RepoRef
 
 API = "/api/v1"
 Endpoint = Callable[[web.Request, Principal], Awaitable[Any]]
@@ -76,13 +75,11 @@ class ManagementApi:
     def __init__(
         self,
         iam: IamService,
-        metadata: MetadataStore,
         manifests: ManifestService,
         regions: RegionMap,
         limiter: FailureLimiter,
     ) -> None:
         self.iam = iam
-        self.metadata = metadata
         self.manifests = manifests
         self.regions = regions
         self.limiter = limiter
@@ -375,7 +372,7 @@ class ManagementApi:
         name = request.match_info["name"]
         self._require(p, roles.MANAGE_NAMESPACES, region, name)
         self.iam.remove_namespace(p.account_id, region, name)
-        self.metadata.delete_namespace(region, name)
+        self.manifests.drop_namespace(region, name)
 
     async def list_images(self, request: web.Request, p: Principal) -> Any:
         region = self._region(request)
@@ -396,7 +393,7 @@ class ManagementApi:
                 "media_type": i.media_type,
                 "security_status": "Not scanned",
             }
-            for i in self.metadata.images(region, visible)
+            for i in self.manifests.images(region, visible)
         ]
 
     def _image(self, region: str, value: str | None) -> tuple[RepoRef, str, str]:

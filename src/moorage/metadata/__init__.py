@@ -3,6 +3,7 @@ in SQLite by default and in any database SQLAlchemy 2 supports."""
 
 from moorage.metadata.migrate import upgrade
 from moorage.metadata.store import (
+    ImageRow,
     MetadataStore,
     NewManifest,
     Referrer,
@@ -13,6 +14,7 @@ from moorage.metadata.store import (
 )
 
 __all__ = [
+    "ImageRow",
     "MetadataStore",
     "NewManifest",
     "Referrer",

@@ -1,6 +1,7 @@
 """The registry services the HTTP layer calls: blobs, uploads, manifests,
 tags, referrers and the catalog."""
 
+from moorage.metadata import RepoRef
 from moorage.registry.blobs import BlobHandle, BlobService, UploadState, range_header
 from moorage.registry.errors import RegistryError
 from moorage.registry.manifests import ManifestService, Page, PutResult
@@ -12,6 +13,7 @@ __all__ = [
     "Page",
     "PutResult",
     "RegistryError",
+    "RepoRef",
     "UploadState",
     "range_header",
 ]

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.metadata import MetadataStore, NewManifest, RepoRef, StoredManifest
+from moorage.metadata import ImageRow, MetadataStore, NewManifest, RepoRef, StoredManifest
 from moorage.oci.digest import digest_bytes
 from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
@@ -199,6 +199,13 @@ class ManifestService:
         self, region: str, limit: int | None, last: str | None, namespaces: list[str] | None
     ) -> Page:
         return self._page(self.metadata.list_repositories(region, limit, last, namespaces), limit)
+
+    def images(self, region: str, namespaces: list[str]) -> list[ImageRow]:
+        return self.metadata.images(region, namespaces)
+
+    def drop_namespace(self, region: str, namespace: str) -> int:
+        """Forget every repository of a namespace; gc reclaims the bytes."""
+        return self.metadata.delete_namespace(region, namespace)
 
     def referrers(self, repo: RepoRef, digest_value: str, artifact_type: str | None) -> bytes:
         digest = require_digest(digest_value)
