@@ -36,14 +36,18 @@ def load_profile() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_profile(profile: dict[str, Any]) -> None:
-    path = profile_path()
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace a file holding credentials atomically, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(profile, f, indent=2)
+        json.dump(data, f, indent=2)
     os.replace(tmp, path)
+
+
+def save_profile(profile: dict[str, Any]) -> None:
+    write_private_json(profile_path(), profile)
 
 
 @dataclass

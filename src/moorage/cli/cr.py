@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from moorage.cli.client import CliError, Connection, load_profile, save_profile
+from moorage.cli.client import (
+    CliError,
+    Connection,
+    load_profile,
+    save_profile,
+    write_private_json,
+)
 from moorage.cli.output import OutputOption, emit
 
 app = typer.Typer(no_args_is_help=True, help="Registry namespaces, images and registry tokens.")
@@ -91,12 +97,7 @@ def login(
         raise CliError(f"{path} is not valid JSON; not overwriting it") from None
     auth = base64.b64encode(f"iamapikey:{connection.apikey}".encode()).decode()
     config.setdefault("auths", {})[host] = {"auth": auth}
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, path)
+    write_private_json(path, config)
     typer.echo(f"Logged in to '{host}' (credentials in {path}).")
 
 
@@ -113,26 +114,15 @@ def namespace_add(
         typer.echo(f"Successfully added namespace '{name}' in {connection.region}")
 
 
-def _namespaces(output: str, server: str | None, apikey: str | None) -> None:
-    connection = Connection.resolve(server, apikey)
-    rows = connection.request("GET", f"/cr/{connection.region}/namespaces")
-    emit(rows, [("name", "NAMESPACE"), ("created_at", "CREATED")], output)
-
-
+@app.command("namespaces")
 @app.command("namespace-list")
 def namespace_list(
     output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
 ) -> None:
-    """List your namespaces in the targeted region."""
-    _namespaces(output, server, apikey)
-
-
-@app.command("namespaces")
-def namespaces(
-    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
-) -> None:
-    """List your namespaces in the targeted region (alias of namespace-list)."""
-    _namespaces(output, server, apikey)
+    """List your namespaces in the targeted region (also: namespaces)."""
+    connection = Connection.resolve(server, apikey)
+    rows = connection.request("GET", f"/cr/{connection.region}/namespaces")
+    emit(rows, [("name", "NAMESPACE"), ("created_at", "CREATED")], output)
 
 
 @app.command("namespace-rm")
@@ -158,7 +148,18 @@ IMAGE_COLUMNS = [
 ]
 
 
-def _images(output: str, server: str | None, apikey: str | None, restrict: str | None) -> None:
+Restrict = Annotated[str | None, typer.Option("--restrict", help="Only this namespace")]
+
+
+@app.command("image-list")
+@app.command("images")
+def images(
+    output: str = OutputOption,
+    restrict: Restrict = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List the images of your namespaces in the targeted region (also: image-list)."""
     connection = Connection.resolve(server, apikey)
     host = connection.region_domain()
     rows = connection.request("GET", f"/cr/{connection.region}/images")
@@ -176,31 +177,6 @@ def _images(output: str, server: str | None, apikey: str | None, restrict: str |
             for r in rows
         ]
     emit(rows, IMAGE_COLUMNS, output)
-
-
-Restrict = Annotated[str | None, typer.Option("--restrict", help="Only this namespace")]
-
-
-@app.command("images")
-def images(
-    output: str = OutputOption,
-    restrict: Restrict = None,
-    server: ServerOption = None,
-    apikey: KeyOption = None,
-) -> None:
-    """List the images of your namespaces in the targeted region."""
-    _images(output, server, apikey, restrict)
-
-
-@app.command("image-list")
-def image_list(
-    output: str = OutputOption,
-    restrict: Restrict = None,
-    server: ServerOption = None,
-    apikey: KeyOption = None,
-) -> None:
-    """List images (alias of images)."""
-    _images(output, server, apikey, restrict)
 
 
 @app.command("image-rm")
