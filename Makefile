@@ -18,6 +18,7 @@ run: $(STAMP)
 
 test-deps: $(STAMP)
 	bash scripts/install-test-deps.sh
+	bash scripts/install-kube.sh
 
 test: test-deps lint
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

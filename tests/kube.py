@@ -1,0 +1,196 @@
+"""A real Kubernetes control plane for tests: etcd and kube-apiserver on
+loopback, with generated certificates and an admin kubeconfig. No
+controller-manager runs, so fixtures create each namespace's ``default``
+service account themselves (see machine-facts)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from tests.server import free_port
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _cert(
+    subject: x509.Name, issuer: x509.Name, public: object, signer: object, ca: bool
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+
+
+class KubeCluster:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.etcd_port = free_port()
+        self.port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.kubeconfig = workdir / "kubeconfig"
+
+    def _pki(self) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moorage-test-ca")])
+        ca = _cert(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+        (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        admin_key = ec.generate_private_key(ec.SECP256R1())
+        admin = _cert(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, "admin"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                ]
+            ),
+            ca_name,
+            admin_key.public_key(),
+            ca_key,
+            ca=False,
+        )
+        (pki / "admin.crt").write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+        _write_key(pki / "admin.key", admin_key)
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _write_key(pki / "sa.key", sa_key)
+        (pki / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def start(self) -> KubeCluster:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        self._pki()
+        pki = self.workdir / "pki"
+        log = (self.workdir / "control-plane.log").open("ab")
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    "etcd",
+                    "--data-dir",
+                    str(self.workdir / "etcd"),
+                    "--listen-client-urls",
+                    etcd_url,
+                    "--advertise-client-urls",
+                    etcd_url,
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{free_port()}",
+                    "--log-level",
+                    "error",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    "kube-apiserver",
+                    f"--etcd-servers={etcd_url}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={self.port}",
+                    f"--cert-dir={self.workdir / 'serving'}",
+                    f"--client-ca-file={pki / 'ca.crt'}",
+                    "--authorization-mode=RBAC",
+                    "--service-account-issuer=https://kubernetes.default.svc",
+                    f"--service-account-key-file={pki / 'sa.pub'}",
+                    f"--service-account-signing-key-file={pki / 'sa.key'}",
+                    "--service-cluster-ip-range=10.96.0.0/24",
+                    "--advertise-address=127.0.0.1",
+                    "--endpoint-reconciler-type=none",
+                    "--enable-admission-plugins=ServiceAccount",
+                    "--v=0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        self.kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:{self.port}
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    client-certificate: {pki / "admin.crt"}
+    client-key: {pki / "admin.key"}
+contexts:
+- name: test
+  context: {{cluster: test, user: admin}}
+current-context: test
+""")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready = self.kubectl("get", "--raw", "/readyz", check=False)
+            if ready.returncode == 0 and ready.stdout.strip() == "ok":
+                return self
+            if any(p.poll() is not None for p in self.processes):
+                break
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"control plane did not start; see {self.workdir / 'control-plane.log'}")
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
+        return result
+
+    def namespace(self, name: str) -> None:
+        """A namespace and its default service account, as a controller-manager would make."""
+        self.kubectl("create", "namespace", name)
+        self.kubectl("-n", name, "create", "serviceaccount", "default")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        self.processes.clear()
