@@ -6,6 +6,7 @@ service account themselves (see machine-facts)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import shutil
 import signal
@@ -78,6 +79,25 @@ class KubeCluster:
         )
         (pki / "admin.crt").write_bytes(admin.public_bytes(serialization.Encoding.PEM))
         _write_key(pki / "admin.key", admin_key)
+        serving_key = ec.generate_private_key(ec.SECP256R1())
+        serving = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name)
+            .public_key(serving_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5))
+            .not_valid_after(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        (pki / "serving.crt").write_bytes(serving.public_bytes(serialization.Encoding.PEM))
+        _write_key(pki / "serving.key", serving_key)
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write_key(pki / "sa.key", sa_key)
         (pki / "sa.pub").write_bytes(
@@ -120,7 +140,8 @@ class KubeCluster:
                     f"--etcd-servers={etcd_url}",
                     "--bind-address=127.0.0.1",
                     f"--secure-port={self.port}",
-                    f"--cert-dir={self.workdir / 'serving'}",
+                    f"--tls-cert-file={pki / 'serving.crt'}",
+                    f"--tls-private-key-file={pki / 'serving.key'}",
                     f"--client-ca-file={pki / 'ca.crt'}",
                     "--authorization-mode=RBAC",
                     "--service-account-issuer=https://kubernetes.default.svc",
@@ -143,7 +164,7 @@ clusters:
 - name: test
   cluster:
     server: https://127.0.0.1:{self.port}
-    insecure-skip-tls-verify: true
+    certificate-authority: {pki / "ca.crt"}
 users:
 - name: admin
   user:

@@ -38,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
 
 @pytest.fixture(scope="module")
 def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("profile") / "profile.json"
+    return tmp_path_factory.mktemp("config")
 
 
 def cli(profile: Path, *args: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
@@ -67,8 +67,9 @@ def as_json(result: subprocess.CompletedProcess[str]) -> object:
 def test_seed_workflow(server: MoorageServer, profile_dir: Path, tmp_path: Path) -> None:
     url = f"http://localhost:{server.port}"
     cli(profile_dir, "login", "--server", url, "--apikey", ADMIN_KEY)
-    assert json.loads(profile_dir.read_text())["server"] == url
-    assert oct(profile_dir.stat().st_mode & 0o777) == "0o600"
+    profile = profile_dir / "profile.json"
+    assert json.loads(profile.read_text())["server"] == url
+    assert oct(profile.stat().st_mode & 0o777) == "0o600"
 
     out = cli(profile_dir, "cr", "region-set", "us-south").stdout
     assert f"us.localhost:{server.port}" in out

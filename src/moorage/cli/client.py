@@ -23,9 +23,13 @@ class CliError(typer.Exit):
         super().__init__(code)
 
 
-def profile_path() -> Path:
+def config_dir() -> Path:
     base = os.environ.get("MOORAGE_CONFIG_DIR")
-    return Path(base) if base else Path.home() / ".moorage" / "profile.json"
+    return Path(base) if base else Path.home() / ".moorage"
+
+
+def profile_path() -> Path:
+    return config_dir() / "profile.json"
 
 
 def load_profile() -> dict[str, Any]:

@@ -9,12 +9,14 @@ import typer
 
 from moorage.cli import cr as cr_commands
 from moorage.cli import iam as iam_commands
+from moorage.cli import ks as ks_commands
 from moorage.cli.client import Connection, load_profile, save_profile
 from moorage.config import ConfigError, load_settings
 
 app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private container registry.")
 app.add_typer(iam_commands.app, name="iam")
 app.add_typer(cr_commands.app, name="cr")
+app.add_typer(ks_commands.app, name="ks")
 
 
 @app.command()

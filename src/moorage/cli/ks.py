@@ -1,0 +1,275 @@
+"""``moorage ks``: the seed's ``ibmcloud ks`` pull-secret workflows against a
+real cluster, reached through a registered kubeconfig."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from moorage.cli.client import CliError, Connection, config_dir, write_private_json
+from moorage.cli.output import OutputOption, emit
+
+app = typer.Typer(no_args_is_help=True, help="Clusters and their image pull secrets.")
+
+ServerOption = Annotated[str | None, typer.Option("--server", help="Moorage server URL")]
+KeyOption = Annotated[str | None, typer.Option("--apikey", help="API key to sign in with")]
+ClusterOption = Annotated[str, typer.Option("--cluster", "-c", help="A registered cluster")]
+REGISTRY = "container-registry"
+
+
+def _clusters_path() -> Path:
+    return config_dir() / "clusters.json"
+
+
+def _clusters() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(_clusters_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _core(cluster: str) -> Any:
+    from kubernetes import client, config
+
+    entry = _clusters().get(cluster)
+    if entry is None:
+        raise CliError(f"cluster {cluster!r} is not registered; run `moorage ks cluster-register`")
+    try:
+        api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=entry["kubeconfig"], context=entry.get("context")
+        )
+    except Exception as exc:  # the kubeconfig is the user's; say what is wrong in one line
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CliError(f"cannot use the kubeconfig of {cluster!r}: {first_line}") from None
+    return client.CoreV1Api(api)
+
+
+@app.command("cluster-register")
+def cluster_register(
+    name: str,
+    kubeconfig: Annotated[Path, typer.Option("--kubeconfig", exists=True, dir_okay=False)],
+    context: Annotated[str | None, typer.Option("--context")] = None,
+    region: Annotated[str | None, typer.Option("--region")] = None,
+) -> None:
+    """Register a cluster by its kubeconfig (and context)."""
+    if not name or len(name) > 63 or not name.replace("-", "").isalnum():
+        raise CliError("cluster names are 1 to 63 letters, digits or dashes")
+    clusters = _clusters()
+    clusters[name] = {"kubeconfig": str(kubeconfig.resolve()), "context": context, "region": region}
+    write_private_json(_clusters_path(), clusters)
+    typer.echo(f"Registered cluster '{name}'")
+
+
+@app.command("clusters")
+def clusters(output: str = OutputOption) -> None:
+    """List registered clusters."""
+    rows = [{"name": n, **v} for n, v in sorted(_clusters().items())]
+    emit(
+        rows,
+        [
+            ("name", "NAME"),
+            ("kubeconfig", "KUBECONFIG"),
+            ("context", "CONTEXT"),
+            ("region", "REGION"),
+        ],
+        output,
+    )
+
+
+@app.command("cluster-rm")
+def cluster_rm(name: str) -> None:
+    """Forget a registered cluster (nothing in the cluster changes)."""
+    registered = _clusters()
+    if registered.pop(name, None) is None:
+        raise CliError(f"cluster {name!r} is not registered")
+    write_private_json(_clusters_path(), registered)
+    typer.echo(f"Removed cluster '{name}'")
+
+
+@contextmanager
+def _kubernetes_errors(cluster: str) -> Iterator[None]:
+    """A Kubernetes API failure as one line: status and reason, or what broke."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        raise CliError(
+            f"cluster {cluster}: Kubernetes API said {exc.status} {exc.reason}"
+        ) from None
+    except HTTPError as exc:
+        raise CliError(
+            f"cluster {cluster}: cannot reach the API server ({type(exc).__name__})"
+        ) from None
+
+
+def _hosts(connection: Connection) -> list[str]:
+    return [
+        f"{r['domain']}{connection.port_suffix}" for r in connection.request("GET", "/cr/regions")
+    ]
+
+
+def _ensure_service_id(connection: Connection, cluster: str) -> str:
+    name = f"moorage-cluster-{cluster}"
+    try:
+        connection.request("GET", f"/iam/service-ids/{name}")
+    except CliError:
+        connection.request(
+            "POST",
+            "/iam/service-ids",
+            {"name": name, "description": f"Pulls images from Moorage for cluster {cluster}"},
+        )
+    policies = connection.request("GET", f"/iam/service-ids/{name}/policies")
+    if not any(
+        p["roles"] == ["Reader"]
+        and p["service_name"] == REGISTRY
+        and not p["region"]
+        and not p["resource"]
+        for p in policies
+    ):
+        connection.request(
+            "POST",
+            f"/iam/service-ids/{name}/policies",
+            {"roles": "Reader", "service_name": REGISTRY},
+        )
+    return name
+
+
+@app.command("cluster-pull-secret-apply")
+def cluster_pull_secret_apply(
+    cluster: ClusterOption,
+    combined: Annotated[
+        bool,
+        typer.Option("--combined", help="Also write one secret with every domain (all-… style)"),
+    ] = False,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Give the cluster a service ID with Reader, store a fresh API key for it in
+    pull secrets of the default namespace and attach them to its default service
+    account. Run again to rotate the key: the new one is in place before the old
+    one is deleted."""
+    from moorage.kube.pullsecrets import (
+        PullSecrets,
+    )
+
+    connection = Connection.resolve(server, apikey)
+    core = _core(cluster)
+    with _kubernetes_errors(cluster):
+        core.list_namespaced_service_account("default", limit=1)  # reachable before keys exist
+    service_id = _ensure_service_id(connection, cluster)
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    created = connection.request(
+        "POST",
+        f"/iam/service-ids/{service_id}/api-keys",
+        {
+            "name": f"{cluster}-pull-{stamp}-{time.time_ns() % 1000000:06d}",
+            "description": f"image pull secrets of cluster {cluster}",
+        },
+    )
+    with _kubernetes_errors(cluster):
+        result = _apply_secrets(PullSecrets(core), connection, created, combined)
+    names, attached = result
+    # Only now that every secret holds the new key do the old keys go.
+    retired = []
+    for key in connection.request("GET", f"/iam/service-ids/{service_id}/api-keys"):
+        if key["id"] != created["id"] and key["name"].startswith(f"{cluster}-pull-"):
+            connection.request("DELETE", f"/iam/api-keys/{key['id']}")
+            retired.append(key["id"])
+    emit(
+        {
+            "service_id": service_id,
+            "api_key_id": created["id"],
+            "secrets": names,
+            "service_account_pull_secrets": attached,
+            "retired_api_keys": retired,
+        },
+        None,
+        output,
+    )
+
+
+def _apply_secrets(
+    secrets: Any, connection: Connection, created: dict[str, Any], combined: bool
+) -> tuple[list[str], list[str]]:
+    from moorage.kube.pullsecrets import API_KEY_USER, KEY_ANNOTATION, dockerconfigjson, secret_name
+
+    hosts = _hosts(connection)
+    names = []
+    annotations = {KEY_ANNOTATION: created["id"]}
+    for host in hosts:
+        name = secret_name("default", host)
+        secrets.put_secret(
+            "default", name, dockerconfigjson([host], API_KEY_USER, created["apikey"]), annotations
+        )
+        names.append(name)
+    if combined:
+        global_host = min(hosts, key=lambda h: h.count("."))
+        name = "all-" + global_host.split(":", 1)[0].replace(".", "-")
+        secrets.put_secret(
+            "default", name, dockerconfigjson(hosts, API_KEY_USER, created["apikey"]), annotations
+        )
+        names.append(name)
+    attached = secrets.attach("default", names)
+    return names, attached
+
+
+@app.command("pull-secret-copy")
+def pull_secret_copy(
+    cluster: ClusterOption,
+    source: Annotated[str, typer.Option("--from")] = "default",
+    to: Annotated[str | None, typer.Option("--to")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces")] = False,
+    selector: Annotated[str | None, typer.Option("--selector", "-l")] = None,
+    attach: Annotated[
+        bool,
+        typer.Option(
+            "--attach", help="Also add the copies to each namespace's default service account"
+        ),
+    ] = False,
+    output: str = OutputOption,
+) -> None:
+    """Copy the registry pull secrets of one namespace to others, renamed
+    ``<namespace>-<domain>``, without the source's uid, resourceVersion or owners."""
+    from moorage.kube.pullsecrets import PullSecrets
+
+    if sum(bool(x) for x in (to, all_namespaces, selector)) != 1:
+        raise CliError("give exactly one of --to, --all-namespaces or --selector")
+    secrets = PullSecrets(_core(cluster))
+    if to:
+        targets = [to]
+    else:
+        targets = [
+            n for n in secrets.namespaces(selector) if n != source and not n.startswith("kube-")
+        ]
+    report = []
+    for namespace in targets:
+        copied = secrets.copy(source, namespace)
+        if attach and copied:
+            secrets.attach(namespace, copied)
+        report.append({"namespace": namespace, "secrets": copied})
+    emit(report, [("namespace", "NAMESPACE"), ("secrets", "SECRETS")], output)
+
+
+@app.command("sa-add-pull-secret")
+def sa_add_pull_secret(
+    cluster: ClusterOption,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")],
+    secret: Annotated[list[str], typer.Option("--secret")],
+    serviceaccount: Annotated[str, typer.Option("--serviceaccount")] = "default",
+) -> None:
+    """Add pull secrets to a service account: merged, never duplicated."""
+    from moorage.kube.pullsecrets import PullSecrets
+
+    with _kubernetes_errors(cluster):
+        merged = PullSecrets(_core(cluster)).attach(namespace, secret, serviceaccount)
+    typer.echo(f"{namespace}/{serviceaccount} imagePullSecrets: {', '.join(merged)}")

@@ -1,0 +1,354 @@
+"""The seed's pull-secret workflows against a real kube-apiserver, each ending
+in a real pull: credentials are resolved from the live API objects exactly as
+the kubelet would (moorage.kube.keyring), then handed to skopeo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.kube.keyring import Credential, Keyring, repository_of
+from tests.conftest import require_tool
+from tests.iam_helpers import ADMIN_KEY, Api, skopeo
+from tests.kube import KubeCluster
+from tests.oci_layout import make_image, write_layout
+from tests.server import MoorageServer, ensure_region_hosts
+from tests.test_cli_iam_cr import cli
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    for tool in ("kube-apiserver", "etcd", "kubectl", "skopeo"):
+        require_tool(tool)
+    started = KubeCluster(tmp_path_factory.mktemp("kube") / "cluster").start()
+    started.kubectl("-n", "default", "create", "serviceaccount", "default")
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
+    ensure_region_hosts()
+    tmp = tmp_path_factory.mktemp("ks")
+    server = MoorageServer(
+        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def image(registry: MoorageServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image in us-south, pushed by the administrator; returns its reference."""
+    Api(registry, ADMIN_KEY).namespace("us-south", "team-k8s")
+    layout = write_layout(make_image(2, 4096, "ks"), tmp_path_factory.mktemp("img") / "layout")
+    reference = f"{registry.host_for('us.localhost')}/team-k8s/app:v1"
+    pushed = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"iamapikey:{ADMIN_KEY}",
+        f"oci:{layout}:latest",
+        f"docker://{reference}",
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    return reference
+
+
+@pytest.fixture(scope="module")
+def config(
+    cluster: KubeCluster, registry: MoorageServer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    directory = tmp_path_factory.mktemp("config")
+    cli(directory, "login", "--server", f"http://localhost:{registry.port}", "--apikey", ADMIN_KEY)
+    cli(directory, "ks", "cluster-register", "mycluster", "--kubeconfig", str(cluster.kubeconfig))
+    return directory
+
+
+def kubelet_credentials(
+    cluster: KubeCluster, namespace: str, pod_spec: dict[str, Any], image: str
+) -> list[Credential]:
+    """What the kubelet would try for ``image``: only the pod's own imagePullSecrets."""
+    ring = Keyring()
+    for ref in pod_spec.get("imagePullSecrets") or []:
+        got = cluster.kubectl(
+            "-n", namespace, "get", "secret", ref["name"], "-o", "json", check=False
+        )
+        if got.returncode == 0:
+            secret = json.loads(got.stdout)
+            ring.add_secret(secret["type"], secret.get("data") or {}, f"{namespace}/{ref['name']}")
+    return ring.lookup(repository_of(image))
+
+
+def real_pull(image: str, credentials: list[Credential]) -> str | None:
+    """Pull with each credential in the kubelet's order; the digest of the first success."""
+    for credential in credentials:
+        with tempfile.TemporaryDirectory() as out:
+            pulled = skopeo(
+                "copy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                f"{credential.username}:{credential.password}",
+                f"docker://{image}",
+                f"dir:{out}",
+            )
+            if pulled.returncode == 0:
+                manifest = (Path(out) / "manifest.json").read_bytes()
+                return "sha256:" + hashlib.sha256(manifest).hexdigest()
+    return None
+
+
+def create_pod(
+    cluster: KubeCluster,
+    namespace: str,
+    name: str,
+    image: str,
+    pull_secrets: list[str] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": image}]}
+    if pull_secrets is not None:
+        spec["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(pod))
+    created = json.loads(cluster.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout)
+    return created["spec"]  # type: ignore[no-any-return]
+
+
+def digest_of(registry: MoorageServer, image: str) -> str:
+    raw = skopeo(
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        "--creds",
+        f"iamapikey:{ADMIN_KEY}",
+        f"docker://{image}",
+    )
+    return "sha256:" + hashlib.sha256(raw.stdout.encode()).hexdigest()
+
+
+def test_default_namespace_apply_rotate_and_pull(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    applied = json.loads(
+        cli(
+            config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster", "--output", "json"
+        ).stdout
+    )
+    expected = [
+        "default-us-localhost",
+        "default-uk-localhost",
+        "default-de-localhost",
+        "default-au-localhost",
+        "default-jp-localhost",
+        "default-localhost",
+    ]
+    assert sorted(applied["secrets"]) == sorted(expected)
+    account = json.loads(
+        cluster.kubectl("-n", "default", "get", "serviceaccount", "default", "-o", "json").stdout
+    )
+    assert sorted(r["name"] for r in account["imagePullSecrets"]) == sorted(expected)
+
+    spec = create_pod(cluster, "default", "app", image)  # the admission plugin copies them in
+    first = kubelet_credentials(cluster, "default", spec, image)
+    assert [c.username for c in first] == ["iamapikey"]
+    assert real_pull(image, first) == digest_of(registry, image)
+
+    # A second run rotates: new key in place, old key gone, nothing duplicated.
+    again = json.loads(
+        cli(
+            config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster", "--output", "json"
+        ).stdout
+    )
+    assert again["api_key_id"] != applied["api_key_id"]
+    assert again["retired_api_keys"] == [applied["api_key_id"]]
+    account = json.loads(
+        cluster.kubectl("-n", "default", "get", "serviceaccount", "default", "-o", "json").stdout
+    )
+    assert len(account["imagePullSecrets"]) == len(expected)
+    second = kubelet_credentials(cluster, "default", spec, image)
+    assert second[0].password != first[0].password
+    assert real_pull(image, second) == digest_of(registry, image)
+    assert real_pull(image, first) is None, "the retired key still pulls"
+
+
+def test_copy_to_another_namespace_and_attach(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    cluster.namespace("dev")
+    cluster.kubectl("-n", "dev", "create", "secret", "generic", "unrelated", "--from-literal=a=b")
+    cluster.kubectl(
+        "-n",
+        "dev",
+        "patch",
+        "serviceaccount",
+        "default",
+        "-p",
+        '{"imagePullSecrets": [{"name": "keep-me"}]}',
+    )
+    # Without secrets in the namespace a pod cannot pull.
+    bare = create_pod(cluster, "dev", "before", image, pull_secrets=[])
+    assert kubelet_credentials(cluster, "dev", bare, image) == []
+
+    copied = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-copy",
+            "--cluster",
+            "mycluster",
+            "--from",
+            "default",
+            "--to",
+            "dev",
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert "dev-us-localhost" in copied[0]["secrets"]
+    secret = json.loads(
+        cluster.kubectl("-n", "dev", "get", "secret", "dev-us-localhost", "-o", "json").stdout
+    )
+    source = json.loads(
+        cluster.kubectl(
+            "-n", "default", "get", "secret", "default-us-localhost", "-o", "json"
+        ).stdout
+    )
+    assert secret["metadata"]["uid"] != source["metadata"]["uid"]
+    assert secret["data"] == source["data"]
+
+    for _ in range(2):  # twice: never duplicated
+        cli(
+            config,
+            "ks",
+            "sa-add-pull-secret",
+            "--cluster",
+            "mycluster",
+            "--namespace",
+            "dev",
+            "--secret",
+            "dev-us-localhost",
+        )
+    account = json.loads(
+        cluster.kubectl("-n", "dev", "get", "serviceaccount", "default", "-o", "json").stdout
+    )
+    assert [r["name"] for r in account["imagePullSecrets"]] == ["keep-me", "dev-us-localhost"]
+
+    spec = create_pod(cluster, "dev", "after", image)
+    assert real_pull(image, kubelet_credentials(cluster, "dev", spec, image)) == digest_of(
+        registry, image
+    )
+
+
+def test_seed_kubectl_patch_variants_and_a_deployment(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    for namespace, patch in [
+        ("replace-variant", ["-p", '{"imagePullSecrets":[{"name": "NS-us-localhost"}]}']),
+        (
+            "append-variant",
+            [
+                "--type=json",
+                "-p",
+                '[{"op":"add","path":"/imagePullSecrets/-","value":{"name":"NS-us-localhost"}}]',
+            ],
+        ),
+    ]:
+        cluster.namespace(namespace)
+        if "append" in namespace:
+            cluster.kubectl(
+                "-n",
+                namespace,
+                "patch",
+                "serviceaccount",
+                "default",
+                "-p",
+                '{"imagePullSecrets":[{"name":"existing"}]}',
+            )
+        cli(config, "ks", "pull-secret-copy", "--cluster", "mycluster", "--to", namespace)
+        args = [a.replace("NS", namespace) for a in patch]
+        cluster.kubectl("-n", namespace, "patch", "serviceaccount/default", *args)
+        spec = create_pod(cluster, namespace, "app", image)
+        assert real_pull(image, kubelet_credentials(cluster, namespace, spec, image)) == digest_of(
+            registry, image
+        )
+
+    # A Deployment's pods carry its template's imagePullSecrets.
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "replace-variant"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "imagePullSecrets": [{"name": "replace-variant-us-localhost"}],
+                    "containers": [{"name": "web", "image": image}],
+                },
+            },
+        },
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    live = json.loads(
+        cluster.kubectl("-n", "replace-variant", "get", "deployment", "web", "-o", "json").stdout
+    )
+    template = live["spec"]["template"]["spec"]
+    assert real_pull(
+        image, kubelet_credentials(cluster, "replace-variant", template, image)
+    ) == digest_of(registry, image)
+
+
+def test_combined_secret_has_every_domain(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster", "--combined")
+    secret = json.loads(
+        cluster.kubectl("-n", "default", "get", "secret", "all-localhost", "-o", "json").stdout
+    )
+    ring = Keyring()
+    ring.add_secret(secret["type"], secret["data"], "default/all-localhost")
+    port = registry.port
+    for domain in ("us", "uk", "de", "au", "jp"):
+        assert ring.lookup(f"{domain}.localhost:{port}/team-k8s/app")
+    assert ring.lookup(f"localhost:{port}/public/app")
+    spec = {"imagePullSecrets": [{"name": "all-localhost"}]}
+    assert real_pull(image, kubelet_credentials(cluster, "default", spec, image)) == digest_of(
+        registry, image
+    )
+
+
+def test_ks_bad_input(config: Path, tmp_path: Path) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "nope", ok=False)
+    cli(config, "ks", "cluster-rm", "nope", ok=False)
+    cli(config, "ks", "pull-secret-copy", "--cluster", "mycluster", ok=False)
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("not: [a kubeconfig")
+    cli(config, "ks", "cluster-register", "broken", "--kubeconfig", str(broken))
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "broken", ok=False)
+    cli(
+        config,
+        "ks",
+        "sa-add-pull-secret",
+        "--cluster",
+        "mycluster",
+        "--namespace",
+        "missing",
+        "--secret",
+        "x",
+        ok=False,
+    )
+    clusters = json.loads(cli(config, "ks", "clusters", "--output", "json").stdout)
+    assert {c["name"] for c in clusters} == {"mycluster", "broken"}
