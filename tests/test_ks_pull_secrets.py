@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from tests.conftest import require_tool
 from tests.iam_helpers import ADMIN_KEY, Api, skopeo
 from tests.kube import KubeCluster
 from tests.oci_layout import make_image, write_layout
-from tests.server import MoorageServer, ensure_region_hosts
+from tests.server import MOORAGE, MoorageServer, ensure_region_hosts
 from tests.test_cli_iam_cr import cli
 
 
@@ -352,3 +354,126 @@ def test_ks_bad_input(config: Path, tmp_path: Path) -> None:
     )
     clusters = json.loads(cli(config, "ks", "clusters", "--output", "json").stdout)
     assert {c["name"] for c in clusters} == {"mycluster", "broken"}
+
+
+def diagnose(config: Path, namespace: str, target: str) -> tuple[int, list[dict[str, Any]]]:
+    result = subprocess.run(
+        [
+            str(MOORAGE),
+            "ks",
+            "diagnose",
+            "--cluster",
+            "mycluster",
+            "-n",
+            namespace,
+            target,
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")},
+            "MOORAGE_CONFIG_DIR": str(config),
+        },
+    )
+    assert result.returncode in (0, 3), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def secret_for(cluster: KubeCluster, namespace: str, name: str, host: str, key: str) -> None:
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "docker-registry",
+        name,
+        f"--docker-server={host}",
+        "--docker-username=iamapikey",
+        f"--docker-password={key}",
+    )
+
+
+def test_diagnose_explains_each_cause(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    create_pod(cluster, "default", "healthy", image)
+    code, (finding,) = diagnose(config, "default", "pod/healthy")
+    assert code == 0 and finding["verdict"] == "ok"
+    assert "default-us-localhost" in finding["secrets"]
+
+    cluster.namespace("empty")
+    create_pod(cluster, "empty", "app", image)
+    code, (finding,) = diagnose(config, "empty", "pod/app")
+    assert code == 3 and "no image pull secrets" in finding["cause"]
+    assert "pull-secret-copy" in finding["fix"]
+
+    cluster.namespace("unattached")
+    cli(config, "ks", "pull-secret-copy", "--cluster", "mycluster", "--to", "unattached")
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "unattached"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+        },
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    code, (finding,) = diagnose(config, "unattached", "deployment/web")
+    assert code == 3 and "unattached-us-localhost exists but" in finding["cause"]
+    assert "sa-add-pull-secret" in finding["fix"]
+    cli(
+        config,
+        "ks",
+        "sa-add-pull-secret",
+        "--cluster",
+        "mycluster",
+        "-n",
+        "unattached",
+        "--secret",
+        "unattached-us-localhost",
+    )
+    assert diagnose(config, "unattached", "deployment/web")[1][0]["verdict"] == "ok"
+
+    admin = Api(registry, ADMIN_KEY)
+    host = registry.host_for("us.localhost")
+    cluster.namespace("scoped")
+    for name, scope in [
+        ("wrong-ns", {"region": "us-south", "resource_type": "namespace", "resource": "other-ns"}),
+        ("wrong-region", {"region": "eu-de"}),
+    ]:
+        key = admin.service_key(name, "Reader", **scope)
+        secret_for(cluster, "scoped", name, host, key)
+        create_pod(cluster, "scoped", name, image, pull_secrets=[name])
+        code, (finding,) = diagnose(config, "scoped", f"pod/{name}")
+        assert code == 3, finding
+        assert "may not pull namespace team-k8s in us-south" in finding["cause"]
+        assert "--region us-south --resource-type namespace --resource team-k8s" in finding["fix"]
+
+    key = admin.service_key("locked-one", "Reader")
+    secret_for(cluster, "scoped", "locked-one", host, key)
+    create_pod(cluster, "scoped", "locked", image, pull_secrets=["locked-one"])
+    assert diagnose(config, "scoped", "pod/locked")[1][0]["verdict"] == "ok"
+    admin.call("POST", "/iam/api-keys/locked-one-key/lock", expect=201)
+    code, (finding,) = diagnose(config, "scoped", "pod/locked")
+    assert code == 3 and "is locked" in finding["cause"] and "api-key-unlock" in finding["fix"]
+
+    legacy_image = image.replace("us.localhost", "registry.ng.localhost")
+    secret_for(
+        cluster,
+        "scoped",
+        "legacy",
+        registry.host_for("registry.ng.localhost"),
+        admin.service_key("legacy-user", "Reader"),
+    )
+    create_pod(cluster, "scoped", "legacy", legacy_image, pull_secrets=["legacy"])
+    code, (finding,) = diagnose(config, "scoped", "pod/legacy")
+    assert code == 3 and "legacy domain" in finding["cause"]
+    assert "us.localhost" in finding["fix"]

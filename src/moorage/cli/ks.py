@@ -273,3 +273,173 @@ def sa_add_pull_secret(
     with _kubernetes_errors(cluster):
         merged = PullSecrets(_core(cluster)).attach(namespace, secret, serviceaccount)
     typer.echo(f"{namespace}/{serviceaccount} imagePullSecrets: {', '.join(merged)}")
+
+
+_READERS = {
+    "pod": ("CoreV1Api", "read_namespaced_pod"),
+    "deployment": ("AppsV1Api", "read_namespaced_deployment"),
+    "replicaset": ("AppsV1Api", "read_namespaced_replica_set"),
+    "statefulset": ("AppsV1Api", "read_namespaced_stateful_set"),
+    "daemonset": ("AppsV1Api", "read_namespaced_daemon_set"),
+    "job": ("BatchV1Api", "read_namespaced_job"),
+    "cronjob": ("BatchV1Api", "read_namespaced_cron_job"),
+}
+
+
+def _registry_probe(connection: Connection) -> Any:
+    import httpx
+    import jwt
+
+    from moorage.kube.diagnose import ProbeResult
+
+    def probe(repository: str, username: str, password: str) -> ProbeResult:
+        host, _, name = repository.partition("/")
+        try:
+            reply = httpx.get(
+                f"http://{host}/oauth/token",
+                params={"service": host.split(":", 1)[0], "scope": f"repository:{name}:pull"},
+                auth=(username, password),
+                timeout=10,
+            )
+        except httpx.HTTPError as exc:
+            return ProbeResult(False, False, False, f"unreachable ({type(exc).__name__})")
+        if reply.status_code == 404:
+            return ProbeResult(False, False, False, "no Moorage registry answers on this host")
+        if reply.status_code != 200:
+            try:
+                message = reply.json()["errors"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                message = f"HTTP {reply.status_code}"
+            return ProbeResult(True, False, False, str(message))
+        claims = jwt.decode(reply.json()["token"], options={"verify_signature": False})
+        allowed = any(
+            entry.get("name") == name and "pull" in entry.get("actions", [])
+            for entry in claims.get("access", [])
+        )
+        return ProbeResult(
+            True, True, allowed, "" if allowed else f"signed in, but no pull is granted on {name}"
+        )
+
+    return probe
+
+
+def _explainer(connection: Connection) -> Any:
+    regions = connection.request("GET", "/cr/regions")
+    by_host = {r["domain"]: r for r in regions}
+    legacy = {r["legacy_domain"]: r for r in regions if r.get("legacy_domain")}
+
+    def explain(repository: str, username: str, password: str) -> tuple[str, str]:
+        host, _, name = repository.partition("/")
+        hostname = host.split(":", 1)[0]
+        namespace = name.split("/", 1)[0]
+        if username == "token":
+            return (
+                "the registry token is invalid, expired, removed, or for another region",
+                "create one with moorage cr token-add, or move to API keys with "
+                "moorage ks pull-secret-migrate",
+            )
+        if username != "iamapikey":
+            return ("the registry refused these credentials", "check the secret's credentials")
+        if hostname in legacy:
+            region = legacy[hostname]
+            return (
+                f"{hostname} is a legacy domain: it accepts only registry tokens, not API keys",
+                f"pull from {region['domain']} (region {region['name']}) instead",
+            )
+        details = connection.request("POST", "/iam/api-key-details", {"apikey": password})
+        if not details.get("exists"):
+            return (
+                "the API key in the secret does not exist (deleted, rotated, or of another "
+                "account)",
+                "re-run moorage ks cluster-pull-secret-apply and copy the secrets again",
+            )
+        if details.get("locked"):
+            return (
+                f"API key {details['name']} ({details['id']}) is locked",
+                f"moorage iam api-key-unlock {details['id']}",
+            )
+        region = by_host.get(hostname, {}).get("name", "?")
+        scopes = (
+            "; ".join(
+                f"{','.join(p['roles'])} on {p['resource'] or 'every namespace'} in "
+                f"{p['region'] or 'every region'}"
+                for p in details.get("policies", [])
+                if p["service_name"] == REGISTRY
+            )
+            or "none on container-registry"
+        )
+        owner = details["owner_id"]
+        return (
+            f"the key's owner may not pull namespace {namespace} in {region} (policies: "
+            f"{scopes}), or the namespace is not its account's",
+            f"moorage iam service-policy-create {owner} --roles Reader --service-name "
+            f"{REGISTRY} --region {region} --resource-type namespace --resource {namespace}",
+        )
+
+    return explain
+
+
+@app.command("diagnose")
+def diagnose(
+    cluster: ClusterOption,
+    target: Annotated[str, typer.Argument(help="pod/NAME, deployment/NAME, job/NAME, ...")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Explain, container by container, whether the kubelet's pull will work and,
+    when it will not, the exact fix. Exits 3 when a pull would be denied."""
+    from kubernetes import client
+
+    from moorage.kube.diagnose import diagnose as run_diagnosis
+
+    kind, _, name = target.partition("/")
+    if kind.lower() not in _READERS or not name:
+        raise CliError(f"target must be one of {', '.join(k + '/NAME' for k in _READERS)}")
+    connection = Connection.resolve(server, apikey)
+    core = _core(cluster)
+    api_client = core.api_client
+    api_name, reader = _READERS[kind.lower()]
+    with _kubernetes_errors(cluster):
+        raw = getattr(getattr(client, api_name)(api_client), reader)(name, namespace)
+        obj = api_client.sanitize_for_serialization(raw)
+        obj.setdefault(
+            "kind", {"pod": "Pod"}.get(kind.lower(), raw.kind if hasattr(raw, "kind") else kind)
+        )
+        secrets = {
+            s.metadata.name: api_client.sanitize_for_serialization(s)
+            for s in core.list_namespaced_secret(namespace).items
+        }
+        spec_account = _spec_account(obj)
+        try:
+            account = api_client.sanitize_for_serialization(
+                core.read_namespaced_service_account(spec_account, namespace)
+            )
+        except client.exceptions.ApiException:
+            account = None
+    findings = run_diagnosis(
+        obj, secrets, account, _registry_probe(connection), _explainer(connection), namespace
+    )
+    rows = [f.as_dict() for f in findings]
+    emit(
+        rows,
+        [
+            ("container", "CONTAINER"),
+            ("image", "IMAGE"),
+            ("secrets", "SECRETS TRIED"),
+            ("verdict", "VERDICT"),
+            ("cause", "CAUSE"),
+            ("fix", "FIX"),
+        ],
+        output,
+    )
+    if any(f.verdict == "denied" for f in findings):
+        raise typer.Exit(3)
+
+
+def _spec_account(obj: dict[str, Any]) -> str:
+    from moorage.kube.diagnose import pod_spec
+
+    spec, _ = pod_spec(obj)
+    return str(spec.get("serviceAccountName") or "default")

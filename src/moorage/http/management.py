@@ -108,6 +108,7 @@ class ManagementApi:
             ("POST", "/iam/api-keys/{ref}/lock", self.lock_key),
             ("POST", "/iam/api-keys/{ref}/unlock", self.unlock_key),
             ("DELETE", "/iam/api-keys/{ref}", self.delete_key),
+            ("POST", "/iam/api-key-details", self.api_key_details),
             ("GET", "/cr/regions", self.list_regions),
             ("GET", "/cr/{region}/namespaces", self.list_namespaces),
             ("POST", "/cr/{region}/namespaces", self.add_namespace),
@@ -332,6 +333,17 @@ class ManagementApi:
         if not (key.owner_kind == p.kind and key.owner_id == p.id):
             self._admin(p)
         return key.id
+
+    async def api_key_details(self, request: web.Request, p: Principal) -> Any:
+        """What an API key is, given the key itself: whose, and whether locked (for
+        ks diagnose). Keys of other accounts are reported as unknown."""
+        self._require(p, roles.VIEW, services=SERVICES)
+        body = await self._body(request)
+        key = self.iam.describe_api_key(self._text(body, "apikey") or "")
+        if key is None or key.account_id != p.account_id:
+            return {"exists": False}
+        policies = self.iam.policies(p.account_id, key.owner_kind, key.owner_id)
+        return {"exists": True, **api_key_json(key), "policies": [policy_json(x) for x in policies]}
 
     async def lock_key(self, request: web.Request, p: Principal) -> Any:
         key_id = self._own_or_admin(p, request.match_info["ref"])

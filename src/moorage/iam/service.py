@@ -343,6 +343,13 @@ class IamService:
                 return None
             return Principal(key.account_id, key.owner_kind, key.owner_id, credential_id=key.id)
 
+    def describe_api_key(self, secret: str) -> ApiKey | None:
+        """The key a secret belongs to, locked or not: for diagnosis, never for sign-in."""
+        if not secret or len(secret) > 512:
+            return None
+        with Session(self.engine) as s:
+            return s.scalar(select(ApiKey).where(ApiKey.digest == self.keeper.digest(secret)))
+
     def credential_active(self, principal: Principal) -> bool:
         """Whether the credential behind a principal still works (checked on refresh)."""
         with Session(self.engine) as s:
