@@ -21,6 +21,7 @@ class Settings:
     auth: str = "token"
     base_domain: str = "localhost"
     token_lifetime: int = 300
+    refresh_lifetime: int = 3600  # refresh tokens, and the kubelet credentials built on them
     key_rotation: int = 7 * 86400
     service_id_limit: int = 2000
     admin_email: str = "admin@moorage.local"
@@ -45,6 +46,7 @@ _FILE_KEYS = {
     ("server", "base_domain"): "base_domain",
     ("auth", "token_lifetime"): "token_lifetime",
     ("auth", "key_rotation"): "key_rotation",
+    ("auth", "refresh_lifetime"): "refresh_lifetime",
     ("iam", "service_id_limit"): "service_id_limit",
     ("iam", "admin_email"): "admin_email",
     ("storage", "data"): "data_dir",
@@ -126,6 +128,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     settings = Settings(**values)
     if settings.auth not in ("token", "none"):
         raise ConfigError(f"unknown auth mode {settings.auth!r}: use 'token' or 'none'")
+    if not 300 <= settings.refresh_lifetime <= 7 * 86400:
+        raise ConfigError("refresh_lifetime must be between 300 seconds and 7 days")
     if not 5 <= settings.token_lifetime <= 3600:
         raise ConfigError("token_lifetime must be between 5 and 3600 seconds")
     if settings.max_manifest_bytes < 4 * 1024 * 1024:

@@ -126,7 +126,12 @@ def create_app(settings: Settings) -> RegistryApp:
 
     _bootstrap(parts.iam, settings)
     keys = KeyRing(data / "keys", rotate_after=settings.key_rotation, retain=2 * 86400)
-    tokens = TokenService(keys, parts.iam, lifetime=settings.token_lifetime)
+    tokens = TokenService(
+        keys,
+        parts.iam,
+        lifetime=settings.token_lifetime,
+        refresh_lifetime=settings.refresh_lifetime,
+    )
     iam = parts.iam
     limiter = FailureLimiter()
     return RegistryApp(

@@ -26,6 +26,8 @@ log = logging.getLogger("moorage.auth")
 
 API_KEY_USER = "iamapikey"
 REGISTRY_TOKEN_USER = "token"
+# A refresh token as a password: what moorage-credential-provider hands the kubelet.
+REFRESH_TOKEN_USER = "iamrefreshtoken"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class TokenEndpoint:
             return None  # registry tokens work only on their legacy domain
         if username == API_KEY_USER:
             return self.iam.authenticate_api_key(secret)
+        if username == REFRESH_TOKEN_USER:
+            try:
+                return self.tokens.principal_from_refresh(secret, target)
+            except InvalidToken:
+                return None
         if "@" in username:
             return self.iam.authenticate_password(username, secret)
         return None
@@ -84,7 +91,7 @@ class TokenEndpoint:
         # Throttle keys: the client address, and a digest of the credential tried.
         tried = hashlib.sha256(f"{username}:{secret}".encode()).hexdigest()[:24]
         keys = [f"ip:{request.client}", f"cred:{tried}"]
-        if username not in (API_KEY_USER, REGISTRY_TOKEN_USER):
+        if username not in (API_KEY_USER, REGISTRY_TOKEN_USER, REFRESH_TOKEN_USER):
             keys.append(f"user:{username.lower()}")  # password guessing against one user
         wait = self.limiter.retry_after(*keys)
         if wait > 0:
@@ -100,7 +107,9 @@ class TokenEndpoint:
                 "failed sign-in on %s from %s as %s",
                 target.service,
                 request.client,
-                username if username in (API_KEY_USER, REGISTRY_TOKEN_USER) else "<user>",
+                username
+                if username in (API_KEY_USER, REGISTRY_TOKEN_USER, REFRESH_TOKEN_USER)
+                else "<user>",
             )
             if target.legacy and username != REGISTRY_TOKEN_USER:
                 return _error(

@@ -1,0 +1,110 @@
+"""``moorage-credential-provider``: a kubelet image credential provider
+(``credentialprovider.kubelet.k8s.io/v1``).
+
+The kubelet runs it with a CredentialProviderRequest on stdin. It exchanges a
+long-lived API key (read from a file only root can read) for a short-lived,
+pull-only credential bound to the image's registry domain, and answers with a
+CredentialProviderResponse the kubelet caches per registry for a little less
+than the credential lives. Locking or deleting the key stops new credentials
+at once, and the registry re-checks the key whenever an issued one is used."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+API_VERSION = "credentialprovider.kubelet.k8s.io/v1"
+CREDENTIAL_USER = "iamrefreshtoken"
+SAFETY_MARGIN = 60  # seconds the kubelet's cache ends before the credential does
+
+
+class ProviderError(Exception):
+    pass
+
+
+def _duration(seconds: int) -> str:
+    minutes, secs = divmod(max(seconds, 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{secs}s"
+
+
+def exchange(host: str, api_key: str, scheme: str, timeout: float = 10) -> tuple[str, int]:
+    """A pull credential for ``host`` and its expiry (epoch seconds)."""
+    try:
+        reply = httpx.post(
+            f"{scheme}://{host}/oauth/token",
+            timeout=timeout,
+            data={
+                "grant_type": "password",
+                "username": "iamapikey",
+                "password": api_key,
+                "service": host.split(":", 1)[0],
+                "access_type": "offline",
+                "client_id": "moorage-credential-provider",
+            },
+        )
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"cannot reach {host}: {type(exc).__name__}") from None
+    if reply.status_code != 200:
+        raise ProviderError(f"{host} refused the API key (HTTP {reply.status_code})")
+    credential = reply.json().get("refresh_token")
+    if not credential:
+        raise ProviderError(f"{host} issued no credential")
+    claims = jwt.decode(credential, options={"verify_signature": False})
+    return str(credential), int(claims["exp"])
+
+
+def respond(request: dict[str, Any], api_key: str, scheme: str) -> dict[str, Any]:
+    if (
+        request.get("apiVersion") != API_VERSION
+        or request.get("kind") != "CredentialProviderRequest"
+    ):
+        raise ProviderError(f"expected a {API_VERSION} CredentialProviderRequest")
+    image = str(request.get("image") or "")
+    host = image.split("/", 1)[0]
+    if not host or "/" not in image:
+        raise ProviderError("the request names no registry image")
+    credential, expires = exchange(host, api_key, scheme)
+    cache = expires - int(time.time()) - SAFETY_MARGIN
+    if cache <= 0:
+        raise ProviderError("the registry issued a credential that is already expiring")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "cacheDuration": _duration(cache),
+        "auth": {host: {"username": CREDENTIAL_USER, "password": credential}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moorage-credential-provider", description=__doc__)
+    parser.add_argument("--apikey-file", type=Path, default=Path("/etc/moorage/apikey"))
+    parser.add_argument(
+        "--scheme",
+        choices=["https", "http"],
+        default="https",
+        help="how to reach the registry's token endpoint",
+    )
+    args = parser.parse_args(argv)
+    try:
+        request = json.loads(sys.stdin.read())
+        api_key = args.apikey_file.read_text().strip()
+        if not api_key:
+            raise ProviderError(f"{args.apikey_file} is empty")
+        sys.stdout.write(json.dumps(respond(request, api_key, args.scheme)))
+    except (ProviderError, OSError, ValueError) as exc:
+        sys.stderr.write(f"moorage-credential-provider: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
