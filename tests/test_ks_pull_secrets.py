@@ -477,3 +477,74 @@ def test_diagnose_explains_each_cause(
     code, (finding,) = diagnose(config, "scoped", "pod/legacy")
     assert code == 3 and "legacy domain" in finding["cause"]
     assert "us.localhost" in finding["fix"]
+
+
+def test_pull_secret_create_scoped_and_external(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cluster.namespace("team")
+    created = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-create",
+            "--cluster",
+            "mycluster",
+            "-n",
+            "team",
+            "--create-service-id",
+            "--region",
+            "us-south",
+            "--resource",
+            "team-k8s",
+            "--attach",
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert created["service_id"] == "mycluster-team-id"
+    assert created["secrets"] == ["team-us-localhost"]
+    spec = create_pod(cluster, "team", "app", image)
+    assert real_pull(image, kubelet_credentials(cluster, "team", spec, image)) == digest_of(
+        registry, image
+    )
+    # The key is scoped: another namespace of the registry stays closed to it.
+    other = image.replace("team-k8s/app", "team-k8s-other/app")
+    assert kubelet_credentials(cluster, "team", spec, other)  # matched by host...
+    assert real_pull(other, kubelet_credentials(cluster, "team", spec, other)) is None
+
+    cli(
+        config,
+        "ks",
+        "pull-secret-create",
+        "--cluster",
+        "mycluster",
+        "-n",
+        "team",
+        "--name",
+        "external",
+        "--docker-server",
+        "registry.example.test:5000",
+        "--docker-username",
+        "robot",
+        "--docker-password",
+        "s3cret",
+    )
+    ring_spec = {"imagePullSecrets": [{"name": "external"}]}
+    (credential,) = kubelet_credentials(
+        cluster, "team", ring_spec, "registry.example.test:5000/x/y:1"
+    )
+    assert (credential.username, credential.password) == ("robot", "s3cret")
+    cli(
+        config,
+        "ks",
+        "pull-secret-create",
+        "--cluster",
+        "mycluster",
+        "-n",
+        "team",
+        "--docker-server",
+        "registry.example.test",
+        ok=False,
+    )
+    cli(config, "ks", "pull-secret-create", "--cluster", "mycluster", "-n", "team", ok=False)

@@ -12,15 +12,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import typer
 
 
-class CliError(typer.Exit):
-    """One clear line on stderr, then a non-zero exit."""
+class CliError(Exception):
+    """A failure the user can act on: ``moorage`` prints it as one line on stderr
+    and exits non-zero (see cli.main.main); callers may catch it first."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
-        typer.echo(f"FAILED: {message}", err=True)
-        super().__init__(code)
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
 
 
 def config_dir() -> Path:

@@ -443,3 +443,116 @@ def _spec_account(obj: dict[str, Any]) -> str:
 
     spec, _ = pod_spec(obj)
     return str(spec.get("serviceAccountName") or "default")
+
+
+@app.command("pull-secret-create")
+def pull_secret_create(
+    cluster: ClusterOption,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")],
+    name: Annotated[str | None, typer.Option("--name", help="One secret for every domain")] = None,
+    service_id: Annotated[str | None, typer.Option("--service-id")] = None,
+    create_service_id: Annotated[bool, typer.Option("--create-service-id")] = False,
+    roles: Annotated[str, typer.Option("--roles")] = "Reader",
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    resource: Annotated[str | None, typer.Option("--resource", help="Registry namespace")] = None,
+    docker_server: Annotated[str | None, typer.Option("--docker-server")] = None,
+    docker_username: Annotated[str | None, typer.Option("--docker-username")] = None,
+    docker_password: Annotated[str | None, typer.Option("--docker-password")] = None,
+    attach: Annotated[bool, typer.Option("--attach")] = False,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create pull secrets holding a scoped service ID's API key, or (with
+    --docker-server) the credentials of any other registry."""
+    from moorage.kube.pullsecrets import (
+        API_KEY_USER,
+        KEY_ANNOTATION,
+        PullSecrets,
+        dockerconfigjson,
+        secret_name,
+    )
+
+    secrets = PullSecrets(_core(cluster))
+    if docker_server:
+        if service_id or create_service_id or not (docker_username and docker_password and name):
+            raise CliError(
+                "--docker-server needs --docker-username, --docker-password and "
+                "--name, and no service ID options"
+            )
+        with _kubernetes_errors(cluster):
+            secrets.put_secret(
+                namespace, name, dockerconfigjson([docker_server], docker_username, docker_password)
+            )
+            if attach:
+                secrets.attach(namespace, [name])
+        emit({"secrets": [name], "server": docker_server}, None, output)
+        return
+    if bool(service_id) == create_service_id:
+        raise CliError("give --service-id ID or --create-service-id")
+    connection = Connection.resolve(server, apikey)
+    with _kubernetes_errors(cluster):
+        secrets.namespaces()  # the cluster answers before any key is made
+    owner = service_id or f"{cluster}-{namespace}-id"
+    if create_service_id:
+        connection.request(
+            "POST",
+            "/iam/service-ids",
+            {
+                "name": owner,
+                "description": f"Service ID for Moorage in Kubernetes cluster {cluster} namespace "
+                f"{namespace}",
+            },
+        )
+    else:
+        connection.request("GET", f"/iam/service-ids/{owner}")
+    policy = {
+        "roles": roles,
+        "service_name": REGISTRY,
+        "region": region,
+        "resource_type": "namespace" if resource else None,
+        "resource": resource,
+    }
+    try:
+        connection.request("POST", f"/iam/service-ids/{owner}/policies", policy)
+    except CliError as exc:
+        if exc.exit_code != 1:
+            raise
+    created = connection.request(
+        "POST",
+        f"/iam/service-ids/{owner}/api-keys",
+        {
+            "name": f"{cluster}-{namespace}-key-{time.time_ns() % 10**9}",
+            "description": f"API key for service ID {owner} in Kubernetes cluster {cluster} "
+            f"namespace {namespace}",
+        },
+    )
+    regions = connection.request("GET", "/cr/regions")
+    hosts = [
+        f"{r['domain']}{connection.port_suffix}"
+        for r in regions
+        if region is None or r["name"] == region
+    ]
+    annotations = {KEY_ANNOTATION: created["id"]}
+    with _kubernetes_errors(cluster):
+        if name:
+            names = [name]
+            secrets.put_secret(
+                namespace,
+                name,
+                dockerconfigjson(hosts, API_KEY_USER, created["apikey"]),
+                annotations,
+            )
+        else:
+            names = []
+            for host in hosts:
+                names.append(secret_name(namespace, host))
+                secrets.put_secret(
+                    namespace,
+                    names[-1],
+                    dockerconfigjson([host], API_KEY_USER, created["apikey"]),
+                    annotations,
+                )
+        if attach:
+            secrets.attach(namespace, names)
+    emit({"service_id": owner, "api_key_id": created["id"], "secrets": names}, None, output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from moorage.cli import cr as cr_commands
 from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
-from moorage.cli.client import Connection, load_profile, save_profile
+from moorage.cli.client import CliError, Connection, load_profile, save_profile
 from moorage.config import ConfigError, load_settings
 
 app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private container registry.")
@@ -103,4 +104,8 @@ def gc(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except CliError as exc:
+        typer.echo(f"FAILED: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
