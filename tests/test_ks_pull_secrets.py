@@ -548,3 +548,103 @@ def test_pull_secret_create_scoped_and_external(
         ok=False,
     )
     cli(config, "ks", "pull-secret-create", "--cluster", "mycluster", "-n", "team", ok=False)
+
+
+def test_migrate_off_registry_tokens(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    token = Api(registry, ADMIN_KEY).call("POST", "/cr/us-south/tokens", {}, expect=201)["token"]
+    legacy_host = registry.host_for("registry.ng.localhost")
+    legacy_image = image.replace(registry.host_for("us.localhost"), legacy_host)
+    cluster.namespace("old")
+    secret = "bluemix-old-secret-regional"
+    cluster.kubectl(
+        "-n",
+        "old",
+        "create",
+        "secret",
+        "docker-registry",
+        secret,
+        f"--docker-server={legacy_host}",
+        "--docker-username=token",
+        f"--docker-password={token}",
+    )
+    cluster.kubectl(
+        "-n",
+        "old",
+        "patch",
+        "serviceaccount",
+        "default",
+        "-p",
+        json.dumps({"imagePullSecrets": [{"name": secret}]}),
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "legacy", "namespace": "old"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "legacy"}},
+            "template": {
+                "metadata": {"labels": {"app": "legacy"}},
+                "spec": {"containers": [{"name": "app", "image": legacy_image}]},
+            },
+        },
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    # The token secret pulls from the legacy domain today.
+    account = json.loads(cluster.kubectl("-n", "old", "get", "sa", "default", "-o", "json").stdout)
+    spec = {"imagePullSecrets": account["imagePullSecrets"]}
+    assert real_pull(legacy_image, kubelet_credentials(cluster, "old", spec, legacy_image))
+
+    dry = json.loads(
+        cli(
+            config, "ks", "pull-secret-migrate", "--cluster", "mycluster", "--output", "json"
+        ).stdout
+    )
+    assert {"namespace": "old", "secret": secret, "domains": [legacy_host]} in dry["token_secrets"]
+    assert [i["new_image"] for i in dry["legacy_images"] if i["namespace"] == "old"] == [image]
+    assert not dry["applied"]
+    assert cluster.kubectl("-n", "old", "get", "secret", secret, check=False).returncode == 0
+
+    kept = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-migrate",
+            "--cluster",
+            "mycluster",
+            "--apply",
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert "old-us-localhost" in kept["created_secrets"] and kept["removed_secrets"] == []
+
+    done = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-migrate",
+            "--cluster",
+            "mycluster",
+            "--apply",
+            "--rewrite-images",
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert f"old/{secret}" in done["removed_secrets"]
+    assert cluster.kubectl("-n", "old", "get", "secret", secret, check=False).returncode != 0
+    live = json.loads(
+        cluster.kubectl("-n", "old", "get", "deployment", "legacy", "-o", "json").stdout
+    )
+    template = live["spec"]["template"]["spec"]
+    assert template["containers"][0]["image"] == image
+    account = json.loads(cluster.kubectl("-n", "old", "get", "sa", "default", "-o", "json").stdout)
+    names = [r["name"] for r in account["imagePullSecrets"]]
+    assert secret not in names and "old-us-localhost" in names
+    spec = {"imagePullSecrets": account["imagePullSecrets"]}
+    assert real_pull(image, kubelet_credentials(cluster, "old", spec, image)) == digest_of(
+        registry, image
+    )

@@ -556,3 +556,180 @@ def pull_secret_create(
         if attach:
             secrets.attach(namespace, names)
     emit({"service_id": owner, "api_key_id": created["id"], "secrets": names}, None, output)
+
+
+_WORKLOADS = [
+    (
+        "Deployment",
+        "AppsV1Api",
+        "list_deployment_for_all_namespaces",
+        "replace_namespaced_deployment",
+    ),
+    (
+        "StatefulSet",
+        "AppsV1Api",
+        "list_stateful_set_for_all_namespaces",
+        "replace_namespaced_stateful_set",
+    ),
+    (
+        "DaemonSet",
+        "AppsV1Api",
+        "list_daemon_set_for_all_namespaces",
+        "replace_namespaced_daemon_set",
+    ),
+    ("Job", "BatchV1Api", "list_job_for_all_namespaces", None),
+    ("CronJob", "BatchV1Api", "list_cron_job_for_all_namespaces", "replace_namespaced_cron_job"),
+    ("Pod", "CoreV1Api", "list_pod_for_all_namespaces", "replace_namespaced_pod"),
+]
+
+
+def _containers(kind: str, obj: Any) -> list[Any]:
+    spec = obj.spec
+    if kind == "CronJob":
+        spec = spec.job_template.spec.template.spec
+    elif kind != "Pod":
+        spec = spec.template.spec
+    return [*(spec.init_containers or []), *(spec.containers or [])]
+
+
+@app.command("pull-secret-migrate")
+def pull_secret_migrate(
+    cluster: ClusterOption,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the changes (default: dry run)")
+    ] = False,
+    rewrite_images: Annotated[
+        bool,
+        typer.Option(
+            "--rewrite-images", help="Point workloads' legacy-domain images at the new domains"
+        ),
+    ] = False,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Move a cluster off deprecated registry tokens: find token secrets on legacy
+    domains and the workloads still pulling from them, add API-key secrets for the
+    new domains, optionally rewrite the images, and remove token secrets once
+    nothing uses them. A dry run unless --apply."""
+    import base64 as b64
+
+    from kubernetes import client
+
+    from moorage.kube.keyring import DOCKERCFG, DOCKERCONFIGJSON
+    from moorage.kube.pullsecrets import PullSecrets, secret_name
+
+    connection = Connection.resolve(server, apikey)
+    core = _core(cluster)
+    api_client = core.api_client
+    suffix = connection.port_suffix
+    moves = {
+        f"{r['legacy_domain']}{suffix}": f"{r['domain']}{suffix}"
+        for r in connection.request("GET", "/cr/regions")
+        if r.get("legacy_domain")
+    }
+    plan: dict[str, Any] = {
+        "token_secrets": [],
+        "legacy_images": [],
+        "created_secrets": [],
+        "rewritten_images": [],
+        "removed_secrets": [],
+        "applied": apply,
+    }
+    with _kubernetes_errors(cluster):
+        token_secrets: dict[tuple[str, str], list[str]] = {}
+        for secret in core.list_secret_for_all_namespaces().items:
+            if secret.type not in (DOCKERCONFIGJSON, DOCKERCFG) or not secret.data:
+                continue
+            field = ".dockerconfigjson" if secret.type == DOCKERCONFIGJSON else ".dockercfg"
+            try:
+                document = json.loads(b64.b64decode(secret.data.get(field, "")))
+            except ValueError:
+                continue
+            auths = document.get("auths", {}) if secret.type == DOCKERCONFIGJSON else document
+            hosts = [
+                h
+                for h, entry in auths.items()
+                if h in moves
+                and isinstance(entry, dict)
+                and (entry.get("username") == "token" or _auth_user(entry) == "token")
+            ]
+            if hosts:
+                key = (secret.metadata.namespace, secret.metadata.name)
+                token_secrets[key] = hosts
+                plan["token_secrets"].append(
+                    {"namespace": key[0], "secret": key[1], "domains": hosts}
+                )
+        workloads = []
+        for kind, api_name, lister, replacer in _WORKLOADS:
+            api = getattr(client, api_name)(api_client)
+            for obj in getattr(api, lister)().items:
+                if kind == "Pod" and obj.metadata.owner_references:
+                    continue  # rewritten through its owner
+                legacy = [c for c in _containers(kind, obj) if c.image.split("/", 1)[0] in moves]
+                for container in legacy:
+                    host, _, rest = container.image.partition("/")
+                    plan["legacy_images"].append(
+                        {
+                            "kind": kind,
+                            "namespace": obj.metadata.namespace,
+                            "name": obj.metadata.name,
+                            "container": container.name,
+                            "image": container.image,
+                            "new_image": f"{moves[host]}/{rest}",
+                        }
+                    )
+                if legacy:
+                    workloads.append((kind, api, replacer, obj, legacy))
+        namespaces = sorted(
+            {ns for ns, _ in token_secrets} | {item["namespace"] for item in plan["legacy_images"]}
+        )
+        if not apply:
+            emit(plan, None, "json" if output == "json" else output)
+            return
+        secrets = PullSecrets(core)
+        defaults = {s.metadata.name for s in core.list_namespaced_secret("default").items}
+        needed = [secret_name("default", h) for h in sorted(set(moves.values()))]
+        if not all(n in defaults for n in needed):
+            raise CliError(
+                "run moorage ks cluster-pull-secret-apply first: the default "
+                "namespace has no API-key pull secrets to copy"
+            )
+        for namespace in namespaces:
+            if namespace != "default":
+                plan["created_secrets"] += secrets.copy("default", namespace)
+            secrets.attach(namespace, [secret_name(namespace, h) for h in set(moves.values())])
+        still_legacy: set[str] = set()
+        for kind, api, replacer, obj, legacy in workloads:
+            if rewrite_images and replacer:
+                for container in legacy:
+                    host, _, rest = container.image.partition("/")
+                    container.image = f"{moves[host]}/{rest}"
+                    plan["rewritten_images"].append(
+                        f"{kind}/{obj.metadata.namespace}/{obj.metadata.name}/{container.name}"
+                    )
+                getattr(api, replacer)(obj.metadata.name, obj.metadata.namespace, obj)
+            else:
+                still_legacy.add(obj.metadata.namespace)
+        for (namespace, name), _hosts_used in token_secrets.items():
+            if namespace in still_legacy:
+                continue  # a workload here still pulls from a legacy domain
+            for account in core.list_namespaced_service_account(namespace).items:
+                refs = [r for r in (account.image_pull_secrets or []) if r.name != name]
+                if len(refs) != len(account.image_pull_secrets or []):
+                    account.image_pull_secrets = refs
+                    core.replace_namespaced_service_account(
+                        account.metadata.name, namespace, account
+                    )
+            core.delete_namespaced_secret(name, namespace)
+            plan["removed_secrets"].append(f"{namespace}/{name}")
+    emit(plan, None, "json" if output == "json" else output)
+
+
+def _auth_user(entry: dict[str, Any]) -> str | None:
+    from moorage.kube.keyring import KeyringError, decode_auth
+
+    try:
+        return decode_auth(str(entry.get("auth") or ""))[0] if entry.get("auth") else None
+    except KeyringError:
+        return None
