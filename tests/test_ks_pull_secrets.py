@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -648,3 +649,118 @@ def test_migrate_off_registry_tokens(
     assert real_pull(image, kubelet_credentials(cluster, "old", spec, image)) == digest_of(
         registry, image
     )
+
+
+def wait_for(check: Any, seconds: float = 15) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    return check()
+
+
+def test_controller_keeps_namespaces_supplied_and_rotates(
+    cluster: KubeCluster, registry: MoorageServer, image: str, config: Path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")},
+        "MOORAGE_CONFIG_DIR": str(config),
+    }
+    log = (config / "controller.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(MOORAGE),
+            "ks",
+            "controller",
+            "--cluster",
+            "mycluster",
+            "--selector",
+            "env=managed",
+            "--rotate-every",
+            "6",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+
+        def attached(namespace: str) -> list[str]:
+            got = cluster.kubectl(
+                "-n", namespace, "get", "sa", "default", "-o", "json", check=False
+            )
+            if got.returncode != 0:
+                return []
+            return [r["name"] for r in json.loads(got.stdout).get("imagePullSecrets") or []]
+
+        for name, labels in [
+            ("managed", "env=managed"),
+            ("opted-out", "env=managed moorage.io/pull-secrets=disabled"),
+            ("unmanaged", "env=other"),
+        ]:
+            cluster.namespace(name)
+            cluster.kubectl("label", "namespace", name, *labels.split())
+        cluster.kubectl(
+            "-n",
+            "managed",
+            "patch",
+            "sa",
+            "default",
+            "-p",
+            '{"imagePullSecrets": [{"name": "someone-elses"}]}',
+        )
+        names = wait_for(
+            lambda: "managed-us-localhost" in attached("managed") and attached("managed")
+        )
+        assert names[0] == "someone-elses" and "managed-us-localhost" in names
+        assert attached("opted-out") == [] and attached("unmanaged") == []
+
+        def key_of(namespace: str) -> str:
+            secret = json.loads(
+                cluster.kubectl(
+                    "-n", namespace, "get", "secret", f"{namespace}-us-localhost", "-o", "json"
+                ).stdout
+            )
+            return str(secret["metadata"]["annotations"]["moorage.io/api-key-id"])
+
+        before = key_of("managed")
+        assert wait_for(lambda: key_of("managed") != before, 30), "no rotation reached the copy"
+        spec = {"imagePullSecrets": [{"name": "managed-us-localhost"}]}
+        assert real_pull(image, kubelet_credentials(cluster, "managed", spec, image)) == digest_of(
+            registry, image
+        )
+        keys = Api(registry, ADMIN_KEY).call(
+            "GET", "/iam/service-ids/moorage-cluster-mycluster/api-keys"
+        )
+        assert before not in [k["id"] for k in keys], "the replaced key was not retired"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_controller_manifests_are_accepted_by_the_api_server(cluster: KubeCluster) -> None:
+    manifests = Path(__file__).resolve().parents[1] / "deploy" / "controller.yaml"
+    # Applied for real: the API server validates every object (no controller-manager
+    # runs, so the Deployment starts no pods).
+    result = cluster.kubectl("apply", "-f", str(manifests))
+    for kind in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding", "deployment"):
+        assert kind in result.stdout.lower()
+    account = cluster.kubectl(
+        "auth",
+        "can-i",
+        "watch",
+        "namespaces",
+        "--as=system:serviceaccount:moorage-system:moorage-controller",
+    )
+    assert account.stdout.strip() == "yes"
+    denied = cluster.kubectl(
+        "auth",
+        "can-i",
+        "delete",
+        "namespaces",
+        "--as=system:serviceaccount:moorage-system:moorage-controller",
+        check=False,
+    )
+    assert denied.stdout.strip() == "no"

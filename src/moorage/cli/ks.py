@@ -733,3 +733,82 @@ def _auth_user(entry: dict[str, Any]) -> str | None:
         return decode_auth(str(entry.get("auth") or ""))[0] if entry.get("auth") else None
     except KeyringError:
         return None
+
+
+@app.command("controller")
+def controller(
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c")] = None,
+    in_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--in-cluster", help="Use the pod's service account instead of a registered cluster"
+        ),
+    ] = False,
+    selector: Annotated[str, typer.Option("--selector", "-l", help="Namespaces to manage")] = "",
+    rotate_every: Annotated[
+        float, typer.Option(help="Seconds between key rotations (0: never)")
+    ] = 0,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Cluster name for the service ID (default: --cluster)"),
+    ] = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Keep pull secrets present and attached in every namespace matching the
+    selector (label moorage.io/pull-secrets=disabled opts out) and rotate the
+    cluster's API key on a schedule."""
+    import logging
+    import signal
+
+    from moorage.kube.controller import Controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if in_cluster == bool(cluster):
+        raise CliError("give --cluster NAME or --in-cluster")
+    if in_cluster:
+        from kubernetes import client, config
+
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        core = client.CoreV1Api()
+    else:
+        core = _core(cluster or "")
+    label = name or cluster or "in-cluster"
+    connection = Connection.resolve(server, apikey)
+    hosts = _hosts(connection)
+    service_id = _ensure_service_id(connection, label)
+    current: dict[str, str] = {}
+
+    def rotate() -> None:
+        from moorage.kube.pullsecrets import PullSecrets
+
+        created = connection.request(
+            "POST",
+            f"/iam/service-ids/{service_id}/api-keys",
+            {
+                "name": f"{label}-pull-{time.time_ns()}",
+                "description": f"image pull secrets of cluster {label} (rotated)",
+            },
+        )
+        _apply_secrets(PullSecrets(core), connection, created, combined=False)
+        current["id"] = created["id"]
+
+    def retire() -> None:
+        for key in connection.request("GET", f"/iam/service-ids/{service_id}/api-keys"):
+            if key["id"] != current.get("id") and key["name"].startswith(f"{label}-pull-"):
+                connection.request("DELETE", f"/iam/api-keys/{key['id']}")
+
+    from moorage.kube.pullsecrets import secret_name
+
+    with _kubernetes_errors(label):
+        listed: Any = core.list_namespaced_secret("default")
+        present = {s.metadata.name for s in listed.items}
+    if not all(secret_name("default", h) in present for h in hosts):
+        rotate()  # first start: the sources do not exist yet
+    stopping = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
+    worker = Controller(
+        core, hosts, selector, rotate if rotate_every else None, rotate_every, retire
+    )
+    with _kubernetes_errors(label):
+        worker.run(lambda: stopping["now"])
