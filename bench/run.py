@@ -835,11 +835,19 @@ def main() -> None:
         "--small", action="store_true", help="256 MiB instead of 1 GiB (a quick look)"
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--only", choices=["core", "auth"], help="run one part of the benchmark")
+    parser.add_argument(
+        "--only", choices=["core", "auth", "kube"], help="run one part of the benchmark"
+    )
     args = parser.parse_args()
-    parts = {args.only} if args.only else {"core", "auth"}
+    parts = {args.only} if args.only else {"core", "auth", "kube"}
     metrics, latencies = run(args.rounds, args.seconds, args.small, parts)
-    write_results(args.output, render(metrics, latencies, args.rounds, args.seconds))
+    text = render(metrics, latencies, args.rounds, args.seconds) if metrics else "## Latest run\n"
+    if "kube" in parts:
+        import bench.kube as kube_bench
+
+        print("kubernetes: apply, copy to 500 namespaces, controller, diagnose", flush=True)
+        text += "\n".join(kube_bench.render(kube_bench.run())) + "\n"
+    write_results(args.output, text)
     print(f"\nwrote {args.output}")
 
 

@@ -292,7 +292,16 @@ def _registry_probe(connection: Connection) -> Any:
 
     from moorage.kube.diagnose import ProbeResult
 
+    seen: dict[tuple[str, str, str], ProbeResult] = {}
+
     def probe(repository: str, username: str, password: str) -> ProbeResult:
+        """One sign-in per (image, credential): a namespace of pods shares a few."""
+        key = (repository, username, password)
+        if key not in seen:
+            seen[key] = _probe(repository, username, password)
+        return seen[key]
+
+    def _probe(repository: str, username: str, password: str) -> ProbeResult:
         host, _, name = repository.partition("/")
         try:
             reply = httpx.get(
@@ -382,8 +391,13 @@ def _explainer(connection: Connection) -> Any:
 @app.command("diagnose")
 def diagnose(
     cluster: ClusterOption,
-    target: Annotated[str, typer.Argument(help="pod/NAME, deployment/NAME, job/NAME, ...")],
+    target: Annotated[
+        str | None, typer.Argument(help="pod/NAME, deployment/NAME, job/NAME, ...")
+    ] = None,
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    all_pods: Annotated[
+        bool, typer.Option("--all-pods", help="Every pod of the namespace")
+    ] = False,
     output: str = OutputOption,
     server: ServerOption = None,
     apikey: KeyOption = None,
@@ -394,37 +408,57 @@ def diagnose(
 
     from moorage.kube.diagnose import diagnose as run_diagnosis
 
-    kind, _, name = target.partition("/")
-    if kind.lower() not in _READERS or not name:
-        raise CliError(f"target must be one of {', '.join(k + '/NAME' for k in _READERS)}")
+    if all_pods == bool(target):
+        raise CliError("give a target such as pod/NAME, or --all-pods")
+    targets: list[tuple[str, str]] = []
+    if target:
+        kind, _, name = target.partition("/")
+        if kind.lower() not in _READERS or not name:
+            raise CliError(f"target must be one of {', '.join(k + '/NAME' for k in _READERS)}")
+        targets.append((kind.lower(), name))
     connection = Connection.resolve(server, apikey)
     core = _core(cluster)
     api_client = core.api_client
-    api_name, reader = _READERS[kind.lower()]
+    probe, explain = _registry_probe(connection), _explainer(connection)
+    rows = []
     with _kubernetes_errors(cluster):
-        raw = getattr(getattr(client, api_name)(api_client), reader)(name, namespace)
-        obj = api_client.sanitize_for_serialization(raw)
-        obj.setdefault(
-            "kind", {"pod": "Pod"}.get(kind.lower(), raw.kind if hasattr(raw, "kind") else kind)
-        )
+        if all_pods:
+            listed: Any = core.list_namespaced_pod(namespace)
+            objects = [("pod", p) for p in listed.items]
+        else:
+            api_name, reader = _READERS[targets[0][0]]
+            objects = [
+                (
+                    targets[0][0],
+                    getattr(getattr(client, api_name)(api_client), reader)(
+                        targets[0][1], namespace
+                    ),
+                )
+            ]
         secrets = {
             s.metadata.name: api_client.sanitize_for_serialization(s)
             for s in core.list_namespaced_secret(namespace).items
         }
-        spec_account = _spec_account(obj)
-        try:
-            account = api_client.sanitize_for_serialization(
-                core.read_namespaced_service_account(spec_account, namespace)
-            )
-        except client.exceptions.ApiException:
-            account = None
-    findings = run_diagnosis(
-        obj, secrets, account, _registry_probe(connection), _explainer(connection), namespace
-    )
-    rows = [f.as_dict() for f in findings]
+        accounts: dict[str, Any] = {}
+        for kind, raw in objects:
+            obj = api_client.sanitize_for_serialization(raw)
+            obj.setdefault("kind", "Pod" if kind == "pod" else getattr(raw, "kind", kind))
+            spec_account = _spec_account(obj)
+            if spec_account not in accounts:
+                try:
+                    accounts[spec_account] = api_client.sanitize_for_serialization(
+                        core.read_namespaced_service_account(spec_account, namespace)
+                    )
+                except client.exceptions.ApiException:
+                    accounts[spec_account] = None
+            for finding in run_diagnosis(
+                obj, secrets, accounts[spec_account], probe, explain, namespace
+            ):
+                rows.append({"object": f"{kind}/{obj['metadata']['name']}", **finding.as_dict()})
     emit(
         rows,
         [
+            ("object", "OBJECT"),
             ("container", "CONTAINER"),
             ("image", "IMAGE"),
             ("secrets", "SECRETS TRIED"),
@@ -434,7 +468,7 @@ def diagnose(
         ],
         output,
     )
-    if any(f.verdict == "denied" for f in findings):
+    if any(r["verdict"] == "denied" for r in rows):
         raise typer.Exit(3)
 
 
