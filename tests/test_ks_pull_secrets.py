@@ -764,3 +764,66 @@ def test_controller_manifests_are_accepted_by_the_api_server(cluster: KubeCluste
         check=False,
     )
     assert denied.stdout.strip() == "no"
+
+
+def test_external_private_registry_through_kubectl_secret(
+    cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """Any other private registry (here CNCF Distribution with htpasswd), with a
+    secret from `kubectl create secret docker-registry`, ends in a real pull."""
+    require_tool("docker-registry")
+    require_tool("htpasswd")
+    from tests.server import free_port
+
+    port = free_port()
+    subprocess.run(
+        ["htpasswd", "-Bbc", str(tmp_path / "htpasswd"), "robot", "robot-password"],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "config.yml").write_text(
+        "version: 0.1\nlog:\n  level: error\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"auth:\n  htpasswd:\n    realm: external\n    path: {tmp_path / 'htpasswd'}\n"
+    )
+    external = subprocess.Popen(
+        ["docker-registry", "serve", str(tmp_path / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1)
+        image = f"127.0.0.1:{port}/vendor/tool:1.0"
+        layout = write_layout(make_image(1, 2048, "external"), tmp_path / "layout")
+        pushed = skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "robot:robot-password",
+            f"oci:{layout}:latest",
+            f"docker://{image}",
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        cluster.namespace("vendor")
+        cluster.kubectl(
+            "-n",
+            "vendor",
+            "create",
+            "secret",
+            "docker-registry",
+            "vendor-registry",
+            f"--docker-server=127.0.0.1:{port}",
+            "--docker-username=robot",
+            "--docker-password=robot-password",
+        )
+        spec = create_pod(cluster, "vendor", "tool", image, pull_secrets=["vendor-registry"])
+        credentials = kubelet_credentials(cluster, "vendor", spec, image)
+        assert [c.username for c in credentials] == ["robot"]
+        assert real_pull(image, credentials) is not None
+        assert (
+            real_pull(image, [c.__class__("robot", "wrong", "x", "y") for c in credentials]) is None
+        )
+    finally:
+        external.terminate()
+        external.wait(10)
