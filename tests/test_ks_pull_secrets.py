@@ -827,3 +827,83 @@ def test_external_private_registry_through_kubectl_secret(
     finally:
         external.terminate()
         external.wait(10)
+
+
+def test_another_accounts_images_through_a_service_id_key(
+    cluster: KubeCluster, registry: MoorageServer, config: Path, tmp_path: Path
+) -> None:
+    """The seed's "other account" workflow: that account makes a service ID with
+    Reader and an API key, and the secret with it pulls that account's images."""
+    created = json.loads(
+        cli(
+            config,
+            "iam",
+            "account-create",
+            "partner",
+            "--admin-email",
+            "admin@partner.test",
+            "--output",
+            "json",
+        ).stdout
+    )
+    partner_key = created["apikey"]
+    partner = Api(registry, partner_key)
+    partner.namespace("us-south", "partner-ns")
+    image = f"{registry.host_for('us.localhost')}/partner-ns/tool:2.0"
+    layout = write_layout(make_image(1, 2048, "partner"), tmp_path / "layout")
+    pushed = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"iamapikey:{partner_key}",
+        f"oci:{layout}:latest",
+        f"docker://{image}",
+    )
+    assert pushed.returncode == 0, pushed.stderr
+
+    cluster.namespace("uses-partner")
+    # Our own cluster key cannot read another account's namespace...
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    cli(
+        config,
+        "ks",
+        "pull-secret-copy",
+        "--cluster",
+        "mycluster",
+        "--to",
+        "uses-partner",
+        "--attach",
+    )
+    own = create_pod(cluster, "uses-partner", "own", image)
+    assert real_pull(image, kubelet_credentials(cluster, "uses-partner", own, image)) is None
+    # ... a service ID key of the partner account can.
+    made = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-create",
+            "--cluster",
+            "mycluster",
+            "-n",
+            "uses-partner",
+            "--name",
+            "partner-registry",
+            "--create-service-id",
+            "--region",
+            "us-south",
+            "--resource",
+            "partner-ns",
+            "--apikey",
+            partner_key,
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert made["secrets"] == ["partner-registry"]
+    spec = create_pod(cluster, "uses-partner", "partner", image, pull_secrets=["partner-registry"])
+    assert real_pull(image, kubelet_credentials(cluster, "uses-partner", spec, image)) is not None
+    # Only the first account creates accounts.
+    denied = Api(registry, partner_key).call(
+        "POST", "/iam/accounts", {"name": "x", "admin_email": "x@x.test"}
+    )
+    assert denied["error"]["code"] == "forbidden"

@@ -310,3 +310,25 @@ def policy_delete(policy_id: str, server: ServerOption = None, apikey: KeyOption
     """Delete a policy by its ID."""
     Connection.resolve(server, apikey).request("DELETE", f"/iam/policies/{policy_id}")
     typer.echo(f"Policy {policy_id} deleted")
+
+
+@app.command("account-create")
+def account_create(
+    name: str,
+    admin_email: Annotated[str, typer.Option("--admin-email")],
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Create another account with its own administrator; the key is shown once."""
+    created = Connection.resolve(server, apikey).request(
+        "POST", "/iam/accounts", {"name": name, "admin_email": admin_email}
+    )
+    if output == "json":
+        emit(created, None, output)
+        return
+    typer.echo(
+        f"Account      {created['account_id']}\nAPI key ID   {created['api_key_id']}\n"
+        f"API Key      {created['apikey']}\n"
+    )
+    typer.echo(PRESERVE)

@@ -245,18 +245,15 @@ def pull_secret_copy(
     if sum(bool(x) for x in (to, all_namespaces, selector)) != 1:
         raise CliError("give exactly one of --to, --all-namespaces or --selector")
     secrets = PullSecrets(_core(cluster))
-    if to:
-        targets = [to]
-    else:
-        targets = [
-            n for n in secrets.namespaces(selector) if n != source and not n.startswith("kube-")
-        ]
-    report = []
-    for namespace in targets:
-        copied = secrets.copy(source, namespace)
-        if attach and copied:
-            secrets.attach(namespace, copied)
-        report.append({"namespace": namespace, "secrets": copied})
+    with _kubernetes_errors(cluster):
+        if to:
+            targets = [to]
+        else:
+            targets = [
+                n for n in secrets.namespaces(selector) if n != source and not n.startswith("kube-")
+            ]
+        copied = secrets.copy_many(source, targets, attach)
+    report = [{"namespace": n, "secrets": names} for n, names in copied.items()]
     emit(report, [("namespace", "NAMESPACE"), ("secrets", "SECRETS")], output)
 
 

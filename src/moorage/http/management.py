@@ -89,6 +89,7 @@ class ManagementApi:
     def routes(self) -> list[web.RouteDef]:
         table: list[tuple[str, str, Endpoint]] = [
             ("GET", "/iam/me", self.me),
+            ("POST", "/iam/accounts", self.create_account),
             ("GET", "/iam/users", self.list_users),
             ("POST", "/iam/users", self.create_user),
             ("DELETE", "/iam/users/{ref}", self.delete_user),
@@ -217,6 +218,22 @@ class ManagementApi:
 
     async def me(self, request: web.Request, p: Principal) -> Any:
         return {"account_id": p.account_id, "kind": p.kind, "id": p.id, "api_key": p.credential_id}
+
+    async def create_account(self, request: web.Request, p: Principal) -> Any:
+        """Only administrators of the installation's first account create accounts."""
+        self._admin(p)
+        if p.account_id != self.iam.default_account():
+            raise Forbidden("only the installation's first account creates accounts")
+        body = await self._body(request)
+        account, created = self.iam.create_account(
+            self._text(body, "name") or "", self._text(body, "admin_email") or ""
+        )
+        return {
+            "account_id": account,
+            "api_key_id": created.id,
+            "apikey": created.secret,
+            "notice": PRESERVE_NOTICE,
+        }
 
     async def list_users(self, request: web.Request, p: Principal) -> Any:
         self._require(p, roles.VIEW, services=SERVICES)

@@ -142,6 +142,47 @@ class IamService:
             s.add(key)
             return Created(key.id, secret)
 
+    def create_account(self, name: str, admin_email: str) -> tuple[str, Created]:
+        """Another account with its own administrator (user and API key, shown once)."""
+        name = _validate_name(name, "account name")
+        email = admin_email.strip().lower()
+        if not EMAIL_PATTERN.match(email):
+            raise Invalid("admin email must look like name@domain")
+        account = Account(id=f"acct-{uuid.uuid4().hex}", name=name, created_at=_now())
+        user = User(
+            id=f"User-{uuid.uuid4()}",
+            account_id=account.id,
+            email=email,
+            password_hash="!",
+            created_at=_now(),
+        )
+        secret = new_secret()
+        try:
+            with self._session() as s:
+                s.add(account)
+                s.flush()
+                s.add(user)
+                for service in SERVICES:
+                    s.add(
+                        self._policy(
+                            account.id,
+                            USER,
+                            user.id,
+                            ("Administrator", "Manager"),
+                            service,
+                            None,
+                            None,
+                            None,
+                        )
+                    )
+                key = self._api_key(
+                    account.id, USER, user.id, "administrator", "administrator key", secret
+                )
+                s.add(key)
+        except IntegrityError:
+            raise Conflict(f"a user with email {email} already exists") from None
+        return account.id, Created(key.id, secret)
+
     def default_account(self) -> str:
         with Session(self.engine) as s:
             account = s.scalar(select(Account.id).order_by(Account.created_at).limit(1))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
@@ -39,9 +40,11 @@ class ApiCounter:
     """Counts the Kubernetes API calls a workflow makes (for the benchmark)."""
 
     calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> None:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
 
 
 class PullSecrets:
@@ -128,6 +131,22 @@ class PullSecrets:
             )
             copied.append(target_name)
         return copied
+
+    def copy_many(
+        self, source_namespace: str, targets: list[str], attach: bool, workers: int = 8
+    ) -> dict[str, list[str]]:
+        """``copy`` (and ``attach``) for many namespaces at once: the API server
+        answers calls for different namespaces in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(namespace: str) -> list[str]:
+            copied = self.copy(source_namespace, namespace)
+            if attach and copied:
+                self.attach(namespace, copied)
+            return copied
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return dict(zip(targets, pool.map(one, targets), strict=True))
 
     def namespaces(self, selector: str | None = None) -> list[str]:
         listed = self._call(self.core.list_namespace, label_selector=selector or "")
