@@ -907,3 +907,47 @@ def test_another_accounts_images_through_a_service_id_key(
         "POST", "/iam/accounts", {"name": "x", "admin_email": "x@x.test"}
     )
     assert denied["error"]["code"] == "forbidden"
+
+
+def test_copy_by_selector_and_to_all_namespaces(cluster: KubeCluster, config: Path) -> None:
+    cli(config, "ks", "cluster-pull-secret-apply", "--cluster", "mycluster")
+    for name, label in [("sel-a", "tier=web"), ("sel-b", "tier=web"), ("sel-c", "tier=db")]:
+        cluster.namespace(name)
+        cluster.kubectl("label", "namespace", name, label)
+    report = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-copy",
+            "--cluster",
+            "mycluster",
+            "--selector",
+            "tier=web",
+            "--attach",
+            "--output",
+            "json",
+        ).stdout
+    )
+    assert sorted(r["namespace"] for r in report) == ["sel-a", "sel-b"]
+    assert (
+        cluster.kubectl(
+            "-n", "sel-c", "get", "secret", "sel-c-us-localhost", check=False
+        ).returncode
+        != 0
+    )
+    everywhere = json.loads(
+        cli(
+            config,
+            "ks",
+            "pull-secret-copy",
+            "--cluster",
+            "mycluster",
+            "--all-namespaces",
+            "--output",
+            "json",
+        ).stdout
+    )
+    names = {r["namespace"] for r in everywhere}
+    assert {"sel-a", "sel-b", "sel-c"} <= names
+    assert "default" not in names and not any(n.startswith("kube-") for n in names)
+    assert cluster.kubectl("-n", "sel-c", "get", "secret", "sel-c-us-localhost").returncode == 0
