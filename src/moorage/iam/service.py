@@ -108,39 +108,46 @@ class IamService:
 
     # -- bootstrap -----------------------------------------------------------
 
+    def _add_account(self, s: Session, name: str, admin_email: str, secret: str) -> tuple[str, str]:
+        """An account, its administrator (no password: it signs in with the key), the
+        administrator's policies on every service, and its API key."""
+        account = Account(id=f"acct-{uuid.uuid4().hex}", name=name, created_at=_now())
+        s.add(account)
+        s.flush()
+        user = User(
+            id=f"User-{uuid.uuid4()}",
+            account_id=account.id,
+            email=admin_email,
+            password_hash="!",
+            created_at=_now(),
+        )
+        s.add(user)
+        for service in SERVICES:
+            s.add(
+                self._policy(
+                    account.id,
+                    USER,
+                    user.id,
+                    ("Administrator", "Manager"),
+                    service,
+                    None,
+                    None,
+                    None,
+                )
+            )
+        key = self._api_key(account.id, USER, user.id, "administrator", "administrator key", secret)
+        s.add(key)
+        return account.id, key.id
+
     def bootstrap(self, admin_email: str, api_key: str | None) -> Created | None:
         """On a fresh installation: an account, its administrator and an API key.
         Returns the key (generated unless given) the first time, None afterwards."""
         with self._session() as s:
             if s.scalar(select(func.count()).select_from(Account)):
                 return None
-            account = Account(id=f"acct-{uuid.uuid4().hex}", name="default", created_at=_now())
-            s.add(account)
-            user = User(
-                id=f"User-{uuid.uuid4()}",
-                account_id=account.id,
-                email=admin_email,
-                password_hash="!",  # no password: the administrator signs in with the key
-                created_at=_now(),
-            )
-            s.add(user)
-            for service in SERVICES:
-                s.add(
-                    self._policy(
-                        account.id,
-                        USER,
-                        user.id,
-                        ("Administrator", "Manager"),
-                        service,
-                        None,
-                        None,
-                        None,
-                    )
-                )
             secret = api_key or new_secret()
-            key = self._api_key(account.id, USER, user.id, "bootstrap", "administrator key", secret)
-            s.add(key)
-            return Created(key.id, secret)
+            _, key_id = self._add_account(s, "default", admin_email, secret)
+            return Created(key_id, secret)
 
     def create_account(self, name: str, admin_email: str) -> tuple[str, Created]:
         """Another account with its own administrator (user and API key, shown once)."""
@@ -148,40 +155,13 @@ class IamService:
         email = admin_email.strip().lower()
         if not EMAIL_PATTERN.match(email):
             raise Invalid("admin email must look like name@domain")
-        account = Account(id=f"acct-{uuid.uuid4().hex}", name=name, created_at=_now())
-        user = User(
-            id=f"User-{uuid.uuid4()}",
-            account_id=account.id,
-            email=email,
-            password_hash="!",
-            created_at=_now(),
-        )
         secret = new_secret()
         try:
             with self._session() as s:
-                s.add(account)
-                s.flush()
-                s.add(user)
-                for service in SERVICES:
-                    s.add(
-                        self._policy(
-                            account.id,
-                            USER,
-                            user.id,
-                            ("Administrator", "Manager"),
-                            service,
-                            None,
-                            None,
-                            None,
-                        )
-                    )
-                key = self._api_key(
-                    account.id, USER, user.id, "administrator", "administrator key", secret
-                )
-                s.add(key)
+                account_id, key_id = self._add_account(s, name, email, secret)
         except IntegrityError:
             raise Conflict(f"a user with email {email} already exists") from None
-        return account.id, Created(key.id, secret)
+        return account_id, Created(key_id, secret)
 
     def default_account(self) -> str:
         with Session(self.engine) as s:
