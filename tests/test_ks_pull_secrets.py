@@ -128,6 +128,26 @@ def create_pod(
     return created["spec"]  # type: ignore[no-any-return]
 
 
+def deployment_of(
+    namespace: str, name: str, image: str, pull_secrets: list[str] | None = None
+) -> str:
+    """A Deployment manifest (no controller-manager runs, so it starts no pods)."""
+    spec: dict[str, Any] = {"containers": [{"name": name, "image": image}]}
+    if pull_secrets is not None:
+        spec["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+            },
+        }
+    )
+
+
 def digest_of(registry: MoorageServer, image: str) -> str:
     raw = skopeo(
         "inspect",
@@ -289,22 +309,12 @@ def test_seed_kubectl_patch_variants_and_a_deployment(
         )
 
     # A Deployment's pods carry its template's imagePullSecrets.
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "replace-variant"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "imagePullSecrets": [{"name": "replace-variant-us-localhost"}],
-                    "containers": [{"name": "web", "image": image}],
-                },
-            },
-        },
-    }
-    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    cluster.kubectl(
+        "create",
+        "-f",
+        "-",
+        stdin=deployment_of("replace-variant", "web", image, ["replace-variant-us-localhost"]),
+    )
     live = json.loads(
         cluster.kubectl("-n", "replace-variant", "get", "deployment", "web", "-o", "json").stdout
     )
@@ -414,19 +424,7 @@ def test_diagnose_explains_each_cause(
 
     cluster.namespace("unattached")
     cli(config, "ks", "pull-secret-copy", "--cluster", "mycluster", "--to", "unattached")
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "unattached"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": image}]},
-            },
-        },
-    }
-    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    cluster.kubectl("create", "-f", "-", stdin=deployment_of("unattached", "web", image))
     code, (finding,) = diagnose(config, "unattached", "deployment/web")
     assert code == 3 and "unattached-us-localhost exists but" in finding["cause"]
     assert "sa-add-pull-secret" in finding["fix"]
@@ -580,19 +578,7 @@ def test_migrate_off_registry_tokens(
         "-p",
         json.dumps({"imagePullSecrets": [{"name": secret}]}),
     )
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "legacy", "namespace": "old"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "legacy"}},
-            "template": {
-                "metadata": {"labels": {"app": "legacy"}},
-                "spec": {"containers": [{"name": "app", "image": legacy_image}]},
-            },
-        },
-    }
-    cluster.kubectl("create", "-f", "-", stdin=json.dumps(deployment))
+    cluster.kubectl("create", "-f", "-", stdin=deployment_of("old", "legacy", legacy_image))
     # The token secret pulls from the legacy domain today.
     account = json.loads(cluster.kubectl("-n", "old", "get", "sa", "default", "-o", "json").stdout)
     spec = {"imagePullSecrets": account["imagePullSecrets"]}

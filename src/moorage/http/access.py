@@ -33,6 +33,9 @@ class Identity:
 
 
 class AccessPolicy(Protocol):
+    # Whether check() wants the owner of an upload session (a database look-up).
+    binds_uploads: bool
+
     def check(
         self,
         request: Request,
@@ -47,6 +50,8 @@ class AccessPolicy(Protocol):
 class OpenAccess:
     """Everyone may do everything: for a trusted network or local development only."""
 
+    binds_uploads = False
+
     def check(
         self,
         request: Request,
@@ -59,6 +64,8 @@ class OpenAccess:
 
 
 class TokenAccess:
+    binds_uploads = True
+
     def __init__(self, tokens: TokenService) -> None:
         self.tokens = tokens
 

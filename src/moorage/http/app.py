@@ -185,7 +185,7 @@ class RegistryApp:
                 identity = Identity(None, None)
             else:
                 owner = None
-                if "upload" in params and repository is not None:
+                if "upload" in params and repository is not None and self.access.binds_uploads:
                     owner = self.blobs.session_owner(
                         RepoRef(target.region.name, repository), params["upload"]
                     )
