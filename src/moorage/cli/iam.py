@@ -38,20 +38,25 @@ POLICY_COLUMNS = [
 PRESERVE = "Please preserve the API key! It cannot be retrieved after it's created."
 
 
-def _policy_body(
+def _create_policy(
+    path: str,
+    server: str | None,
+    apikey: str | None,
+    output: str,
     roles: str,
     service_name: str,
     region: str | None,
     resource_type: str | None,
     resource: str | None,
-) -> dict[str, str | None]:
-    return {
+) -> None:
+    body = {
         "roles": roles,
         "service_name": service_name,
         "region": region,
         "resource_type": resource_type,
         "resource": resource,
     }
+    emit(Connection.resolve(server, apikey).request("POST", path, body), None, output)
 
 
 def _show_key(created: dict[str, object], output: str) -> None:
@@ -132,12 +137,17 @@ def service_policy_create(
     apikey: KeyOption = None,
 ) -> None:
     """Give a service ID roles on a service, optionally scoped to a region and namespace."""
-    row = Connection.resolve(server, apikey).request(
-        "POST",
+    _create_policy(
         f"/iam/service-ids/{service_id}/policies",
-        _policy_body(roles, service_name, region, resource_type, resource),
+        server,
+        apikey,
+        output,
+        roles,
+        service_name,
+        region,
+        resource_type,
+        resource,
     )
-    emit(row, None, output)
 
 
 @app.command("service-policies")
@@ -285,12 +295,17 @@ def user_policy_create(
     apikey: KeyOption = None,
 ) -> None:
     """Give a user roles on a service."""
-    row = Connection.resolve(server, apikey).request(
-        "POST",
+    _create_policy(
         f"/iam/users/{email}/policies",
-        _policy_body(roles, service_name, region, resource_type, resource),
+        server,
+        apikey,
+        output,
+        roles,
+        service_name,
+        region,
+        resource_type,
+        resource,
     )
-    emit(row, None, output)
 
 
 @app.command("user-policies")

@@ -178,10 +178,6 @@ class MetadataStore:
         )
         return None if value is None else int(value)
 
-    def repository_exists(self, repo: RepoRef) -> bool:
-        with self.engine.connect() as conn:
-            return self._repository_id(conn, repo) is not None
-
     def list_repositories(
         self,
         region: str,
@@ -518,19 +514,3 @@ class MetadataStore:
             conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id.in_(ids)))
             conn.execute(delete(Repository).where(Repository.id.in_(ids)))
             return len(ids)
-
-    def counts(self) -> dict[str, int]:
-        """Row counts per table, for health reports and consistency checks."""
-        tables = {
-            "repositories": Repository,
-            "blobs": Blob,
-            "repository_blobs": RepositoryBlob,
-            "manifests": Manifest,
-            "tags": Tag,
-            "uploads": Upload,
-        }
-        with self.engine.connect() as conn:
-            return {
-                name: int(conn.scalar(select(func.count()).select_from(model)) or 0)
-                for name, model in tables.items()
-            }
