@@ -1,27 +1,16 @@
-"""The CLI's connection to a Moorage server: where it is, which key signs in,
-and which region is targeted. Flags beat ``MOORAGE_SERVER``/``MOORAGE_APIKEY``,
-which beat the login profile."""
+"""The CLI's side of the management API client: the login profile and where
+credentials are kept."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
+from moorage.client import ClientError, ManagementClient
 
-
-class CliError(Exception):
-    """A failure the user can act on: ``moorage`` prints it as one line on stderr
-    and exits non-zero (see cli.main.main); callers may catch it first."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
+CliError = ClientError  # what ``moorage`` prints as one line and exits non-zero on
 
 
 def config_dir() -> Path:
@@ -55,11 +44,9 @@ def save_profile(profile: dict[str, Any]) -> None:
     write_private_json(profile_path(), profile)
 
 
-@dataclass
-class Connection:
-    server: str
-    apikey: str
-    region: str
+class Connection(ManagementClient):
+    """The CLI's connection: flags beat ``MOORAGE_SERVER``/``MOORAGE_APIKEY``,
+    which beat the login profile."""
 
     @classmethod
     def resolve(cls, server: str | None = None, apikey: str | None = None) -> Connection:
@@ -72,36 +59,3 @@ class Connection:
             raise CliError("no API key: pass --apikey, set MOORAGE_APIKEY or run `moorage login`")
         region = os.environ.get("MOORAGE_REGION") or profile.get("region") or "us-south"
         return cls(server.rstrip("/"), apikey, region)
-
-    @property
-    def port_suffix(self) -> str:
-        port = urlsplit(self.server).port
-        return f":{port}" if port else ""
-
-    def request(self, method: str, path: str, body: Any = None, **params: str) -> Any:
-        try:
-            response = httpx.request(
-                method,
-                f"{self.server}/api/v1{path}",
-                json=body,
-                params={k: v for k, v in params.items() if v is not None} or None,
-                auth=("iamapikey", self.apikey),
-                timeout=60,
-            )
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach {self.server}: {type(exc).__name__}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code}"
-            raise CliError(str(message))
-        return response.json() if response.content else None
-
-    def region_domain(self, region: str | None = None) -> str:
-        """The address clients use for a region: its domain and the server's port."""
-        wanted = region or self.region
-        for entry in self.request("GET", "/cr/regions"):
-            if entry["name"] == wanted:
-                return f"{entry['domain']}{self.port_suffix}"
-        raise CliError(f"unknown region {wanted!r}")

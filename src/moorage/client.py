@@ -1,0 +1,71 @@
+"""A client of Moorage's management API (``/api/v1``), shared by the CLI, the
+Kubernetes workflows and the controller: one place that knows how to sign in
+and how the API reports errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+
+class ClientError(Exception):
+    """A failure the user can act on, in one line. ``status`` is the HTTP status
+    the API answered with (None when it could not be reached)."""
+
+    def __init__(self, message: str, exit_code: int = 1, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.status = status
+
+
+@dataclass
+class ManagementClient:
+    server: str
+    apikey: str
+    region: str = "us-south"
+    verify: bool | str = True  # a CA bundle path for a private CA
+
+    @property
+    def port_suffix(self) -> str:
+        port = urlsplit(self.server).port
+        return f":{port}" if port else ""
+
+    def request(self, method: str, path: str, body: Any = None, **params: str | None) -> Any:
+        try:
+            response = httpx.request(
+                method,
+                f"{self.server}/api/v1{path}",
+                json=body,
+                params={k: v for k, v in params.items() if v is not None} or None,
+                auth=("iamapikey", self.apikey),
+                timeout=60,
+                verify=self.verify,
+            )
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.server}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code}"
+            raise ClientError(str(message), status=response.status_code)
+        return response.json() if response.content else None
+
+    def regions(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/cr/regions"))
+
+    def region_domain(self, region: str | None = None) -> str:
+        """The address clients use for a region: its domain and the server's port."""
+        wanted = region or self.region
+        for entry in self.regions():
+            if entry["name"] == wanted:
+                return f"{entry['domain']}{self.port_suffix}"
+        raise ClientError(f"unknown region {wanted!r}")
+
+    def registry_hosts(self) -> list[str]:
+        """Every regional domain with the server's port: where images are pulled from."""
+        return [f"{r['domain']}{self.port_suffix}" for r in self.regions()]
