@@ -19,19 +19,24 @@ from aiohttp import web
 from sqlalchemy import text
 
 from moorage.auth.keys import KeyRing
+from moorage.auth.pullcheck import PullCheck
 from moorage.auth.ratelimit import FailureLimiter
-from moorage.auth.tokens import TokenService
+from moorage.auth.signin import SignIn
+from moorage.auth.tokens import TokenService, principal_of
 from moorage.config import Settings
 from moorage.http import RegistryApp
-from moorage.http.access import OpenAccess, TokenAccess
+from moorage.http.access import Identity, OpenAccess, TokenAccess
 from moorage.http.access_log import JsonAccessLogger
 from moorage.http.management import ManagementApi
 from moorage.http.token_endpoint import TokenEndpoint
+from moorage.iam.roles import PULL
 from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
 from moorage.iam.service import IamService
 from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
+from moorage.metadata.iam_store import IamStore
 from moorage.regions import Region, RegionMap
 from moorage.registry import BlobService, ManifestService
+from moorage.registry.namespaces import NamespaceService
 from moorage.storage import FilesystemBlobStore
 
 log = logging.getLogger("moorage")
@@ -52,6 +57,7 @@ class Components:
     manifests: ManifestService
     metadata: MetadataStore
     iam: IamService
+    namespaces: NamespaceService
     regions: RegionMap
 
 
@@ -68,12 +74,13 @@ def open_registry(settings: Settings) -> Components:
         else RegionMap.default(settings.base_domain)
     )
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
-    iam = IamService(engine, keeper, tuple(regions.regions), settings.service_id_limit)
+    iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
     return Components(
         BlobService(store, metadata),
         ManifestService(metadata, settings.max_manifest_bytes),
         metadata,
         iam,
+        NamespaceService(metadata, store),
         regions,
     )
 
@@ -133,17 +140,32 @@ def create_app(settings: Settings) -> RegistryApp:
         refresh_lifetime=settings.refresh_lifetime,
     )
     iam = parts.iam
-    limiter = FailureLimiter()
+    signin = SignIn(iam, FailureLimiter(), refresh=tokens.principal_from_refresh)
+
+    async def catalog_scope(identity: Identity, region: str) -> list[str]:
+        principal = principal_of(identity.claims or {})
+        if principal is None:
+            return []
+        allowed = await asyncio.to_thread(iam.namespaces_allowing, principal, region, PULL)
+        return [n.name for n in allowed]
+
     return RegistryApp(
         parts.blobs,
         parts.manifests,
-        TokenAccess(tokens),
+        TokenAccess(tokens, parts.namespaces.removed_after),
         health,
         parts.regions,
-        token_endpoint=TokenEndpoint(tokens, iam, limiter),
+        token_endpoint=TokenEndpoint(tokens, signin),
         jwks=keys.jwks,
-        namespaces_of=lambda account, region: [n.name for n in iam.namespaces(account, region)],
-        management=ManagementApi(iam, parts.manifests, parts.regions, limiter),
+        catalog_scope=catalog_scope,
+        management=ManagementApi(
+            iam,
+            parts.manifests,
+            parts.namespaces,
+            parts.regions,
+            signin,
+            PullCheck(signin, tokens, iam, parts.regions),
+        ),
     )
 
 

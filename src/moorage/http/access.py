@@ -7,7 +7,9 @@ server says so in its log."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,7 +30,7 @@ UPLOAD_GRACE = 24 * 3600
 @dataclass(frozen=True)
 class Identity:
     subject: str | None  # None: anonymous or open access
-    account: str | None
+    claims: dict[str, Any] | None = None  # the verified token's, for decisions made later
     unrestricted: bool = False  # open access: no account filter applies
 
 
@@ -36,7 +38,7 @@ class AccessPolicy(Protocol):
     # Whether check() wants the owner of an upload session (a database look-up).
     binds_uploads: bool
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -52,7 +54,7 @@ class OpenAccess:
 
     binds_uploads = False
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -60,14 +62,20 @@ class OpenAccess:
         actions: tuple[str, ...],
         session_owner: str | None = None,
     ) -> Identity:
-        return Identity(None, None, unrestricted=True)
+        return Identity(None, unrestricted=True)
 
 
 class TokenAccess:
+    """``removed_after(region, namespace, issued_at)`` says whether a namespace was
+    removed after a token was issued: the token's grants on it are void."""
+
     binds_uploads = True
 
-    def __init__(self, tokens: TokenService) -> None:
+    def __init__(
+        self, tokens: TokenService, removed_after: Callable[[str, str, float], bool]
+    ) -> None:
         self.tokens = tokens
+        self.removed_after = removed_after
 
     @staticmethod
     def challenge(
@@ -96,7 +104,7 @@ class TokenAccess:
             headers={"WWW-Authenticate": "Bearer " + ",".join(parts)},
         )
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -108,24 +116,46 @@ class TokenAccess:
         if scheme.lower() != "bearer" or not token.strip():
             raise self.challenge(request, target, repository, actions)
         token = token.strip()
+        expired = False
         try:
             claims = self.tokens.verify(token, target.service)
         except InvalidToken:
-            expired = self._expired_session_token(token, target, session_owner)
-            if expired is None:
+            session_claims = self._session_token(token, target, session_owner)
+            if session_claims is None:
                 raise self.challenge(
                     request, target, repository, actions, "invalid_token"
                 ) from None
-            return _identity(expired)
-        if _grants(claims, repository, actions) or (
-            session_owner is not None and claims.get("sub") == session_owner
+            claims, expired = session_claims, True
+        if repository is not None and self.removed_after(
+            target.region.name, repository.split("/", 1)[0], float(claims["iat"])
+        ):
+            raise self.challenge(request, target, repository, actions, "invalid_token")
+        if not expired and _grants(claims, repository, actions):
+            return _identity(claims)
+        # Only an upload session's own routes get here with its owner's token: the
+        # push may outlive the token, but not the principal, its key or its rights.
+        if (
+            repository is not None
+            and session_owner is not None
+            and claims.get("sub") == session_owner
+            and await asyncio.to_thread(
+                self.tokens.reauthorize, claims, target, repository, actions
+            )
         ):
             return _identity(claims)
-        raise self.challenge(request, target, repository, actions, "insufficient_scope")
+        raise self.challenge(
+            request,
+            target,
+            repository,
+            actions,
+            "invalid_token" if expired else "insufficient_scope",
+        )
 
-    def _expired_session_token(
+    def _session_token(
         self, token: str, target: Target, session_owner: str | None
     ) -> dict[str, Any] | None:
+        """An expired token's claims, still good for finishing its owner's upload
+        within the grace period."""
         if session_owner is None:
             return None
         try:
@@ -139,7 +169,7 @@ class TokenAccess:
 
 def _identity(claims: dict[str, Any]) -> Identity:
     subject = claims.get("sub")
-    return Identity(None if subject == "anonymous" else subject, claims.get("acct"))
+    return Identity(None if subject == "anonymous" else subject, claims)
 
 
 def _grants(claims: dict[str, Any], repository: str | None, actions: tuple[str, ...]) -> bool:

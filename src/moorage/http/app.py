@@ -84,9 +84,13 @@ class Route:
     methods: dict[str, tuple[Handler, tuple[str, ...] | None]]
 
 
+CatalogScope = Callable[[Identity, str], Awaitable[list[str]]]
+
+
 class RegistryApp:
     """The registry's HTTP application. ``health`` returns what /health serves;
-    ``namespaces_of(account, region)`` limits the catalog to an account's own."""
+    ``catalog_scope(identity, region)`` names the namespaces whose repositories
+    the catalog may show the caller: those it may pull from."""
 
     def __init__(
         self,
@@ -97,7 +101,7 @@ class RegistryApp:
         regions: RegionMap,
         token_endpoint: TokenEndpoint | None = None,
         jwks: Callable[[], dict[str, Any]] | None = None,
-        namespaces_of: Callable[[str, str], list[str]] | None = None,
+        catalog_scope: CatalogScope | None = None,
         management: ManagementApi | None = None,
     ) -> None:
         self.management = management
@@ -108,7 +112,7 @@ class RegistryApp:
         self.regions = regions
         self.token_endpoint = token_endpoint
         self.jwks = jwks
-        self.namespaces_of = namespaces_of
+        self.catalog_scope = catalog_scope
         self.routes = self._routes()
         self.inflight = 0
 
@@ -189,10 +193,15 @@ class RegistryApp:
                     owner = self.blobs.session_owner(
                         RepoRef(target.region.name, repository), params["upload"]
                     )
-                identity = self.access.check(request, target, repository, actions, owner)
+                identity = await self.access.check(request, target, repository, actions, owner)
             response = await handler(Call(request, params, target, identity))
         except RegistryError as exc:
             response = error_response(exc)
+        except web.HTTPException as exc:  # aiohttp's own refusals, e.g. a form too large
+            code = "SIZE_INVALID" if exc.status == 413 else "UNSUPPORTED"
+            response = json_response(
+                exc.status, {"errors": [{"code": code, "message": exc.reason}]}
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -298,7 +307,7 @@ class RegistryApp:
                 _check_name(source)
                 # Mounting reads the source: without pull on it, upload instead (202).
                 try:
-                    self.access.check(request, call.target, source, (PULL,))
+                    await self.access.check(request, call.target, source, (PULL,))
                     source_repo = RepoRef(call.target.region.name, source)
                 except RegistryError:
                     source_repo = None
@@ -394,9 +403,8 @@ class RegistryApp:
         region = call.target.region.name
         namespaces = None
         if not call.identity.unrestricted:
-            account = call.identity.account
-            owned = self.namespaces_of(account, region) if account and self.namespaces_of else []
-            namespaces = owned
+            scope = self.catalog_scope
+            namespaces = await scope(call.identity, region) if scope is not None else []
         page = self.manifests.catalog(region, limit, call.request.query("last"), namespaces)
         return json_response(200, {"repositories": page.items}, _link("/v2/_catalog", page, limit))
 

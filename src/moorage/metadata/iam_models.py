@@ -19,13 +19,25 @@ class Account(Base):
 
 
 class User(Base):
+    """A person: one identity, however many accounts it is a member of."""
+
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    account_id: Mapped[str] = mapped_column(
-        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
-    )
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AccountMember(Base):
+    """A user's membership of an account; policies and API keys are per account."""
+
+    __tablename__ = "account_members"
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -55,6 +67,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(String(1000), default="")
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who locked it: an administrator's lock is not the owner's to undo.
+    locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -22,12 +22,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
+from moorage.metadata.iam_models import Namespace
 from moorage.metadata.models import (
     Blob,
     Manifest,
@@ -493,18 +495,33 @@ class MetadataStore:
         with self.engine.connect() as conn:
             return [ImageRow(*row) for row in conn.execute(stmt)]
 
-    def delete_namespace(self, region: str, namespace: str) -> int:
-        """Remove every repository of a namespace (its blobs go at the next gc)."""
+    def remove_namespace(self, account_id: str, region: str, namespace: str) -> list[str] | None:
+        """Remove a namespace an account owns and everything it held, in one
+        transaction: the namespace itself, its repositories, manifests, tags,
+        blob links and upload sessions. Returns the ids of the upload sessions it
+        ended (their staged bytes are the blob store's to discard), or None when
+        the account owns no such namespace. The blobs go at the next gc."""
         with self.engine.begin() as conn:
-            ids = list(
-                conn.scalars(
-                    select(Repository.id).where(
-                        Repository.region == region, Repository.namespace == namespace
-                    )
+            removed = conn.execute(
+                delete(Namespace).where(
+                    Namespace.account_id == account_id,
+                    Namespace.region == region,
+                    Namespace.name == namespace,
                 )
             )
-            if not ids:
-                return 0
+            if not removed.rowcount:
+                return None
+            in_namespace = or_(
+                Upload.repository.startswith(namespace + "/", autoescape=True),
+                Upload.repository == namespace,
+            )
+            uploads = list(
+                conn.scalars(select(Upload.id).where(Upload.region == region, in_namespace))
+            )
+            conn.execute(delete(Upload).where(Upload.id.in_(uploads)))
+            ids = select(Repository.id).where(
+                Repository.region == region, Repository.namespace == namespace
+            )
             manifest_ids = select(Manifest.id).where(Manifest.repository_id.in_(ids))
             conn.execute(delete(Tag).where(Tag.repository_id.in_(ids)))
             conn.execute(
@@ -512,5 +529,9 @@ class MetadataStore:
             )
             conn.execute(delete(Manifest).where(Manifest.repository_id.in_(ids)))
             conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id.in_(ids)))
-            conn.execute(delete(Repository).where(Repository.id.in_(ids)))
-            return len(ids)
+            conn.execute(
+                delete(Repository).where(
+                    Repository.region == region, Repository.namespace == namespace
+                )
+            )
+            return uploads

@@ -173,6 +173,15 @@ class ManifestService:
                     "source image is incomplete", detail={"missing": blob.digest}
                 )
 
+    def tag(self, source: RepoRef, reference: str, target: RepoRef, tag: str) -> str:
+        """Point ``target:tag`` at the manifest ``source:reference`` names, linking
+        its blobs into ``target`` first; returns the manifest's digest."""
+        manifest = self.get(source, reference, [])
+        if target != source:
+            self.link_blobs(target, source, manifest)
+        self.put(target, tag, manifest.content, manifest.media_type)
+        return manifest.digest
+
     def delete(self, repo: RepoRef, reference: str) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""
         if self._lookup_reference(reference):
@@ -202,10 +211,6 @@ class ManifestService:
 
     def images(self, region: str, namespaces: list[str]) -> list[ImageRow]:
         return self.metadata.images(region, namespaces)
-
-    def drop_namespace(self, region: str, namespace: str) -> int:
-        """Forget every repository of a namespace; gc reclaims the bytes."""
-        return self.metadata.delete_namespace(region, namespace)
 
     def referrers(self, repo: RepoRef, digest_value: str, artifact_type: str | None) -> bytes:
         digest = require_digest(digest_value)
