@@ -6,9 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
+
+
+def segment(value: str) -> str:
+    """One path segment of an API route: whatever a name holds ("/", "?", "..")
+    cannot reach another route."""
+    return quote(value, safe="")
 
 
 class ClientError(Exception):
@@ -28,6 +34,7 @@ class ManagementClient:
     apikey: str
     region: str = "us-south"
     verify: bool | str = True  # a CA bundle path for a private CA
+    account: str | None = None  # for a person in several accounts: the one to act in
 
     @property
     def port_suffix(self) -> str:
@@ -42,6 +49,7 @@ class ManagementClient:
                 json=body,
                 params={k: v for k, v in params.items() if v is not None} or None,
                 auth=("iamapikey", self.apikey),
+                headers={"X-Moorage-Account": self.account} if self.account else None,
                 timeout=60,
                 verify=self.verify,
             )

@@ -23,7 +23,13 @@ from moorage.registry.errors import (
     SizeInvalid,
     Unsupported,
 )
-from moorage.storage import BlobStore, DigestMismatch, TruncatedBody, UploadMissing
+from moorage.storage import (
+    BlobStore,
+    DigestMismatch,
+    OffsetMismatch,
+    TruncatedBody,
+    UploadMissing,
+)
 
 log = logging.getLogger("moorage.registry")
 
@@ -139,11 +145,12 @@ class BlobService:
         return UploadState(upload_id, self._session(repo, upload_id))
 
     def _check_range(
-        self, upload_id: str, size: int, content_range: str | None, length: int | None
-    ) -> int | None:
-        """Validate Content-Range against the session; returns the chunk length it implies."""
+        self, size: int, content_range: str | None, length: int | None
+    ) -> tuple[int | None, int | None]:
+        """Validate Content-Range against the session; returns the chunk length it
+        implies and the offset it claims (None without a Content-Range)."""
         if not content_range:
-            return length
+            return length, None
         match = _CONTENT_RANGE.match(content_range.strip())
         if not match:
             raise RangeInvalid(
@@ -159,7 +166,7 @@ class BlobService:
         chunk = end - start + 1
         if length is not None and length != chunk:
             raise SizeInvalid(f"Content-Length {length} does not match Content-Range {start}-{end}")
-        return chunk
+        return chunk, start
 
     async def append(
         self,
@@ -170,8 +177,8 @@ class BlobService:
         length: int | None,
     ) -> UploadState:
         size = self._session(repo, upload_id)
-        expected = self._check_range(upload_id, size, content_range, length)
-        return UploadState(upload_id, await self._append(upload_id, body, expected))
+        expected, offset = self._check_range(size, content_range, length)
+        return UploadState(upload_id, await self._append(upload_id, body, expected, offset))
 
     async def finish(
         self,
@@ -185,8 +192,8 @@ class BlobService:
         size = self._session(repo, upload_id)
         digest = require_digest(digest_value)
         if body is not None:
-            expected = self._check_range(upload_id, size, content_range, length)
-            await self._append(upload_id, body, expected)
+            expected, offset = self._check_range(size, content_range, length)
+            await self._append(upload_id, body, expected, offset)
         try:
             await self._commit(upload_id, digest)
         except (DigestInvalid, BlobUploadInvalid):
@@ -205,12 +212,22 @@ class BlobService:
         self.store.discard_upload(upload_id)
 
     async def _append(
-        self, upload_id: str, body: AsyncIterable[bytes], expected: int | None
+        self,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        expected: int | None,
+        offset: int | None = None,
     ) -> int:
         try:
-            return await self.store.append(upload_id, body, expected)
+            return await self.store.append(upload_id, body, expected, offset)
         except UploadMissing as exc:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
+        except OffsetMismatch as exc:
+            # Another chunk for the same range got there first.
+            raise RangeInvalid(
+                f"chunk at offset {offset} does not continue the upload at offset {exc.size}",
+                headers={"Range": range_header(exc.size)},
+            ) from exc
         except TruncatedBody as exc:
             raise SizeInvalid(str(exc)) from exc
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 
 from moorage.oci.digest import HEX_LENGTHS, Digest, Hasher, new_hasher
-from moorage.storage.base import DigestMismatch, TruncatedBody, UploadMissing
+from moorage.storage.base import DigestMismatch, OffsetMismatch, TruncatedBody, UploadMissing
 
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _WRITE_BUFFER = 1 << 20
@@ -153,7 +153,11 @@ class FilesystemBlobStore:
         return hasher
 
     async def append(
-        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        offset: int | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
         async with self._lock(upload_id):
@@ -164,6 +168,8 @@ class FilesystemBlobStore:
             hasher: Hasher | None = None
             try:
                 start = os.fstat(fd).st_size
+                if offset is not None and offset != start:
+                    raise OffsetMismatch(start)
                 hasher = (await self._running_hash(upload_id, path, start)).copy()
                 written = await _pipelined_write(fd, hasher, chunks, expected_length)
             except BaseException as exc:
