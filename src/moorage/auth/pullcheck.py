@@ -18,11 +18,10 @@ from moorage.auth.signin import (
     SignIn,
     SignInFailed,
     Way,
-    normalize_identity,
 )
 from moorage.auth.tokens import Scope, TokenService
 from moorage.iam.roles import PULL, REGISTRY, VIEW
-from moorage.iam.service import USER, IamService, Principal
+from moorage.iam.service import USER, IamService, Principal, normalize_identity
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, Target, UnknownDomain
 

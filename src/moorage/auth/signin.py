@@ -17,14 +17,13 @@ import binascii
 import hashlib
 import ipaddress
 import logging
-import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
 from moorage.auth.ratelimit import FailureLimiter
-from moorage.iam.service import IamService, Principal
+from moorage.iam.service import IamService, Principal, normalize_identity
 
 log = logging.getLogger("moorage.auth")
 
@@ -63,11 +62,6 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return (username, secret) if sep else None
-
-
-def normalize_identity(username: str) -> str:
-    """The one spelling of a user name: NFKC, no surrounding blanks, lower case."""
-    return unicodedata.normalize("NFKC", username).strip().lower()
 
 
 def address_key(client: str | None) -> str:

@@ -10,6 +10,7 @@ callers on an event loop run them in a worker thread."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -96,12 +97,14 @@ class Created:
     secret: str
 
 
-def normalize_email(value: str) -> str:
-    return value.strip().lower()
+def normalize_identity(value: str) -> str:
+    """The one spelling of an email or user name, wherever one comes in: NFKC,
+    no surrounding blanks, lower case."""
+    return unicodedata.normalize("NFKC", value).strip().lower()
 
 
 def _validate_email(value: str) -> str:
-    email = normalize_email(value)
+    email = normalize_identity(value)
     if not EMAIL_PATTERN.match(email):
         raise Invalid("email must look like name@domain")
     return email
@@ -136,6 +139,11 @@ def _password(password: str) -> str:
     if len(password) > 1024:
         raise Invalid("password must be at most 1024 characters")
     return password
+
+
+def _member(tx: IamTx, account_id: str, ref: str) -> UserRecord | None:
+    """A member by user ID, or by email however it is spelled."""
+    return tx.member(account_id, ref) or tx.member(account_id, normalize_identity(ref))
 
 
 class IamService:
@@ -235,7 +243,9 @@ class IamService:
     def user(self, account_id: str, ref: str) -> UserRecord:
         """A member of the account by ID or email."""
         with self.store.read() as tx:
-            user = tx.member(account_id, ref if ref.startswith("User-") else normalize_email(ref))
+            user = tx.member(
+                account_id, ref if ref.startswith("User-") else normalize_identity(ref)
+            )
         if user is None:
             raise NotFound(f"user {ref[:100]} not found")
         return user
@@ -244,7 +254,9 @@ class IamService:
         """The membership goes with the user's keys and policies in this account; the
         identity goes with its last membership."""
         with self.store.write() as tx:
-            user = tx.member(account_id, ref if ref.startswith("User-") else normalize_email(ref))
+            user = tx.member(
+                account_id, ref if ref.startswith("User-") else normalize_identity(ref)
+            )
             if user is None:
                 raise NotFound(f"user {ref[:100]} not found")
             tx.delete_subject_in(account_id, USER, user.id)
@@ -428,7 +440,7 @@ class IamService:
         """One scrypt whatever happens: an unknown email, an identity without a
         password and a wrong password take as long as a right one."""
         with self.store.read() as tx:
-            found = tx.identity_by_email(normalize_email(email))
+            found = tx.identity_by_email(normalize_identity(email))
             accounts = tx.accounts_of(found[0].id) if found is not None else []
         stored = found[1] if found is not None and found[1] != NO_PASSWORD else _decoy_hash()
         matches = verify_password(password[:1024], stored)
