@@ -13,6 +13,7 @@ from moorage.auth.tokens import InvalidToken, Scope, parse_scopes
 from moorage.config import ConfigError, load_settings
 from moorage.iam.roles import Grant, RoleError, allowed_actions, parse_roles
 from moorage.regions import RegionMap, UnknownDomain
+from tests.helpers import wait_for
 
 
 def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
@@ -24,7 +25,8 @@ def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     assert ring.current() is first  # not due yet
 
     ring.rotate_after = 0.0
-    time.sleep(1.1)
+    # Keys are dated to the second: the next one must be of a later second.
+    wait_for(lambda: int(time.time()) > first.created, 5, "the next second")
     second = ring.current()
     assert second.kid != first.kid
     assert {k["kid"] for k in ring.jwks()["keys"]} == {first.kid, second.kid}
@@ -34,7 +36,7 @@ def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     assert other.public_key(second.kid) is not None
 
     ring.retain = 0.0
-    time.sleep(1.1)
+    wait_for(lambda: int(time.time()) > second.created, 5, "the next second")
     third = ring.current()
     assert ring.public_key(first.kid) is None  # retired: its tokens no longer verify
     assert ring.public_key(third.kid) is not None

@@ -26,7 +26,7 @@ from moorage.regions import Target
 ISSUER = "moorage"
 LEEWAY = 5  # seconds of clock skew tolerated
 VERIFIED_CACHE_SIZE = 10_000
-_SCOPE = re.compile(r"^([a-z0-9]+)(?:\([a-z0-9]+\))?:(.+):([a-z*,]*)$")
+_SCOPE = re.compile(r"^([a-z0-9]+)(?:\([a-z0-9]+\))?:(.+):([a-z*,]*)\Z")
 REGISTRY_ACTIONS = {PULL: PULL, PUSH: PUSH, DELETE: DELETE}
 
 

@@ -119,11 +119,11 @@ class RegistryApp:
     def _routes(self) -> list[Route]:
         name = r"(?P<name>.+?)"
         return [
-            Route(re.compile(r"^/v2/?$"), {"GET": (self.base, ()), "HEAD": (self.base, ())}),
-            Route(re.compile(r"^/v2/_catalog$"), {"GET": (self.catalog, (CATALOG,))}),
-            Route(re.compile(rf"^/v2/{name}/tags/list$"), {"GET": (self.tags, (PULL,))}),
+            Route(re.compile(r"^/v2/?\Z"), {"GET": (self.base, ()), "HEAD": (self.base, ())}),
+            Route(re.compile(r"^/v2/_catalog\Z"), {"GET": (self.catalog, (CATALOG,))}),
+            Route(re.compile(rf"^/v2/{name}/tags/list\Z"), {"GET": (self.tags, (PULL,))}),
             Route(
-                re.compile(rf"^/v2/{name}/manifests/(?P<ref>[^/]+)$"),
+                re.compile(rf"^/v2/{name}/manifests/(?P<ref>[^/]+)\Z"),
                 {
                     "GET": (self.get_manifest, (PULL,)),
                     "HEAD": (self.get_manifest, (PULL,)),
@@ -132,11 +132,11 @@ class RegistryApp:
                 },
             ),
             Route(
-                re.compile(rf"^/v2/{name}/blobs/uploads/?$"),
+                re.compile(rf"^/v2/{name}/blobs/uploads/?\Z"),
                 {"POST": (self.start_upload, (PULL, PUSH))},
             ),
             Route(
-                re.compile(rf"^/v2/{name}/blobs/uploads/(?P<upload>[^/]+)$"),
+                re.compile(rf"^/v2/{name}/blobs/uploads/(?P<upload>[^/]+)\Z"),
                 {
                     "GET": (self.upload_status, (PUSH,)),
                     "PATCH": (self.patch_upload, (PUSH,)),
@@ -145,7 +145,7 @@ class RegistryApp:
                 },
             ),
             Route(
-                re.compile(rf"^/v2/{name}/blobs/(?P<digest>[^/]+)$"),
+                re.compile(rf"^/v2/{name}/blobs/(?P<digest>[^/]+)\Z"),
                 {
                     "GET": (self.get_blob, (PULL,)),
                     "HEAD": (self.get_blob, (PULL,)),
@@ -153,15 +153,15 @@ class RegistryApp:
                 },
             ),
             Route(
-                re.compile(rf"^/v2/{name}/referrers/(?P<digest>[^/]+)$"),
+                re.compile(rf"^/v2/{name}/referrers/(?P<digest>[^/]+)\Z"),
                 {"GET": (self.referrers, (PULL,))},
             ),
-            Route(re.compile(r"^/health$"), {"GET": (self.get_health, PUBLIC)}),
+            Route(re.compile(r"^/health\Z"), {"GET": (self.get_health, PUBLIC)}),
             Route(
-                re.compile(r"^/oauth/token$"),
+                re.compile(r"^/oauth/token\Z"),
                 {"GET": (self.token, PUBLIC), "POST": (self.token, PUBLIC)},
             ),
-            Route(re.compile(r"^/oauth/jwks\.json$"), {"GET": (self.get_jwks, PUBLIC)}),
+            Route(re.compile(r"^/oauth/jwks\.json\Z"), {"GET": (self.get_jwks, PUBLIC)}),
         ]
 
     # -- aiohttp entry points ---------------------------------------------

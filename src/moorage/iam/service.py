@@ -44,9 +44,9 @@ from moorage.metadata.iam_store import (
 USER = SubjectKind.USER
 SERVICE_ID = SubjectKind.SERVICE_ID
 REGISTRY_TOKEN = SubjectKind.REGISTRY_TOKEN
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,28}[a-z0-9]$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,28}[a-z0-9]\Z")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}\Z")
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\Z")
 DEFAULT_SERVICE_ID_LIMIT = 2000
 REGISTRY_TOKEN_LIFETIME = timedelta(days=365)
 NO_PASSWORD = "!"  # an identity that signs in with API keys only

@@ -33,7 +33,7 @@ from moorage.storage import (
 
 log = logging.getLogger("moorage.registry")
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
 def require_digest(value: str | None) -> Digest:

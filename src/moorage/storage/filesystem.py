@@ -18,7 +18,7 @@ from pathlib import Path
 from moorage.oci.digest import HEX_LENGTHS, Digest, Hasher, new_hasher
 from moorage.storage.base import DigestMismatch, OffsetMismatch, TruncatedBody, UploadMissing
 
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
 _WRITE_BUFFER = 1 << 20
 _HASH_BLOCK = 4 << 20
 _STAGING_ALGORITHM = "sha256"
