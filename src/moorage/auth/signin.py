@@ -110,10 +110,15 @@ class SignIn:
         limiter: FailureLimiter,
         refresh: Callable[[str, str], Principal | None] | None = None,
         hashing_threads: int = 2,
+        tarpit: float = 1.0,
     ) -> None:
         self.iam = iam
         self.limiter = limiter
         self.refresh = refresh
+        # A throttled attempt is answered only after this pause: a flood from one
+        # address then costs the server a sleeping coroutine per connection, not
+        # the event loop's time (and connections per address are capped).
+        self.tarpit = tarpit
         self._hashing = ThreadPoolExecutor(hashing_threads, thread_name_prefix="signin")
 
     async def authenticate(
@@ -132,6 +137,7 @@ class SignIn:
         keys = attempt.throttle_keys(client)
         wait = self.limiter.reserve(*keys)
         if wait > 0:
+            await asyncio.sleep(min(wait, self.tarpit))
             raise SignInFailed(429, "too many failed sign-ins; try again later", wait)
         principal = None
         problem = self._refused(attempt, way)

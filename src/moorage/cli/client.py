@@ -58,4 +58,5 @@ class Connection(ManagementClient):
         if not apikey:
             raise CliError("no API key: pass --apikey, set MOORAGE_APIKEY or run `moorage login`")
         region = os.environ.get("MOORAGE_REGION") or profile.get("region") or "us-south"
-        return cls(server.rstrip("/"), apikey, region)
+        account = os.environ.get("MOORAGE_ACCOUNT") or profile.get("account")
+        return cls(server.rstrip("/"), apikey, region, account=account)
