@@ -172,3 +172,25 @@ def test_removing_a_namespace_ends_its_uploads_and_its_tokens(server: MoorageSer
         bearer(server, US, created["apikey"], "repository:contested/app:pull,push"),
     )
     assert theirs.patch() == 202 and theirs.finish() == 201
+
+
+def test_a_refresh_token_is_not_a_bearer_token(server: MoorageServer) -> None:
+    admin = Api(server, ADMIN_KEY)
+    admin.namespace("us-south", "refresh-ns")
+    host = server.host_for(US)
+    reply = requests.get(
+        f"http://{host}/oauth/token",
+        params={
+            "service": US,
+            "scope": "repository:refresh-ns/app:pull,push",
+            "offline_token": "true",
+        },
+        auth=("iamapikey", ADMIN_KEY),
+        timeout=10,
+    ).json()
+    upload = Upload(server, "refresh-ns/app", {"Authorization": f"Bearer {reply['token']}"})
+    assert upload.patch() == 202
+    upload.headers = {"Authorization": f"Bearer {reply['refresh_token']}"}
+    assert upload.patch() == 401
+    base = requests.get(f"http://{host}/v2/", headers=upload.headers, timeout=5)
+    assert base.status_code == 401

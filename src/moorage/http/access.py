@@ -126,6 +126,8 @@ class TokenAccess:
                     request, target, repository, actions, "invalid_token"
                 ) from None
             claims, expired = session_claims, True
+        if claims.get("typ") == "refresh":  # a credential for the token endpoint only
+            raise self.challenge(request, target, repository, actions, "invalid_token")
         if repository is not None and self.removed_after(
             target.region.name, repository.split("/", 1)[0], float(claims["iat"])
         ):
