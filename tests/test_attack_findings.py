@@ -77,6 +77,26 @@ def test_the_owner_cannot_relock_an_administrators_lock_and_then_undo_it(
     )
 
 
+def test_a_member_cannot_make_their_key_unaddressable_for_administrators(
+    server: MoorageServer, admin: Api
+) -> None:
+    """Key routes find a key by ID *or name*, and a name may look like an ID.
+    A member whose key an administrator wants to lock names a second key after
+    the first key's ID (and the first after the second's): every reference to
+    either key is now ambiguous (409), and the administrator can lock neither.
+    An ID must always name exactly its key (or names must not look like IDs)."""
+    invite(admin, "evasive@a.test", "evasive-password-1")
+    member = Api(server, "evasive-password-1", user="evasive@a.test")
+    first = member.call("POST", "/iam/api-keys", {"name": "first"}, expect=201)
+    second = member.call("POST", "/iam/api-keys", {"name": first["id"]}, expect=201)
+    member.call("PATCH", "/iam/api-keys/first", {"name": second["id"]}, expect=200)
+
+    for key in (first, second):
+        r = admin.request("POST", f"/iam/api-keys/{key['id']}/lock")
+        assert r.status_code == 201, f"the administrator cannot lock {key['id']}: {r.text}"
+    assert Api(server, first["apikey"]).request("GET", "/iam/me").status_code == 401
+
+
 # -- identities across accounts -----------------------------------------------
 
 
@@ -149,6 +169,24 @@ def test_inviting_does_not_tell_whether_an_identity_exists(
         prober.call("DELETE", f"/iam/users/{email}", expect=204)  # leave no trace
     statuses = {email: r.status_code for email, r in answers.items()}
     assert len(set(statuses.values())) == 1, f"existence shows in the sign-in: {statuses}"
+
+
+def test_an_account_cannot_enrol_a_person_without_their_consent(
+    server: MoorageServer, admin: Api
+) -> None:
+    """Any account's administrator can make any email a member of their account;
+    nothing asks the person. Besides the two attacks above, this breaks the
+    person's own sign-in: every management call they make without
+    X-Moorage-Account now answers 400 (their CLI and scripts stop working), and
+    removing them again voids the refresh tokens their password sign-ins got
+    meanwhile. An invitation of an existing identity should wait for consent."""
+    invite(admin, "bystander@a.test", "bystanders-password")
+    bystander = Api(server, "bystanders-password", user="bystander@a.test")
+    assert bystander.request("GET", "/iam/api-keys").status_code == 200
+    pest, _ = new_account(admin, "pest")
+    invite(pest, "bystander@a.test", "whatever-password")
+    r = bystander.request("GET", "/iam/api-keys")
+    assert r.status_code == 200, f"another account broke the person's sign-in: {r.text}"
 
 
 # -- namespace removal ---------------------------------------------------------
