@@ -49,7 +49,10 @@ def new_account(admin: Api, name: str) -> tuple[Api, str]:
 
 
 def invite(api: Api, email: str, password: str) -> dict[str, str]:
-    return api.call("POST", "/iam/users", {"email": email, "password": password}, expect=201)
+    member: dict[str, str] = api.call(
+        "POST", "/iam/users", {"email": email, "password": password}, expect=201
+    )
+    return member
 
 
 # -- API key locks -------------------------------------------------------------
@@ -275,7 +278,7 @@ def test_a_push_in_flight_cannot_land_in_the_namespace_after_removal(
 
     def inflight() -> bool:
         health = requests.get(f"{server.url}/health", timeout=5).json()
-        return health["inflight_requests"] >= len(held)
+        return int(health["inflight_requests"]) >= len(held)
 
     # Every held request is past its access check (it awaits its body there).
     wait_for(inflight, 30, "the held requests to reach their handlers")
