@@ -91,9 +91,14 @@ def test_a_member_cannot_make_their_key_unaddressable_for_administrators(
     invite(admin, "evasive@a.test", "evasive-password-1")
     member = Api(server, "evasive-password-1", user="evasive@a.test")
     first = member.call("POST", "/iam/api-keys", {"name": "first"}, expect=201)
-    second = member.call("POST", "/iam/api-keys", {"name": first["id"]}, expect=201)
-    member.call("PATCH", "/iam/api-keys/first", {"name": second["id"]}, expect=200)
-
+    second = member.call("POST", "/iam/api-keys", {"name": "second"}, expect=201)
+    # A name that looks like an ID is refused, on creation and on renaming ...
+    assert member.request("POST", "/iam/api-keys", {"name": first["id"]}).status_code == 400
+    renamed = member.request("PATCH", "/iam/api-keys/second", {"name": first["id"]})
+    assert renamed.status_code == 400
+    member.call("PATCH", "/iam/api-keys/first", {"name": "twin"}, expect=200)
+    member.call("PATCH", "/iam/api-keys/second", {"name": "twin"}, expect=200)
+    # ... and an ID always names its key, however the names collide.
     for key in (first, second):
         r = admin.request("POST", f"/iam/api-keys/{key['id']}/lock")
         assert r.status_code == 201, f"the administrator cannot lock {key['id']}: {r.text}"

@@ -234,31 +234,35 @@ def test_a_person_is_one_identity_in_several_accounts(server: MoorageServer, adm
         "POST", "/iam/users", {"email": "dana@a.test", "password": "danas-own-password"}, 201
     )
     other, other_account = new_account(admin, "second")
+    third, third_account = new_account(admin, "third")
     # Inviting an email another account uses neither fails nor says so ...
     invited = other.call(
         "POST", "/iam/users", {"email": "Dana@A.test ", "password": "chosen-by-account-b"}, 201
     )
     assert invited["email"] == "dana@a.test"
-    # ... nor changes the person's password, nor shows the other account's members.
-    assert (
-        Api(server, "chosen-by-account-b", user="dana@a.test").request("GET", "/iam/me").status_code
-        == 401
-    )
     assert [u["email"] for u in other.call("GET", "/iam/users", expect=200)] == [
         "admin@second.test",
         "dana@a.test",
     ]
     assert "admin@moorage.local" not in other.request("GET", "/iam/users").text
     assert other.request("GET", "/iam/users/admin@moorage.local/policies").status_code == 404
-    # Signing in with a password, the person names the account to act in.
-    dana = Api(server, "danas-own-password", user="dana@a.test")
-    me = dana.call("GET", "/iam/me", expect=200)
-    assert len(me["accounts"]) == 2 and other_account in me["accounts"]
+    # ... and each account's password opens that account only: one identity, whose
+    # memberships hold the passwords their accounts chose.
+    in_a = Api(server, "danas-own-password", user="dana@a.test").call("GET", "/iam/me", 200)
+    in_b = Api(server, "chosen-by-account-b", user="dana@a.test").call("GET", "/iam/me", 200)
+    assert in_a["id"] == in_b["id"] == invited["id"]
+    assert in_b["accounts"] == [other_account] and other_account not in in_a["accounts"]
+    # Where one password opens several accounts, the person names the one to act in.
+    third.call("POST", "/iam/users", {"email": "dana@a.test", "password": "chosen-by-account-b"})
+    dana = Api(server, "chosen-by-account-b", user="dana@a.test")
+    assert sorted(dana.call("GET", "/iam/me", expect=200)["accounts"]) == sorted(
+        [other_account, third_account]
+    )
     ambiguous = dana.request("GET", "/iam/api-keys")
     assert ambiguous.status_code == 400 and "X-Moorage-Account" in ambiguous.text
-    in_b = Api(server, "danas-own-password", user="dana@a.test", account=other_account)
-    assert in_b.request("GET", "/iam/api-keys").status_code == 200
-    outsider = Api(server, "danas-own-password", user="dana@a.test", account="acct-nope")
+    chosen = Api(server, "chosen-by-account-b", user="dana@a.test", account=other_account)
+    assert chosen.request("GET", "/iam/api-keys").status_code == 200
+    outsider = Api(server, "chosen-by-account-b", user="dana@a.test", account="acct-nope")
     assert outsider.request("GET", "/iam/api-keys").status_code == 403
     # Each account's policies count only in that account's namespaces.
     other.namespace("us-south", "b-space")
@@ -268,24 +272,24 @@ def test_a_person_is_one_identity_in_several_accounts(server: MoorageServer, adm
         {"roles": "Writer", "service_name": "container-registry"},
         expect=201,
     )
-    admin.namespace("us-south", "a-space")
+    third.namespace("us-south", "c-space")
     reply = requests.get(
         f"http://{server.host_for(US)}/oauth/token",
         params=[
             ("service", US),
             ("scope", "repository:b-space/app:pull,push"),
-            ("scope", "repository:a-space/app:pull,push"),
+            ("scope", "repository:c-space/app:pull,push"),
         ],
-        auth=("dana@a.test", "danas-own-password"),
+        auth=("dana@a.test", "chosen-by-account-b"),
         timeout=10,
     )
     import jwt
 
     access = jwt.decode(reply.json()["token"], options={"verify_signature": False})["access"]
     assert access == [{"type": "repository", "name": "b-space/app", "actions": ["pull", "push"]}]
-    # Removing the person from one account leaves the identity in the other.
+    # Removing the person from one account leaves the identity in the others.
     other.call("DELETE", "/iam/users/dana@a.test", expect=204)
-    assert len(dana.call("GET", "/iam/me", expect=200)["accounts"]) == 1
+    assert dana.call("GET", "/iam/me", expect=200)["accounts"] == [third_account]
 
 
 def _raw(server: MoorageServer, data: bytes) -> socket.socket:

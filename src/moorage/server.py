@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> RegistryApp:
     return RegistryApp(
         parts.blobs,
         parts.manifests,
-        TokenAccess(tokens, parts.namespaces.removed_after),
+        TokenAccess(tokens, parts.namespaces.owner),
         health,
         parts.regions,
         token_endpoint=TokenEndpoint(tokens, signin),

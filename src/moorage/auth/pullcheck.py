@@ -140,18 +140,18 @@ class PullCheck:
         region = target.region.name
         namespace = repository.split("/", 1)[0]
         owner = self.iam.namespace_owner(region, namespace)
-        if owner is None:
-            return (
-                f"namespace {namespace} does not exist in {region}",
-                "check the image reference, or create the namespace "
-                f"(moorage cr namespace-add {namespace}) and push the image",
-            )
         if owner not in principal.accounts:
+            if owner is not None and caller.accounts == {owner}:
+                return (
+                    f"namespace {namespace} in {region} is your account's, but the credential "
+                    "is another account's",
+                    "store an API key of your account: moorage ks pull-secret-create",
+                )
+            # Whether another account owns it or nobody does is not ours to tell.
             return (
-                f"namespace {namespace} in {region} belongs to another account than the "
-                "credential's",
-                "store an API key of the namespace's account (moorage ks pull-secret-create, "
-                "signed in to that account)",
+                f"the credential's account has no namespace {namespace} in {region}",
+                "check the image reference and region, or store a key of the account that "
+                "owns the namespace",
             )
         if not self._insider(caller, owner):
             return (

@@ -117,7 +117,7 @@ class SignIn:
         self.refresh = refresh
         # A throttled attempt is answered only after this pause: a flood from one
         # address then costs the server a sleeping coroutine per connection, not
-        # the event loop's time (and connections per address are capped).
+        # the event loop's time.
         self.tarpit = tarpit
         self._hashing = ThreadPoolExecutor(hashing_threads, thread_name_prefix="signin")
 
@@ -155,7 +155,7 @@ class SignIn:
     @staticmethod
     def _refused(attempt: Attempt, way: Way) -> str | None:
         """Why this kind of credential cannot sign in this way, if it cannot."""
-        if way is Way.LEGACY and attempt.username != REGISTRY_TOKEN_USER:
+        if way is Way.LEGACY and attempt.username not in (REGISTRY_TOKEN_USER, REFRESH_TOKEN_USER):
             return (
                 "this is a legacy domain: it accepts only registry tokens "
                 f"(username '{REGISTRY_TOKEN_USER}')"

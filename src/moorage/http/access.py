@@ -32,6 +32,9 @@ class Identity:
     subject: str | None  # None: anonymous or open access
     claims: dict[str, Any] | None = None  # the verified token's, for decisions made later
     unrestricted: bool = False  # open access: no account filter applies
+    # The account that owns the repository's namespace, as the decision found it:
+    # writes commit only if it still does.
+    account: str | None = None
 
 
 class AccessPolicy(Protocol):
@@ -66,16 +69,16 @@ class OpenAccess:
 
 
 class TokenAccess:
-    """``removed_after(region, namespace, issued_at)`` says whether a namespace was
-    removed after a token was issued: the token's grants on it are void."""
+    """``owner_of(region, namespace)`` is the account that owns a namespace now. A
+    token's grant on a repository holds only while one of the accounts it was
+    issued for still owns the namespace: a namespace removed, and perhaps claimed
+    by another account, voids every earlier grant on it."""
 
     binds_uploads = True
 
-    def __init__(
-        self, tokens: TokenService, removed_after: Callable[[str, str, float], bool]
-    ) -> None:
+    def __init__(self, tokens: TokenService, owner_of: Callable[[str, str], str | None]) -> None:
         self.tokens = tokens
-        self.removed_after = removed_after
+        self.owner_of = owner_of
 
     @staticmethod
     def challenge(
@@ -128,12 +131,17 @@ class TokenAccess:
             claims, expired = session_claims, True
         if claims.get("typ") == "refresh":  # a credential for the token endpoint only
             raise self.challenge(request, target, repository, actions, "invalid_token")
-        if repository is not None and self.removed_after(
-            target.region.name, repository.split("/", 1)[0], float(claims["iat"])
-        ):
-            raise self.challenge(request, target, repository, actions, "invalid_token")
+        account = None
+        if repository is not None:
+            owner = self.owner_of(target.region.name, repository.split("/", 1)[0])
+            public = target.region.is_global and owner is not None and set(actions) <= {PULL}
+            if not public:
+                if owner is None or owner not in (claims.get("accts") or ()):
+                    error = "invalid_token" if expired else "insufficient_scope"
+                    raise self.challenge(request, target, repository, actions, error)
+                account = owner
         if not expired and _grants(claims, repository, actions):
-            return _identity(claims)
+            return _identity(claims, account)
         # Only an upload session's own routes get here with its owner's token: the
         # push may outlive the token, but not the principal, its key or its rights.
         if (
@@ -144,7 +152,7 @@ class TokenAccess:
                 self.tokens.reauthorize, claims, target, repository, actions
             )
         ):
-            return _identity(claims)
+            return _identity(claims, account)
         raise self.challenge(
             request,
             target,
@@ -169,9 +177,9 @@ class TokenAccess:
         return claims
 
 
-def _identity(claims: dict[str, Any]) -> Identity:
+def _identity(claims: dict[str, Any], account: str | None = None) -> Identity:
     subject = claims.get("sub")
-    return Identity(None if subject == "anonymous" else subject, claims)
+    return Identity(None if subject == "anonymous" else subject, claims, account=account)
 
 
 def _grants(claims: dict[str, Any], repository: str | None, actions: tuple[str, ...]) -> bool:

@@ -280,7 +280,7 @@ class RegistryApp:
         return Response(200, headers, file=blob.path)
 
     async def delete_blob(self, call: Call) -> Response:
-        digest = self.blobs.delete(call.repo, call.params["digest"])
+        digest = self.blobs.delete(call.repo, call.params["digest"], call.identity.account)
         return Response(202, [("docker-content-digest", str(digest))])
 
     @staticmethod
@@ -311,15 +311,17 @@ class RegistryApp:
                     source_repo = RepoRef(call.target.region.name, source)
                 except RegistryError:
                     source_repo = None
-            mounted = self.blobs.mount(call.repo, mount, source_repo)
+            mounted = self.blobs.mount(call.repo, mount, source_repo, call.identity.account)
             if mounted is not None:
                 return self._blob_created(call.name, str(mounted))
         digest = request.query("digest")
         if digest is not None:
             body = request.body() if request.has_body else _empty_body()
-            stored = await self.blobs.upload_whole(call.repo, digest, body, request.content_length)
+            stored = await self.blobs.upload_whole(
+                call.repo, digest, body, request.content_length, call.identity.account
+            )
             return self._blob_created(call.name, str(stored))
-        upload = self.blobs.start_upload(call.repo, call.identity.subject)
+        upload = self.blobs.start_upload(call.repo, call.identity.subject, call.identity.account)
         return Response(202, self._upload_headers(call.name, upload.upload_id, upload.size))
 
     async def upload_status(self, call: Call) -> Response:
@@ -346,6 +348,7 @@ class RegistryApp:
             request.body() if request.has_body else None,
             request.header("content-range"),
             request.content_length,
+            call.identity.account,
         )
         return self._blob_created(call.name, str(digest))
 
@@ -373,7 +376,11 @@ class RegistryApp:
         if body is None:
             raise self.manifests.too_large()
         result = self.manifests.put(
-            call.repo, call.params["ref"], body, request.header("content-type")
+            call.repo,
+            call.params["ref"],
+            body,
+            request.header("content-type"),
+            call.identity.account,
         )
         headers: Headers = [
             ("location", f"/v2/{call.name}/manifests/{result.digest}"),
@@ -384,7 +391,7 @@ class RegistryApp:
         return Response(201, headers)
 
     async def delete_manifest(self, call: Call) -> Response:
-        self.manifests.delete(call.repo, call.params["ref"])
+        self.manifests.delete(call.repo, call.params["ref"], call.identity.account)
         return Response(202)
 
     # -- listings ----------------------------------------------------------

@@ -426,12 +426,15 @@ class ManagementApi:
         self, c: ApiCall, check: Callable[[Principal], Awaitable[None]]
     ) -> ApiKeyRecord:
         """A key of the account by ID or name: the caller's own, or any if ``check``
-        (viewer or administrator) passes."""
+        (viewer or administrator) passes. Someone who may not see others' keys is
+        told nothing of them: their names answer as unknown ones do."""
         p = c.principal
-        key = await self._run(self.iam.api_key, p.account_id, c.path("ref"))
-        if not (key.owner_kind == p.kind and key.owner_id == p.id):
+        ref = c.path("ref")
+        try:
+            return await self._run(self.iam.api_key, p.account_id, ref, (p.kind, p.id))
+        except NotFound:
             await check(p)
-        return key
+        return await self._run(self.iam.api_key, p.account_id, ref)
 
     async def get_key(self, c: ApiCall) -> Any:
         """One API key: your own, or any for a viewer of the account."""
@@ -568,7 +571,7 @@ class ManagementApi:
         repo, reference, namespace = self._image(region, c.query("image"))
         await self._may(c.principal, roles.DELETE, region, namespace)
         digest = (await self._run(self.manifests.get, repo, reference, [])).digest
-        await self._run(self.manifests.delete, repo, digest)
+        await self._run(self.manifests.delete, repo, digest, c.principal.account_id)
         return {"deleted": f"{repo.name}@{digest}"}
 
     async def tag_image(self, c: ApiCall) -> Any:
@@ -578,7 +581,9 @@ class ManagementApi:
         target, tag, target_ns = self._image(region, c.body.target)
         await self._may(c.principal, roles.PULL, region, source_ns)
         await self._may(c.principal, roles.TAG, region, target_ns)
-        digest = await self._run(self.manifests.tag, source, reference, target, tag)
+        digest = await self._run(
+            self.manifests.tag, source, reference, target, tag, c.principal.account_id
+        )
         return {"tagged": f"{target.name}:{tag}", "digest": digest}
 
     async def list_tokens(self, c: ApiCall) -> Any:

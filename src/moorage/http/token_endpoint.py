@@ -34,12 +34,21 @@ class TokenReply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 429: "TOOMANYREQUESTS"}
+_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 429: "TOOMANYREQUESTS"}
 
 
 def _error(status: int, message: str, *headers: tuple[str, str]) -> TokenReply:
     code = _CODES.get(status, "UNSUPPORTED")
     return TokenReply(status, {"errors": [{"code": code, "message": message}]}, headers)
+
+
+# Clients ask for one to three scopes (a pull, a push, a mount's source); each
+# costs a look-up, so a request may name only a few.
+MAX_SCOPES = 16
+
+
+def _too_many_scopes() -> TokenReply:
+    return _error(400, f"a token request may name at most {MAX_SCOPES} scopes")
 
 
 class TokenEndpoint:
@@ -89,6 +98,8 @@ class TokenEndpoint:
             if isinstance(signed_in, TokenReply):
                 return signed_in
             scopes = parse_scopes(request.query_all("scope"))
+            if len(scopes) > MAX_SCOPES:
+                return _too_many_scopes()
             offline = (request.query("offline_token") or "").lower() == "true"
             return TokenReply(200, await self._issue(signed_in, target, scopes, offline))
 
@@ -102,6 +113,8 @@ class TokenEndpoint:
         if bad:
             return bad
         scopes = parse_scopes(form.get("scope", []))
+        if len(scopes) > MAX_SCOPES:
+            return _too_many_scopes()
         grant_type = field("grant_type")
         if grant_type == "password":
             signed_in = await self._sign_in(

@@ -27,7 +27,14 @@ from moorage.iam.roles import (
     allowed_actions,
     parse_roles,
 )
-from moorage.iam.secrets import SecretKeeper, hash_password, new_secret, verify_password
+from moorage.iam.secrets import (
+    SecretKeeper,
+    derive,
+    hash_password,
+    matches,
+    new_salt,
+    new_secret,
+)
 from moorage.metadata.iam_store import (
     ApiKeyRecord,
     Duplicate,
@@ -49,7 +56,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}\Z")
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\Z")
 DEFAULT_SERVICE_ID_LIMIT = 2000
 REGISTRY_TOKEN_LIFETIME = timedelta(days=365)
-NO_PASSWORD = "!"  # an identity that signs in with API keys only
+NO_PASSWORD = "!"  # a membership that signs in with API keys only
 
 
 def _now() -> datetime:
@@ -57,10 +64,10 @@ def _now() -> datetime:
 
 
 @cache
-def _decoy_hash() -> str:
-    """A real scrypt hash nobody's password matches: checked when the identity is
-    unknown or has no password, so every password sign-in costs one scrypt."""
-    return hash_password(new_secret())
+def _decoy_salt() -> str:
+    """The salt an unknown identity is checked under, so that every password
+    sign-in costs one scrypt whether the identity exists or not."""
+    return new_salt()
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,15 @@ def _validate_email(value: str) -> str:
     return email
 
 
+ID_PREFIXES = ("ApiKey-", "ServiceId-", "User-", "Policy-", "acct-")
+
+
 def _validate_name(value: str, what: str) -> str:
     value = value.strip()
     if not NAME_PATTERN.match(value):
         raise Invalid(f"{what} must be 1 to 100 letters, digits, spaces or ._@- characters")
+    if value.startswith(ID_PREFIXES):
+        raise Invalid(f"{what} must not look like an ID ({', '.join(ID_PREFIXES)}...)")
     return value
 
 
@@ -170,10 +182,10 @@ class IamService:
         found = tx.identity_by_email(admin_email)
         if found is None:
             user_id = f"User-{uuid.uuid4()}"
-            tx.insert_identity(user_id, admin_email, NO_PASSWORD, _now())
+            tx.insert_identity(user_id, admin_email, new_salt(), _now())
         else:
             user_id = found[0].id
-        tx.add_member(account_id, user_id, _now())
+        tx.add_member(account_id, user_id, NO_PASSWORD, _now())
         for service in SERVICES:
             tx.insert_policy(
                 self._policy(
@@ -212,24 +224,31 @@ class IamService:
     # -- identities ----------------------------------------------------------
 
     def invite_user(self, account_id: str, email: str, password: str) -> UserRecord:
-        """Make a person a member of the account. A new identity gets the password;
-        an identity that already exists (in another account) joins as it is: its
-        password is never set or changed here, and the answer is the same, so
-        nothing says that it existed."""
+        """Make a person a member of the account, with the password this account
+        chose for them. An identity that already exists (in another account)
+        keeps its passwords there: this one opens this account only, so the
+        answer is the same whether the identity existed or not, and no account
+        can sign in as its people elsewhere."""
         email = _validate_email(email)
-        password_hash = hash_password(_password(password))  # before the transaction
+        _password(password)
+        with self.store.read() as tx:
+            found = tx.identity_by_email(email)
+        salt = found[1] if found is not None else new_salt()
+        password_hash = hash_password(password, salt)  # scrypt, before the transaction
         with self.store.write() as tx:
             existing = tx.identity_by_email(email)
             if existing is None:
                 user_id = f"User-{uuid.uuid4()}"
                 try:
-                    tx.insert_identity(user_id, email, password_hash, _now())
+                    tx.insert_identity(user_id, email, salt, _now())
                 except Duplicate:
                     raise Conflict(f"{email} was added at the same time; try again") from None
+            elif existing[1] != salt:  # pragma: no cover - created between our reads
+                raise Conflict(f"{email} was added at the same time; try again")
             else:
                 user_id = existing[0].id
             try:
-                tx.add_member(account_id, user_id, _now())
+                tx.add_member(account_id, user_id, password_hash, _now())
             except Duplicate:
                 raise Conflict(f"{email} is already a member of this account") from None
             member = tx.member(account_id, user_id)
@@ -360,9 +379,13 @@ class IamService:
     def api_key(
         self, account_id: str, ref: str, owner: tuple[SubjectKind, str] | None = None
     ) -> ApiKeyRecord:
-        """One key by ID or name; a name two keys share must be given as an ID."""
+        """One key by ID or name (an ID always names its key); a name two keys share
+        must be given as an ID."""
         with self.store.read() as tx:
             found = tx.api_key(account_id, ref, owner)
+        by_id = [k for k in found if k.id == ref]
+        if by_id:
+            return by_id[0]
         if not found:
             raise NotFound(f"API key {ref[:100]} not found")
         if len(found) > 1:
@@ -384,7 +407,9 @@ class IamService:
                 raise Forbidden(
                     "an administrator locked this API key; only an administrator can unlock it"
                 )
-            tx.set_api_key_lock(key.id, locked, actor.id if locked else None)
+            # Locking again keeps an administrator's mark, unless an administrator locks.
+            by = key.locked_by if locked and admin_lock and not as_admin else actor.id
+            tx.set_api_key_lock(key.id, locked, by if locked else None)
             updated = tx.api_key_by_id(key.id)
         assert updated is not None
         return updated
@@ -437,14 +462,16 @@ class IamService:
             return tx.api_key_by_digest(self.keeper.digest(secret))
 
     def authenticate_password(self, email: str, password: str) -> Principal | None:
-        """One scrypt whatever happens: an unknown email, an identity without a
-        password and a wrong password take as long as a right one."""
+        """The identity, acting in each account whose membership this password
+        opens. One scrypt whatever happens: the identity's salt serves every
+        membership, and an unknown identity is checked under a decoy salt."""
         with self.store.read() as tx:
             found = tx.identity_by_email(normalize_identity(email))
-            accounts = tx.accounts_of(found[0].id) if found is not None else []
-        stored = found[1] if found is not None and found[1] != NO_PASSWORD else _decoy_hash()
-        matches = verify_password(password[:1024], stored)
-        if found is None or not matches or stored is _decoy_hash() or not accounts:
+            stored = tx.passwords(found[0].id) if found is not None else []
+        salt = found[1] if found is not None else _decoy_salt()
+        derived = derive(password[:1024], salt)
+        accounts = [account for account, hashed in stored if matches(derived, salt, hashed)]
+        if found is None or not accounts:
             return None
         return Principal(USER, found[0].id, frozenset(accounts))
 

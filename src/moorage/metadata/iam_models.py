@@ -19,17 +19,20 @@ class Account(Base):
 
 
 class User(Base):
-    """A person: one identity, however many accounts it is a member of."""
+    """A person: one identity, however many accounts it is a member of. The salt
+    is the identity's, so that one scrypt checks a password against every
+    membership at once."""
 
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
+    salt: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AccountMember(Base):
-    """A user's membership of an account; policies and API keys are per account."""
+    """A user's membership of an account. Policies, API keys and the password are
+    per membership: a password one account sets never opens another."""
 
     __tablename__ = "account_members"
     account_id: Mapped[str] = mapped_column(
@@ -38,6 +41,7 @@ class AccountMember(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    password_hash: Mapped[str] = mapped_column(String(255))  # derived with the user's salt
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -189,22 +189,37 @@ class IamTx:
     # -- identities and memberships -------------------------------------------
 
     def identity_by_email(self, email: str) -> tuple[UserRecord, str] | None:
-        """An identity and its password hash, for signing in."""
+        """An identity and its password salt."""
         row = self.s.scalar(select(User).where(User.email == email))
-        return None if row is None else (_user(row), row.password_hash)
+        return None if row is None else (_user(row), row.salt)
 
     def identity(self, user_id: str) -> UserRecord | None:
         row = self.s.get(User, user_id)
         return None if row is None else _user(row)
 
-    def insert_identity(self, user_id: str, email: str, password_hash: str, at: datetime) -> None:
-        self._insert(User(id=user_id, email=email, password_hash=password_hash, created_at=at))
+    def insert_identity(self, user_id: str, email: str, salt: str, at: datetime) -> None:
+        self._insert(User(id=user_id, email=email, salt=salt, created_at=at))
 
     def delete_identity(self, user_id: str) -> None:
         self.s.execute(delete(User).where(User.id == user_id))
 
-    def add_member(self, account_id: str, user_id: str, at: datetime) -> None:
-        self._insert(AccountMember(account_id=account_id, user_id=user_id, created_at=at))
+    def add_member(self, account_id: str, user_id: str, password_hash: str, at: datetime) -> None:
+        self._insert(
+            AccountMember(
+                account_id=account_id, user_id=user_id, password_hash=password_hash, created_at=at
+            )
+        )
+
+    def passwords(self, user_id: str) -> list[tuple[str, str]]:
+        """(account, password hash) of each of an identity's memberships."""
+        return [
+            (account, stored)
+            for account, stored in self.s.execute(
+                select(AccountMember.account_id, AccountMember.password_hash).where(
+                    AccountMember.user_id == user_id
+                )
+            )
+        ]
 
     def remove_member(self, account_id: str, user_id: str) -> bool:
         result = self.s.execute(

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from moorage.metadata import MetadataStore, RepoRef
+from moorage.metadata import MetadataStore, NamespaceChanged, RepoRef
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    NamespaceGone,
     RangeInvalid,
     SizeInvalid,
     Unsupported,
@@ -45,6 +47,15 @@ def require_digest(value: str | None) -> Digest:
         if exc.unsupported:
             raise Unsupported(str(exc)) from exc
         raise DigestInvalid(str(exc)) from exc
+
+
+@contextmanager
+def namespace_checked() -> Iterator[None]:
+    """A write whose namespace changed hands under it is refused, not misplaced."""
+    try:
+        yield
+    except NamespaceChanged:
+        raise NamespaceGone() from None
 
 
 def range_header(size: int) -> str:
@@ -79,26 +90,39 @@ class BlobService:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return BlobHandle(digest, size, self.store.local_path(digest))
 
-    def delete(self, repo: RepoRef, digest_value: str) -> Digest:
-        """Unlink a blob from one repository; the bytes go when garbage collection runs."""
+    def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
+        """Unlink a blob from one repository; the bytes go when garbage collection runs.
+        ``account`` (here and below) is the account the caller was authorised as the
+        namespace's owner: the write commits only if it still is."""
         digest = require_digest(digest_value)
-        if not self.metadata.unlink_blob(repo, str(digest)):
+        with namespace_checked():
+            unlinked = self.metadata.unlink_blob(repo, str(digest), account)
+        if not unlinked:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return digest
 
     # -- uploads -----------------------------------------------------------
 
-    def start_upload(self, repo: RepoRef, owner: str | None = None) -> UploadState:
+    def start_upload(
+        self, repo: RepoRef, owner: str | None = None, account: str | None = None
+    ) -> UploadState:
         upload_id = uuid.uuid4().hex
         self.store.create_upload(upload_id)
         try:
-            self.metadata.create_upload(upload_id, repo, owner)
+            with namespace_checked():
+                self.metadata.create_upload(upload_id, repo, owner, account)
         except BaseException:
             self.store.discard_upload(upload_id)
             raise
         return UploadState(upload_id, 0)
 
-    def mount(self, repo: RepoRef, digest_value: str, source_repo: RepoRef | None) -> Digest | None:
+    def mount(
+        self,
+        repo: RepoRef,
+        digest_value: str,
+        source_repo: RepoRef | None,
+        account: str | None = None,
+    ) -> Digest | None:
         """Link a blob from ``source_repo``; None means "upload it instead"."""
         try:
             digest = parse_digest(digest_value)
@@ -108,12 +132,19 @@ class BlobService:
             return None
         if self.store.blob_size(digest) is None:
             return None
-        if self.metadata.mount_blob(repo, str(digest), source_repo) is None:
+        with namespace_checked():
+            mounted = self.metadata.mount_blob(repo, str(digest), source_repo, account)
+        if mounted is None:
             return None
         return digest
 
     async def upload_whole(
-        self, repo: RepoRef, digest_value: str, body: AsyncIterable[bytes], length: int | None
+        self,
+        repo: RepoRef,
+        digest_value: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        account: str | None = None,
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
@@ -124,7 +155,8 @@ class BlobService:
             await self._commit(upload_id, digest)
         finally:
             self.store.discard_upload(upload_id)
-        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
+        with namespace_checked():
+            self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
         return digest
 
     def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
@@ -188,6 +220,7 @@ class BlobService:
         body: AsyncIterable[bytes] | None,
         content_range: str | None,
         length: int | None,
+        account: str | None = None,
     ) -> Digest:
         size = self._session(repo, upload_id)
         digest = require_digest(digest_value)
@@ -199,8 +232,11 @@ class BlobService:
         except (DigestInvalid, BlobUploadInvalid):
             self._end_session(upload_id)
             raise
-        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
-        self._end_session(upload_id)
+        try:
+            with namespace_checked():
+                self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+        finally:
+            self._end_session(upload_id)
         return digest
 
     def cancel(self, repo: RepoRef, upload_id: str) -> None:
