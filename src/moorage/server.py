@@ -22,6 +22,7 @@ from moorage.auth.keys import KeyRing
 from moorage.auth.ratelimit import FailureLimiter
 from moorage.auth.tokens import TokenService
 from moorage.config import Settings
+from moorage.datadir import prepare_data_dir, restrict_umask
 from moorage.http import RegistryApp
 from moorage.http.access import OpenAccess, TokenAccess
 from moorage.http.access_log import JsonAccessLogger
@@ -57,7 +58,7 @@ class Components:
 
 def open_registry(settings: Settings) -> Components:
     data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data)
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
     upgrade(engine)
     metadata = MetadataStore(engine)
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> RegistryApp:
 
 
 def serve(settings: Settings) -> None:
+    restrict_umask()
     configure_logging(settings.log_level, settings.access_log)
     asyncio.run(_serve(settings, create_app(settings)))
 

@@ -74,7 +74,11 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # found while starting: data directory, certificates
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -97,9 +101,13 @@ def gc(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    report = collect_garbage(
-        settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
-    )
+    try:
+        report = collect_garbage(
+            settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(report.summary())
 
 
