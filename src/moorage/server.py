@@ -31,7 +31,7 @@ from moorage.http.token_endpoint import TokenEndpoint
 from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
 from moorage.iam.service import IamService
 from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
-from moorage.regions import Region, RegionMap
+from moorage.regions import LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.storage import FilesystemBlobStore
 
@@ -64,7 +64,7 @@ def open_registry(settings: Settings) -> Components:
     metadata = MetadataStore(engine)
     store = FilesystemBlobStore(data)
     regions = (
-        RegionMap([Region(*r) for r in settings.regions])
+        RegionMap([Region(*r) for r in settings.regions], extra_global_hosts=LOOPBACK_HOSTS)
         if settings.regions
         else RegionMap.default(settings.base_domain)
     )
@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> RegistryApp:
     return RegistryApp(
         parts.blobs,
         parts.manifests,
-        TokenAccess(tokens),
+        TokenAccess(tokens, PublicUrl(settings.public_url_template)),
         health,
         parts.regions,
         token_endpoint=TokenEndpoint(tokens, iam, limiter),

@@ -18,7 +18,7 @@ from moorage.http.management import ManagementApi
 from moorage.http.request import Request
 from moorage.http.token_endpoint import TokenEndpoint
 from moorage.oci.names import NameError_, validate_name
-from moorage.regions import RegionMap, Target, UnknownDomain
+from moorage.regions import MalformedHost, RegionMap, Target, UnknownDomain
 from moorage.registry import (
     BlobService,
     ManifestService,
@@ -32,6 +32,7 @@ from moorage.registry.errors import NameInvalid, Unsupported
 log = logging.getLogger("moorage.http")
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
+TARGET_KEY = "moorage.target"  # the Target the Host header named, set before any handler
 JSON = "application/json"
 MAX_PAGE = 10_000
 DEFAULT_CATALOG_PAGE = 1000
@@ -165,11 +166,35 @@ class RegistryApp:
     def build(self) -> web.Application:
         # Registry bodies are streamed by the handlers, never buffered by aiohttp;
         # aiohttp's own limit applies only to the token endpoint's small form.
-        application = web.Application(client_max_size=64 * 1024)
+        application = web.Application(client_max_size=64 * 1024, middlewares=[self._check_host])
         if self.management is not None:
             application.router.add_routes(self.management.routes())
         application.router.add_route("*", "/{path:.*}", self.handle)
         return application
+
+    @web.middleware
+    async def _check_host(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Before anything else: the Host header must name a domain this
+        installation serves (400 when malformed, 404 when unknown). Nothing
+        answers with or logs a Host it did not recognise."""
+        try:
+            request[TARGET_KEY] = self.regions.resolve(request.headers.get("Host"))
+        except MalformedHost as exc:
+            return self._host_error(request, 400, str(exc))
+        except UnknownDomain:
+            if request.path == "/health" and request.method == "GET":
+                # Load balancers probe by address; the report names no host.
+                return self._render(self._health(self.inflight))
+            return self._host_error(request, 404, "no registry answers on this host name")
+        return await handler(request)
+
+    def _host_error(self, raw: web.Request, status: int, message: str) -> web.StreamResponse:
+        if raw.path.startswith("/api/"):  # the management API's error shape
+            code = "bad_request" if status == 400 else "not_found"
+            return web.json_response({"error": {"code": code, "message": message}}, status=status)
+        return self._render(error_response(RegistryError(message, status=status)))
 
     async def handle(self, raw: web.Request) -> web.StreamResponse:
         request = Request(raw)
@@ -177,7 +202,7 @@ class RegistryApp:
         self.inflight += 1
         try:
             handler, params, actions = self._dispatch(request)
-            target = self._target(request)
+            target: Target = raw[TARGET_KEY]
             repository = params.get("name")
             if repository is not None:
                 _check_name(repository)
@@ -204,12 +229,6 @@ class RegistryApp:
             self.inflight -= 1
         raw[REPOSITORY_KEY] = repository
         return self._render(response)
-
-    def _target(self, request: Request) -> Target:
-        try:
-            return self.regions.resolve(request.host)
-        except UnknownDomain:
-            raise RegistryError("no registry answers on this host name", status=404) from None
 
     def _dispatch(self, request: Request) -> tuple[Handler, dict[str, str], tuple[str, ...] | None]:
         path = request.path
@@ -243,8 +262,11 @@ class RegistryApp:
         return json_response(200, {})
 
     async def get_health(self, call: Call) -> Response:
+        return self._health(self.inflight - 1)  # not counting this request
+
+    def _health(self, inflight: int) -> Response:
         report = self.health()
-        report["inflight_requests"] = self.inflight - 1
+        report["inflight_requests"] = inflight
         return json_response(200 if report.get("status") == "ok" else 503, report)
 
     async def token(self, call: Call) -> Response:
