@@ -63,13 +63,37 @@ def serve(
         str | None,
         typer.Option(help="'token' (default) or 'none', which opens the registry to all"),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Certificate (PEM, chain after the leaf)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key")] = None,
+    tls_certs_dir: Annotated[
+        Path | None,
+        typer.Option("--tls-certs-dir", help="Directory of <name>.crt + <name>.key, chosen by SNI"),
+    ] = None,
+    insecure_http: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-http",
+            help="Allow plain HTTP on an address other than loopback",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the registry."""
     from moorage.server import serve as run
 
     try:
         settings = load_settings(
-            config, host=host, port=port, data_dir=str(data) if data else None, auth=auth
+            config,
+            host=host,
+            port=port,
+            data_dir=str(data) if data else None,
+            auth=auth,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
+            tls_certs_dir=str(tls_certs_dir) if tls_certs_dir else None,
+            allow_insecure_http=insecure_http,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
