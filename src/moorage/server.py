@@ -205,7 +205,7 @@ def serve(settings: Settings) -> None:
 async def _reload(certificates: ServerCertificates) -> None:
     try:
         await asyncio.get_running_loop().run_in_executor(None, certificates.reload)
-    except ConfigError as exc:
+    except Exception as exc:  # whatever went wrong, the current certificates stay
         log.error("SIGHUP: kept the current TLS certificates: %s", exc)
         return
     log.info(

@@ -53,15 +53,23 @@ def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+    for path in (cert, key):
+        if not path.is_file():
+            raise CertificateError(f"cannot read {path}: no such file")
     try:
         # An encrypted key fails here instead of prompting on the terminal.
         context.load_cert_chain(cert, key, password=lambda: b"")
-    except FileNotFoundError as exc:
-        raise CertificateError(f"cannot read {exc.filename}: no such file") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(
-            f"cannot use {cert} with {key}: {getattr(exc, 'reason', None) or exc}"
-        ) from None
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if exc.reason in (None, "PEM lib"):
+            reason = "expected a PEM certificate (chain) and a PEM private key"
+        if b"ENCRYPTED" in key.read_bytes():
+            reason = "the key is encrypted and no passphrase can be given; decrypt it"
+        elif exc.reason == "KEY_VALUES_MISMATCH":
+            reason = "the key does not belong to the certificate"
+        raise CertificateError(f"cannot use {cert} with {key}: {reason}") from None
+    except OSError as exc:
+        raise CertificateError(f"cannot use {cert} with {key}: {exc.strerror or exc}") from None
     return context
 
 

@@ -90,7 +90,15 @@ class Listener:
     ) -> None:
         self.server = server
         self.limits = limits
-        self.max_connections = limits.max_connections or connection_ceiling(raise_open_file_limit())
+        ceiling = connection_ceiling(raise_open_file_limit())
+        if limits.max_connections > ceiling:
+            log.warning(
+                "max_connections %d is above what the open-file limit allows (%d): "
+                "raise the limit (ulimit -n, LimitNOFILE=) or connections may fail",
+                limits.max_connections,
+                ceiling,
+            )
+        self.max_connections = limits.max_connections or ceiling
         self.handler_args = handler_args
         self.tls = tls
         self.open = 0
