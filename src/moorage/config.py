@@ -127,7 +127,8 @@ def _coerce(field: str, value: Any) -> Any:
         if kind == "bool":
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field} must be a number, not {value!r}") from exc
+        noun = "an integer" if kind == "int" else "a number"
+        raise ConfigError(f"{field} must be {noun}, not {value!r}") from exc
     return str(value)
 
 
