@@ -12,7 +12,7 @@ from moorage.auth.keys import KeyRing
 from moorage.auth.tokens import InvalidToken, Scope, parse_scopes
 from moorage.config import ConfigError, load_settings
 from moorage.iam.roles import Grant, RoleError, allowed_actions, parse_roles
-from moorage.regions import RegionMap, UnknownDomain
+from moorage.regions import MalformedHost, RegionMap, UnknownDomain
 from tests.helpers import wait_for
 
 
@@ -89,9 +89,29 @@ def test_regions_by_host() -> None:
     assert regions.resolve("127.0.0.1:5000").region.is_global
     assert regions.resolve("[::1]:5000").region.is_global
     assert regions.resolve("JP.EXAMPLE.TEST").region.name == "jp-tok"
-    for unknown in ("evil.test", "", "us.example.test.evil"):
+    assert regions.resolve("us.example.test.").region.name == "us-south"
+    for unknown in ("evil.test", "us.example.test.evil", "[::2]:5000", "127.0.0.2"):
         with pytest.raises(UnknownDomain):
             regions.resolve(unknown)
+    for malformed in (
+        None,
+        "",
+        "us.example.test:@evil.test",
+        "us.example.test:5000@evil.test",
+        "user@us.example.test",
+        "us.example.test/evil",
+        "us.example.test:",
+        "us.example.test:0",
+        "us.example.test:65536",
+        "us.example.test:+80",
+        "us.example.test:5000:5000",
+        "::1",
+        "[::1",
+        "us.example.test evil.test",
+        "us.example.\u017ftest",  # a non-ASCII letter
+    ):
+        with pytest.raises(MalformedHost):
+            regions.resolve(malformed)
 
 
 def test_custom_regions_in_the_config_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from moorage.auth.tokens import InvalidToken, TokenService
 from moorage.http.request import Request
-from moorage.regions import Target
+from moorage.regions import PublicUrl, Target
 from moorage.registry.errors import Unauthorized
 
 PULL = "pull"
@@ -76,20 +76,27 @@ class TokenAccess:
 
     binds_uploads = True
 
-    def __init__(self, tokens: TokenService, owner_of: Callable[[str, str], str | None]) -> None:
+    def __init__(
+        self,
+        tokens: TokenService,
+        public_url: PublicUrl,
+        owner_of: Callable[[str, str], str | None],
+    ) -> None:
         self.tokens = tokens
+        self.public_url = public_url
         self.owner_of = owner_of
 
-    @staticmethod
     def challenge(
+        self,
         request: Request,
         target: Target,
         repository: str | None,
         actions: tuple[str, ...],
         error: str | None = None,
     ) -> Unauthorized:
-        realm = f"{request.scheme}://{request.host}/oauth/token"
-        parts = [f'realm="{realm}"', f'service="{target.service}"']
+        # The realm comes from configuration: a client is never sent where its
+        # (or an attacker's) Host header pointed.
+        parts = [f'realm="{self.public_url.realm(target)}"', f'service="{target.service}"']
         if repository is not None and actions:
             parts.append(f'scope="repository:{repository}:{",".join(actions)}"')
         elif actions == (CATALOG,):

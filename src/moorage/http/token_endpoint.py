@@ -84,7 +84,8 @@ class TokenEndpoint:
 
     def _check_service(self, target: Target, service: str | None) -> TokenReply | None:
         if service and service != target.service:
-            return _error(400, f"this token endpoint serves {target.service}, not {service[:100]}")
+            # The client's value is not echoed back.
+            return _error(400, f"this token endpoint serves {target.service} only")
         return None
 
     async def handle(self, request: Request, target: Target) -> TokenReply:
