@@ -7,12 +7,13 @@ set -euo pipefail
 
 TOOLS="${MOORAGE_TOOLS:-/var/cache/moorage-tools}"
 CRANE_VERSION="v0.20.2"
+COSIGN_VERSION="v2.6.5"
 # distribution-spec v1.1.1 is tagged on the repository, not on the conformance
 # module. The module proxy here refuses the pseudo-versions of the v1.1.1 commit
 # (a139cc4) and of every commit whose conformance/ tree equals it; the newest
 # pre-redesign version it serves is the v1.1.0 one below. See docs/conformance.md.
 CONFORMANCE_VERSION="v0.0.0-20231101194043-f2182352d4cc"
-DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light)
+DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg)
 
 mkdir -p "$TOOLS/bin"
 
@@ -37,6 +38,13 @@ if [ ! -x "$TOOLS/bin/crane-$CRANE_VERSION" ]; then
   mv "$TOOLS/build/crane" "$TOOLS/bin/crane-$CRANE_VERSION"
 fi
 ln -sf "crane-$CRANE_VERSION" "$TOOLS/bin/crane"
+
+if [ ! -x "$TOOLS/bin/cosign-$COSIGN_VERSION" ]; then
+  echo "building cosign $COSIGN_VERSION (a few minutes, once)"
+  GOBIN="$TOOLS/build" go install "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
+  mv "$TOOLS/build/cosign" "$TOOLS/bin/cosign-$COSIGN_VERSION"
+fi
+ln -sf "cosign-$COSIGN_VERSION" "$TOOLS/bin/cosign"
 
 if [ ! -x "$TOOLS/bin/conformance-$CONFORMANCE_VERSION.test" ]; then
   echo "building the OCI conformance suite at $CONFORMANCE_VERSION"

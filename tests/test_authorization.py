@@ -94,7 +94,18 @@ def attacker(admin: Api, name: str, roles: str, **scope: str) -> Api:
     return Api(admin.server, key)
 
 
+def _cosign_public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 BODIES: dict[str, Any] = {
+    "signers": {"name": "intruder", "public_key": _cosign_public_key()},
     "policies": {"roles": "Manager", "service_name": "container-registry"},
     "api-keys": {"name": "stolen"},
     "PATCH": {"name": "renamed"},
@@ -109,6 +120,7 @@ def calls_for(path: str, method: str, v: dict[str, str], region: str) -> list[tu
         "{name}": [v["name"]],
         "{id}": [v["id_token"]] if "/tokens/" in path else [v["id_policy"]],
         "{key}": [v["key"], v["key_name"]],
+        "{signer}": ["victim-signer"],
     }
     if path.startswith("/api/v1/iam/users/"):
         subs["{ref}"] = [v["ref_user"], v["ref_user_email"]]

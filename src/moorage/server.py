@@ -40,6 +40,7 @@ from moorage.metadata.iam_store import IamStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.registry.namespaces import NamespaceService
+from moorage.registry.signatures import SignatureService
 from moorage.storage import FilesystemBlobStore
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
@@ -62,6 +63,7 @@ class Components:
     metadata: MetadataStore
     iam: IamService
     namespaces: NamespaceService
+    signatures: SignatureService
     regions: RegionMap
 
 
@@ -75,12 +77,14 @@ def open_registry(settings: Settings) -> Components:
     regions = regions_of(settings)
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
     iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
+    manifests = ManifestService(metadata, settings.max_manifest_bytes)
     return Components(
         BlobService(store, metadata),
-        ManifestService(metadata, settings.max_manifest_bytes),
+        manifests,
         metadata,
         iam,
         NamespaceService(metadata, store),
+        SignatureService(metadata, store, manifests),
         regions,
     )
 
@@ -136,6 +140,7 @@ def create_app(settings: Settings) -> RegistryApp:
             health,
             parts.regions,
             encrypted=settings.tls,
+            signatures=parts.signatures,
         )
 
     _bootstrap(parts.iam, settings)
@@ -169,11 +174,13 @@ def create_app(settings: Settings) -> RegistryApp:
             iam,
             parts.manifests,
             parts.namespaces,
+            parts.signatures,
             parts.regions,
             signin,
             PullCheck(signin, tokens, iam, parts.regions),
         ),
         encrypted=settings.tls,
+        signatures=parts.signatures,
     )
 
 

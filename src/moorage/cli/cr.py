@@ -202,9 +202,61 @@ def image_tag(
 
 @app.command("image-inspect")
 def image_inspect(image: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
-    """Show an image's digest and manifest."""
+    """Show an image's digest, manifest and signatures (kind, signer, verified)."""
     connection = Connection.resolve(server, apikey)
     emit(connection.request("GET", f"/cr/{connection.region}/image", image=image), None, "json")
+
+
+SIGNER_COLUMNS = [("name", "NAME"), ("kind", "KIND"), ("key_ids", "KEYS"), ("created_at", "ADDED")]
+
+
+def _signers_path(connection: Connection, namespace: str) -> str:
+    return f"/cr/{connection.region}/namespaces/{segment(namespace)}/signers"
+
+
+@app.command("signer-add")
+def signer_add(
+    namespace: str,
+    name: str,
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key", exists=True, dir_okay=False, help="cosign public key (PEM) or armored GPG key"
+        ),
+    ],
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Trust a public key to sign the namespace's images."""
+    connection = Connection.resolve(server, apikey)
+    body = {"name": name, "public_key": key.read_text()}
+    row = connection.request("POST", _signers_path(connection, namespace), body)
+    emit(
+        row if output == "json" else {k: row[k] for k in ("name", "kind", "key_ids")}, None, output
+    )
+
+
+@app.command("signers")
+def signers(
+    namespace: str,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """List the keys a namespace trusts to sign its images."""
+    connection = Connection.resolve(server, apikey)
+    emit(connection.request("GET", _signers_path(connection, namespace)), SIGNER_COLUMNS, output)
+
+
+@app.command("signer-rm")
+def signer_rm(
+    namespace: str, name: str, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Stop trusting a signer's key."""
+    connection = Connection.resolve(server, apikey)
+    connection.request("DELETE", f"{_signers_path(connection, namespace)}/{segment(name)}")
+    typer.echo(f"Removed signer {name} of {namespace}")
 
 
 TOKEN_COLUMNS = [

@@ -28,13 +28,15 @@ from moorage.registry import (
     RepoRef,
     range_header,
 )
-from moorage.registry.errors import NameInvalid, Unsupported
+from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
+from moorage.registry.signatures import SignatureService
 
 log = logging.getLogger("moorage.http")
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
 JSON = "application/json"
 MAX_PAGE = 10_000
+SIGNATURE_BODY_LIMIT = 128 * 1024  # a signature of at most 64 KiB, in base64, in JSON
 DEFAULT_CATALOG_PAGE = 1000
 
 Headers = list[tuple[str, str]]
@@ -126,8 +128,15 @@ class RegistryApp:
         catalog_scope: CatalogScope | None = None,
         management: ManagementApi | None = None,
         encrypted: bool = False,
+        signatures: SignatureService | None = None,
     ) -> None:
         self.management = management
+        self.signatures = signatures
+        # Every reply says the signature extension is here: clients read it off the
+        # 401 of their first /v2/ request.
+        self.base_headers: Headers = [API_VERSION]
+        if signatures is not None:
+            self.base_headers.append(("x-registry-supports-signatures", "1"))
         # Chosen once: plain HTTP keeps aiohttp's sendfile path untouched.
         self.file_response: type[web.FileResponse] = (
             EncryptedFileResponse if encrypted else web.FileResponse
@@ -182,6 +191,14 @@ class RegistryApp:
             Route(
                 re.compile(rf"^/v2/{name}/referrers/(?P<digest>[^/]+)\Z"),
                 {"GET": (self.referrers, (PULL,))},
+            ),
+            Route(
+                re.compile(rf"^/extensions/v2/{name}/signatures/(?P<digest>[^/]+)\Z"),
+                {
+                    "GET": (self.get_signatures, (PULL,)),
+                    "PUT": (self.put_signature, (PULL, PUSH)),
+                    "DELETE": (self.delete_signature, (DELETE,)),
+                },
             ),
             Route(re.compile(r"^/health\Z"), {"GET": (self.get_health, PUBLIC)}),
             Route(
@@ -298,7 +315,7 @@ class RegistryApp:
         raise RegistryError("no such endpoint", status=404)
 
     def _render(self, response: Response) -> web.StreamResponse:
-        headers = [API_VERSION, *response.headers]
+        headers = [*self.base_headers, *response.headers]
         if response.file is not None:
             # aiohttp's FileResponse uses os.sendfile and answers Range and HEAD itself.
             return self.file_response(response.file, status=response.status, headers=headers)
@@ -475,6 +492,35 @@ class RegistryApp:
             namespaces = await scope(call.identity, region) if scope is not None else []
         page = self.manifests.catalog(region, limit, call.request.query("last"), namespaces)
         return json_response(200, {"repositories": page.items}, _link("/v2/_catalog", page, limit))
+
+    # -- the signature extension -------------------------------------------
+
+    def _signature_service(self) -> SignatureService:
+        if self.signatures is None:
+            raise RegistryError("this registry keeps no signatures", status=404)
+        return self.signatures
+
+    async def get_signatures(self, call: Call) -> Response:
+        listed = self._signature_service().extension_list(call.repo, call.params["digest"])
+        return json_response(200, {"signatures": listed})
+
+    async def put_signature(self, call: Call) -> Response:
+        body = await call.request.read(SIGNATURE_BODY_LIMIT)
+        if body is None:
+            raise SizeInvalid(f"a signature body is at most {SIGNATURE_BODY_LIMIT} bytes")
+        self._signature_service().extension_put(
+            call.repo, call.params["digest"], body, call.identity.account
+        )
+        return Response(201)
+
+    async def delete_signature(self, call: Call) -> Response:
+        name = call.request.query("name")
+        if not name:
+            raise RegistryError("name the signature to delete: ?name=<digest>@<id>", status=400)
+        self._signature_service().extension_delete(
+            call.repo, call.params["digest"], name, call.identity.account
+        )
+        return Response(202)
 
     async def referrers(self, call: Call) -> Response:
         artifact_type = call.request.query("artifactType")

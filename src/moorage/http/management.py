@@ -36,6 +36,7 @@ from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, UnknownDomain
 from moorage.registry import ManifestService, RegistryError, RepoRef
 from moorage.registry.namespaces import NamespaceService
+from moorage.registry.signatures import SignatureService
 
 API = "/api/v1"
 ACCOUNT_HEADER = "X-Moorage-Account"
@@ -89,6 +90,7 @@ class ManagementApi:
         iam: IamService,
         manifests: ManifestService,
         namespaces: NamespaceService,
+        signatures: SignatureService,
         regions: RegionMap,
         signin: SignIn,
         pull_check: PullCheck,
@@ -96,6 +98,7 @@ class ManagementApi:
         self.iam = iam
         self.manifests = manifests
         self.namespace_service = namespaces
+        self.signatures = signatures
         self.regions = regions
         self.signin = signin
         self.pull_check_service = pull_check
@@ -140,6 +143,9 @@ class ManagementApi:
             Op("GET", "/cr/{region}/namespaces", self.list_namespaces),
             Op("POST", "/cr/{region}/namespaces", self.add_namespace, s.NamespaceCreate),
             Op("DELETE", "/cr/{region}/namespaces/{name}", self.remove_namespace),
+            Op("GET", "/cr/{region}/namespaces/{name}/signers", self.list_signers),
+            Op("POST", "/cr/{region}/namespaces/{name}/signers", self.add_signer, s.SignerCreate),
+            Op("DELETE", "/cr/{region}/namespaces/{name}/signers/{signer}", self.remove_signer),
             Op("GET", "/cr/{region}/images", self.list_images),
             Op("GET", "/cr/{region}/image", self.inspect_image, query=("image",)),
             Op("DELETE", "/cr/{region}/image", self.remove_image, query=("image",)),
@@ -507,6 +513,38 @@ class ManagementApi:
         await self._require(c.principal, roles.MANAGE_NAMESPACES, region, name)
         await self._run(self.namespace_service.remove, c.principal.account_id, region, name)
 
+    async def list_signers(self, c: ApiCall) -> Any:
+        """The keys a namespace trusts to sign its images."""
+        region, name = self._region(c), c.path("name")
+        await self._may(c.principal, roles.LIST, region, name)
+        return await self._run(self.signatures.signers, region, name)
+
+    async def add_signer(self, c: ApiCall) -> Any:
+        """Trust a public key (cosign PEM or armored OpenPGP) to sign a namespace's images."""
+        region, name = self._region(c), c.path("name")
+        await self._may(c.principal, roles.MANAGE_NAMESPACES, region, name)
+        body: schemas.SignerCreate = c.body
+        return await self._run(
+            self.signatures.add_signer,
+            c.principal.account_id,
+            region,
+            name,
+            body.name,
+            body.public_key,
+        )
+
+    async def remove_signer(self, c: ApiCall) -> Any:
+        """Stop trusting a signer's key."""
+        region, name = self._region(c), c.path("name")
+        await self._may(c.principal, roles.MANAGE_NAMESPACES, region, name)
+        await self._run(
+            self.signatures.remove_signer,
+            c.principal.account_id,
+            region,
+            name,
+            c.path("signer"),
+        )
+
     async def list_images(self, c: ApiCall) -> Any:
         """Tagged images of the region's namespaces you may list."""
         region = self._region(c)
@@ -557,12 +595,14 @@ class ManagementApi:
         repo, reference, namespace = self._image(region, c.query("image"))
         await self._may(c.principal, roles.PULL, region, namespace)
         manifest = await self._run(self.manifests.get, repo, reference, [])
+        signatures = await self._run(self.signatures.of_image, repo, manifest.digest)
         return {
             "repository": repo.name,
             "reference": reference,
             "digest": manifest.digest,
             "media_type": manifest.media_type,
             "manifest": json.loads(manifest.content),
+            "signatures": signatures,
         }
 
     async def remove_image(self, c: ApiCall) -> Any:

@@ -76,3 +76,8 @@ class PullCheckRequest(Body):
     repository: Annotated[str, Field(min_length=1, max_length=512)]
     username: Annotated[str, Field(max_length=300)]
     password: Secret
+
+
+class SignerCreate(Body):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    public_key: Annotated[str, Field(min_length=1, max_length=32 * 1024)]

@@ -118,3 +118,35 @@ class Upload(Base):
     repository: Mapped[str] = mapped_column(String(255))
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # who started it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SimpleSignature(Base):
+    """A Red Hat simple signature of a manifest, stored through the registry's
+    signature extension (``/extensions/v2/<name>/signatures/<digest>``)."""
+
+    __tablename__ = "simple_signatures"
+    __table_args__ = (UniqueConstraint("repository_id", "manifest_digest", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), index=True
+    )
+    manifest_digest: Mapped[str] = mapped_column(String(140))
+    name: Mapped[str] = mapped_column(String(300))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Signer(Base):
+    """A public key a namespace trusts to sign its images, by name: what turns a
+    signature's key into someone the image list can name."""
+
+    __tablename__ = "signers"
+    __table_args__ = (UniqueConstraint("region", "namespace", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(String(30))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # "cosign" or "gpg"
+    public_key: Mapped[str] = mapped_column(String)
+    key_ids: Mapped[str] = mapped_column(String(1000))  # comma-separated, as signatures name keys
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -36,11 +36,40 @@ from moorage.metadata.models import (
     ManifestReference,
     Repository,
     RepositoryBlob,
+    Signer,
+    SimpleSignature,
     Tag,
     Upload,
 )
 
 BLOB_REFERENCE = "blob"
+
+
+class SignatureExists(ValueError):
+    """A signature or signer name already used where it must be unique."""
+
+
+@dataclass(frozen=True)
+class StoredSignature:
+    name: str
+    content: bytes
+    created: datetime
+
+
+@dataclass(frozen=True)
+class SignerRecord:
+    id: str
+    region: str
+    namespace: str
+    name: str
+    kind: str  # "cosign" or "gpg"
+    public_key: str
+    key_ids: tuple[str, ...]
+    created_at: datetime
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class NamespaceChanged(LookupError):
@@ -467,12 +496,146 @@ class MetadataStore:
             manifest_id = self._manifest_id(conn, repo_id, digest)
             if manifest_id is None:
                 return False
-            conn.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            conn.execute(
-                delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id)
+            # Its signatures go with it: referrers naming it as their subject, the
+            # manifests of cosign's sha256-<hex>.sig/.att/.sbom tags, and simple
+            # signatures stored through the extension.
+            prefix = digest.replace(":", "-", 1) + "."
+            attached = select(Tag.manifest_id).where(
+                Tag.repository_id == repo_id,
+                Tag.name.in_([prefix + suffix for suffix in ("sig", "att", "sbom")]),
             )
-            conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            referrers = select(Manifest.id).where(
+                Manifest.repository_id == repo_id, Manifest.subject_digest == digest
+            )
+            doomed = [
+                manifest_id,
+                *conn.scalars(attached),
+                *conn.scalars(referrers),
+            ]
+            conn.execute(delete(Tag).where(Tag.manifest_id.in_(doomed)))
+            conn.execute(delete(ManifestReference).where(ManifestReference.manifest_id.in_(doomed)))
+            conn.execute(delete(Manifest).where(Manifest.id.in_(doomed)))
+            conn.execute(
+                delete(SimpleSignature).where(
+                    SimpleSignature.repository_id == repo_id,
+                    SimpleSignature.manifest_digest == digest,
+                )
+            )
             return True
+
+    # -- signatures ----------------------------------------------------------
+
+    def add_simple_signature(
+        self, repo: RepoRef, digest: str, name: str, content: bytes, account: str | None = None
+    ) -> bool:
+        """Store a simple signature of a manifest the repository holds; False when it
+        holds no such manifest. A name used before raises SignatureExists."""
+        with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None or self._manifest_id(conn, repo_id, digest) is None:
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(SimpleSignature).values(
+                            repository_id=repo_id,
+                            manifest_digest=digest,
+                            name=name,
+                            content=content,
+                            created_at=_now(),
+                        )
+                    )
+            except IntegrityError:
+                raise SignatureExists(name) from None
+            return True
+
+    def simple_signatures(self, repo: RepoRef, digest: str) -> list[StoredSignature] | None:
+        """A manifest's simple signatures, oldest first; None when the repository
+        holds no such manifest."""
+        with self.engine.connect() as conn:
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None or self._manifest_id(conn, repo_id, digest) is None:
+                return None
+            rows = conn.execute(
+                select(SimpleSignature.name, SimpleSignature.content, SimpleSignature.created_at)
+                .where(
+                    SimpleSignature.repository_id == repo_id,
+                    SimpleSignature.manifest_digest == digest,
+                )
+                .order_by(SimpleSignature.id)
+            ).all()
+        return [StoredSignature(n, bytes(c), _aware(at)) for n, c, at in rows]
+
+    def delete_simple_signature(
+        self, repo: RepoRef, digest: str, name: str, account: str | None = None
+    ) -> bool:
+        with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
+            repo_id = self._repository_id(conn, repo)
+            if repo_id is None:
+                return False
+            result = conn.execute(
+                delete(SimpleSignature).where(
+                    SimpleSignature.repository_id == repo_id,
+                    SimpleSignature.manifest_digest == digest,
+                    SimpleSignature.name == name,
+                )
+            )
+            return bool(result.rowcount)
+
+    def add_signer(self, record: SignerRecord, account: str) -> None:
+        """Add a signer to a namespace the account owns; a name used before raises
+        SignatureExists."""
+        with self.engine.begin() as conn:
+            self._check_account(conn, RepoRef(record.region, record.namespace), account)
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(Signer).values(
+                            id=record.id,
+                            region=record.region,
+                            namespace=record.namespace,
+                            name=record.name,
+                            kind=record.kind,
+                            public_key=record.public_key,
+                            key_ids=",".join(record.key_ids),
+                            created_at=record.created_at,
+                        )
+                    )
+            except IntegrityError:
+                raise SignatureExists(record.name) from None
+
+    def signers(self, region: str, namespace: str) -> list[SignerRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Signer)
+                .where(Signer.region == region, Signer.namespace == namespace)
+                .order_by(Signer.name)
+            ).all()
+        return [
+            SignerRecord(
+                r.id,
+                r.region,
+                r.namespace,
+                r.name,
+                r.kind,
+                r.public_key,
+                tuple(k for k in r.key_ids.split(",") if k),
+                _aware(r.created_at),
+            )
+            for r in rows
+        ]
+
+    def delete_signer(self, region: str, namespace: str, name: str, account: str) -> bool:
+        with self.engine.begin() as conn:
+            self._check_account(conn, RepoRef(region, namespace), account)
+            result = conn.execute(
+                delete(Signer).where(
+                    Signer.region == region, Signer.namespace == namespace, Signer.name == name
+                )
+            )
+            return bool(result.rowcount)
 
     def delete_tag(self, repo: RepoRef, tag: str, account: str | None = None) -> bool:
         with self.engine.begin() as conn:
@@ -577,9 +740,13 @@ class MetadataStore:
             )
             conn.execute(delete(Manifest).where(Manifest.repository_id.in_(ids)))
             conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id.in_(ids)))
+            conn.execute(delete(SimpleSignature).where(SimpleSignature.repository_id.in_(ids)))
             conn.execute(
                 delete(Repository).where(
                     Repository.region == region, Repository.namespace == namespace
                 )
+            )
+            conn.execute(
+                delete(Signer).where(Signer.region == region, Signer.namespace == namespace)
             )
             return uploads

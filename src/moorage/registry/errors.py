@@ -112,3 +112,15 @@ class NamespaceGone(Denied):
 
     def __init__(self) -> None:
         super().__init__("the namespace was removed or changed hands while this request ran")
+
+
+class Conflict(RegistryError):
+    code = "CONFLICT"
+    status = 409
+
+
+class SignatureInvalid(RegistryError):
+    """A signature (or a signer's key) that is not what it must be."""
+
+    code = "SIGNATURE_INVALID"
+    status = 400

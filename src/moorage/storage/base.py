@@ -35,6 +35,10 @@ class BlobStore(Protocol):
     def local_path(self, digest: Digest) -> str | None:
         """A local file holding the blob, for zero-copy serving, when the driver has one."""
 
+    def read_small(self, digest: Digest, limit: int) -> bytes | None:
+        """A whole blob of at most ``limit`` bytes (a signature payload, a bundle);
+        None when it is absent or larger. Blocks: call it off the event loop."""
+
     def delete_blob(self, digest: Digest) -> None: ...
 
     def iter_blobs(self) -> Iterator[tuple[Digest, int]]: ...

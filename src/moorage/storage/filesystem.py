@@ -122,6 +122,14 @@ class FilesystemBlobStore:
     def local_path(self, digest: Digest) -> str | None:
         return str(self._blob_path(digest))
 
+    def read_small(self, digest: Digest, limit: int) -> bytes | None:
+        try:
+            with self._blob_path(digest).open("rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        return data if len(data) <= limit else None
+
     def delete_blob(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._blob_path(digest).unlink()
