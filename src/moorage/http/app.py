@@ -221,7 +221,9 @@ class RegistryApp:
                 web.RouteDef(r.method, r.path, self._host_checked(r.handler), r.kwargs)
                 for r in self.management.routes()
             )
-        application.router.add_route("*", "/{path:.*}", self.handle)
+        # Any path at all, newlines included, reaches the registry's own router (and its
+        # JSON errors) rather than aiohttp's plain-text 404.
+        application.router.add_route("*", r"/{path:[\s\S]*}", self.handle)
         return application
 
     def _host_checked(self, handler: Any) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
