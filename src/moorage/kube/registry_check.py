@@ -15,6 +15,7 @@ Rules (an attacker may own any registry an image names):
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -149,7 +150,9 @@ class RegistryCheck:
         self, insecure: tuple[str, ...] = (), ca_bundle: str | None = None, timeout: float = 10
     ) -> None:
         self.insecure = {h.lower() for h in insecure}
-        self.verify: bool | str = ca_bundle or True
+        self.verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        )
         self.timeout = timeout
 
     def scheme(self, host: str) -> str:
