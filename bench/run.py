@@ -850,7 +850,7 @@ def main() -> None:
         import bench.kube as kube_bench
 
         print("kubernetes: apply, copy to 500 namespaces, controller, diagnose", flush=True)
-        text = "\n".join(kube_bench.render(kube_bench.run())) + "\n"
+        text = "\n".join(kube_bench.render(kube_bench.run()))
         write_results(args.output, text, KUBE_BEGIN, KUBE_END)
     print(f"\nwrote {args.output}")
 

@@ -13,6 +13,7 @@ source is repaired as soon as its watch event arrives."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -128,14 +129,14 @@ class Controller:
         self.copies = Informer(
             "copies",
             core.list_secret_for_all_namespaces,
-            self._copy_changed,
+            self._namespaced_changed,
             watched,
             label_selector=",".join(f"{k}={v}" for k, v in MANAGED_BY.items()),
         )
         self.accounts = Informer(
             "service accounts",
             core.list_service_account_for_all_namespaces,
-            self._copy_changed,
+            self._namespaced_changed,
             watched,
             field_selector="metadata.name=default",
         )
@@ -170,7 +171,7 @@ class Controller:
         if shape(old) != shape(new):
             self.queue.add(EVERY)
 
-    def _copy_changed(self, old: Any | None, new: Any | None) -> None:
+    def _namespaced_changed(self, old: Any | None, new: Any | None) -> None:
         changed: Any = new if new is not None else old
         namespace = changed.metadata.namespace
         if namespace != SOURCE:
@@ -210,6 +211,7 @@ class Controller:
         current = [ref.name for ref in account.image_pull_secrets or []]
         missing = [n for n in desired if n not in current]
         if missing:
+            account = copy.deepcopy(account)  # never change the cached object
             account.image_pull_secrets = [
                 k8s.V1LocalObjectReference(name=n) for n in current + missing
             ]
