@@ -66,7 +66,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 @dataclass
 class Recorder:
-    mode: str = "basic"  # "basic", or "bearer" with a token service at ``realm``
+    mode: str = "basic"  # "basic"; "bearer" with a token service at ``realm``; "redirect"
     realm: str | None = None  # default: /token on this server
     users: dict[str, str] = field(default_factory=lambda: {"robot": "robot-password"})
     tls: tuple[Path, Path] | None = None
@@ -90,6 +90,9 @@ class Recorder:
                 recorder.seen.append(
                     Seen(self.command, self.path, self.headers.get("Authorization"))
                 )
+                if recorder.mode == "redirect":  # everything to ``realm``, as a hostile host would
+                    self._reply(307, {"Location": f"{recorder.realm}{self.path}"})
+                    return
                 if self.path.startswith("/token"):
                     if self._basic_ok():
                         body = f'{{"token": "{TOKEN}"}}'.encode()
