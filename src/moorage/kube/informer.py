@@ -23,6 +23,14 @@ Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped obje
 OnChange = Callable[[Any | None, Any | None], None]  # (old, new): None for absent
 
 
+def _expired(exc: ApiException) -> bool:
+    """410 Gone (older than the server keeps, or an old continue token), or a
+    version newer than a restarted server has ("Too large resource version"):
+    either way only a new list helps."""
+    text = f"{exc.reason} {exc.body or ''}".lower()
+    return exc.status == 410 or "too large resource version" in text
+
+
 def key_of(obj: Any) -> Key:
     return (obj.metadata.namespace or "", obj.metadata.name)
 
@@ -81,7 +89,7 @@ class Informer:
                     self.resource_version = self._relist()
                 self.resource_version = self._watch_from(self.resource_version)
             except ApiException as exc:
-                if exc.status == 410:  # expired: our version is older than the server keeps
+                if _expired(exc):
                     log.info("%s: resourceVersion expired; listing again", self.name)
                     self.resource_version = None
                     continue
