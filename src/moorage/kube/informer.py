@@ -7,6 +7,7 @@ reconciles what changed from memory instead of asking the API server."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -108,7 +109,8 @@ class Informer:
             current.stop()
             response = getattr(current, "_resp", None)  # the client keeps no public handle
             if response is not None and hasattr(response, "shutdown"):
-                response.shutdown()
+                with contextlib.suppress(OSError):  # the watch may be closing on its own
+                    response.shutdown()
 
     def _relist(self) -> str:
         fresh: dict[Key, Any] = {}
