@@ -109,7 +109,8 @@ class Informer:
             current.stop()
             response = getattr(current, "_resp", None)  # the client keeps no public handle
             if response is not None and hasattr(response, "shutdown"):
-                with contextlib.suppress(OSError):  # the watch may be closing on its own
+                # The watch may be closing on its own: then there is nothing to shut.
+                with contextlib.suppress(OSError, ValueError, RuntimeError):
                     response.shutdown()
 
     def _relist(self) -> str:
