@@ -506,49 +506,40 @@ def basic(user: str, password: str) -> str:
 def populate_iam(server: MoorageWithTokens) -> str:
     """1,000 service IDs and 10,000 policies in the bootstrap account, written
     straight into the server's database; returns an API key of one of them."""
-    from sqlalchemy.orm import Session
-
     from moorage.iam.secrets import SecretKeeper, load_or_create_key
     from moorage.iam.service import SERVICE_ID, IamService
     from moorage.metadata import create_metadata_engine, sqlite_url
-    from moorage.metadata.iam_models import Policy, ServiceId
+    from moorage.metadata.iam_store import IamStore, PolicyRecord, ServiceIdRecord
 
     data = server.workdir / "data"
     engine = create_metadata_engine(sqlite_url(data))
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
-    iam = IamService(engine, keeper, ("us-south", "eu-de", "global"))
+    store = IamStore(engine)
+    iam = IamService(store, keeper, ("us-south", "eu-de", "global"))
     account = iam.default_account()
     now = datetime.now(UTC)
-    with Session(engine) as session, session.begin():
+    with store.write() as tx:
         for i in range(1000):
             sid = f"ServiceId-bench-{i:04d}"
-            session.add(
-                ServiceId(
-                    id=sid,
-                    account_id=account,
-                    name=f"bench-{i:04d}",
-                    description="",
-                    created_at=now,
-                )
-            )
+            tx.insert_service_id(ServiceIdRecord(sid, account, f"bench-{i:04d}", "", now))
             for j in range(10):
-                session.add(
-                    Policy(
-                        id=f"Policy-bench-{i:04d}-{j}",
-                        account_id=account,
-                        subject_kind=SERVICE_ID,
-                        subject_id=sid,
-                        roles="Reader",
-                        service_name="container-registry",
-                        region="us-south",
-                        resource_type="namespace",
-                        resource="bench" if j == 0 else f"other{j:02d}",
-                        created_at=now,
+                tx.insert_policy(
+                    PolicyRecord(
+                        f"Policy-bench-{i:04d}-{j}",
+                        account,
+                        SERVICE_ID,
+                        sid,
+                        ("Reader",),
+                        "container-registry",
+                        "us-south",
+                        "namespace",
+                        "bench" if j == 0 else f"other{j:02d}",
+                        now,
                     )
                 )
-    key = iam.create_api_key(account, SERVICE_ID, "ServiceId-bench-0500", "bench", None).secret
+    _, created = iam.create_api_key(account, SERVICE_ID, "ServiceId-bench-0500", "bench", None)
     engine.dispose()
-    return key
+    return created.secret
 
 
 def token_latencies(host: str, key: str, count: int) -> list[float]:

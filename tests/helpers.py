@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 
 from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, sha256
 from tests.server import MoorageServer
+
+T = TypeVar("T")
 
 
 def push_blob(registry: MoorageServer, repo: str, data: bytes) -> str:
@@ -78,3 +82,16 @@ def raw_request(registry: MoorageServer, request: bytes, *, close_early: bool = 
         except (TimeoutError, ConnectionResetError):
             pass
     return b"".join(chunks)
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float = 30, what: str = "") -> T:
+    """Poll until ``condition`` returns something truthy; fail after ``timeout``
+    seconds. Tests wait for what they need, never for a length of time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.05)

@@ -4,24 +4,46 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from tests.oci_layout import OCI_MANIFEST, Image, sha256
 from tests.server import MoorageServer
 
 ADMIN_KEY = "moorage-test-administrator-key-0123456789abcdef"
 
 
 class Api:
-    def __init__(self, registry: MoorageServer, key: str, domain: str = "localhost") -> None:
+    def __init__(
+        self,
+        registry: MoorageServer,
+        key: str,
+        domain: str = "localhost",
+        user: str = "iamapikey",
+        account: str | None = None,
+    ) -> None:
+        self.server = registry
         self.base = f"http://{registry.host_for(domain)}/api/v1"
-        self.auth = ("iamapikey", key)
+        self.auth = (user, key)
+        self.headers = {"X-Moorage-Account": account} if account else {}
+
+    def request(self, method: str, path: str, body: Any = None, **params: str) -> requests.Response:
+        return requests.request(
+            method,
+            self.base + path,
+            json=body,
+            params=params or None,
+            auth=self.auth,
+            headers=self.headers,
+            timeout=30,
+        )
 
     def call(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-        r = requests.request(method, self.base + path, json=body, auth=self.auth, timeout=30)
+        r = self.request(method, path, body)
         if expect is not None:
             assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
         return r.json() if r.content else None
@@ -51,3 +73,55 @@ def dockerconfigjson(path: Path, host: str, username: str, password: str) -> Pat
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=300)
+
+
+def bearer(
+    registry: MoorageServer, domain: str, secret: str, scope: str, user: str = "iamapikey"
+) -> dict[str, str]:
+    """An Authorization header with a registry token for ``scope``, from the token flow."""
+    reply = requests.get(
+        f"http://{registry.host_for(domain)}/oauth/token",
+        params={"service": domain, "scope": scope},
+        auth=(user, secret),
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    return {"Authorization": f"Bearer {reply.json()['token']}"}
+
+
+def push_image_with(
+    registry: MoorageServer, domain: str, repo: str, tag: str, image: Image, headers: dict[str, str]
+) -> requests.Response:
+    """Push an image's blobs and manifest over HTTP with the given token; the
+    manifest PUT's response."""
+    base = f"http://{registry.host_for(domain)}/v2/{repo}"
+    for blob in [image.config, *image.layers]:
+        r = requests.post(
+            f"{base}/blobs/uploads/",
+            params={"digest": sha256(blob)},
+            data=blob,
+            headers=headers,
+            timeout=30,
+        )
+        if r.status_code != 201:
+            return r
+    return requests.put(
+        f"{base}/manifests/{tag}",
+        data=image.manifest,
+        headers={**headers, "Content-Type": OCI_MANIFEST},
+        timeout=30,
+    )
+
+
+def all_rows(registry: MoorageServer) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table: for checking that a refused request changed nothing."""
+    con = sqlite3.connect(registry.data_dir / "metadata.db")
+    try:
+        tables = [
+            name
+            for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if name != "alembic_version"
+        ]
+        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+    finally:
+        con.close()

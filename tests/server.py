@@ -40,7 +40,24 @@ def ensure_region_hosts() -> None:
             f.write(f"\n127.0.0.1 {REGION_HOSTS}\n")
 
 
+def tls_init(directory: Path, *extra: str) -> Path:
+    """``moorage tls init`` into ``directory`` (CA reused when present); returns it."""
+    result = subprocess.run(
+        [str(MOORAGE), "tls", "init", "--dir", str(directory), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
 class MoorageServer:
+    """``tls``: a directory as ``moorage tls init`` writes it (ca.crt,
+    server.crt, server.key); the server then speaks only HTTPS. Without
+    server.crt there, ``extra_args`` name the certificates and the directory
+    only gives the CA."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -48,15 +65,30 @@ class MoorageServer:
         extra_args: tuple[str, ...] = (),
         auth: str = "none",
         env: dict[str, str] | None = None,
+        tls: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = extra_args
         self.auth = auth
         self.env = env or {}
+        self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.stdout_path = log_path.with_suffix(".stdout")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.tls / "ca.crt" if self.tls else None
+
+    @property
+    def verify(self) -> str | bool:
+        """What requests' ``verify`` needs for this server."""
+        return str(self.ca_file) if self.ca_file else True
 
     def host_for(self, domain: str) -> str:
         return f"{domain}:{self.port}"
@@ -67,10 +99,15 @@ class MoorageServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def start(self) -> MoorageServer:
         log = self.log_path.open("ab")
+        tls_args = (
+            ["--tls-cert", str(self.tls / "server.crt"), "--tls-key", str(self.tls / "server.key")]
+            if self.tls and (self.tls / "server.crt").exists()
+            else []
+        )
         self.process = subprocess.Popen(
             [
                 str(MOORAGE),
@@ -81,6 +118,7 @@ class MoorageServer:
                 str(self.port),
                 "--data",
                 str(self.data_dir),
+                *tls_args,
                 *self.extra_args,
             ],
             stdout=self.stdout_path.open("ab"),
@@ -93,7 +131,15 @@ class MoorageServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"moorage exited early; see {self.log_path}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                # The server closes this connection at once: one left for the
+                # client's garbage collector would count against the limits.
+                health = requests.get(
+                    f"{self.url}/health",
+                    timeout=1,
+                    verify=self.verify,
+                    headers={"Connection": "close"},
+                )
+                if health.status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass
@@ -112,6 +158,10 @@ class MoorageServer:
             code = self.process.wait()
         self.process = None
         return code
+
+    def send_signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
 
     def kill9(self) -> None:
         """SIGKILL to the supervisor and the worker alike: a crash, not a shutdown."""

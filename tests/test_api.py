@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import requests
 
-from tests.helpers import error_code, push_blob, push_image, put_manifest, simple_manifest
+from tests.helpers import error_code, push_blob, push_image, put_manifest, simple_manifest, wait_for
 from tests.oci_layout import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, descriptor, make_image, sha256
 from tests.server import MoorageServer
 
@@ -475,7 +475,14 @@ def test_access_log_is_structured_and_keeps_credentials_out(registry: MoorageSer
         timeout=5,
     )
     push_blob(registry, "log/check", b"hello")
-    entries = registry.access_log()
+    # A request's log line is written after its reply: wait for the POST's.
+    entries = wait_for(
+        lambda: (
+            [e for e in registry.access_log() if e["method"] == "POST"] and registry.access_log()
+        ),
+        10,
+        "the POST in the access log",
+    )
     posts = [e for e in entries if e["method"] == "POST"]
     assert posts and posts[-1]["repository"] == "log/check" and posts[-1]["status"] == 201
     assert posts[-1]["bytes_in"] == 5

@@ -12,7 +12,8 @@ from moorage.auth.keys import KeyRing
 from moorage.auth.tokens import InvalidToken, Scope, parse_scopes
 from moorage.config import ConfigError, load_settings
 from moorage.iam.roles import Grant, RoleError, allowed_actions, parse_roles
-from moorage.regions import RegionMap, UnknownDomain
+from moorage.regions import MalformedHost, RegionMap, UnknownDomain
+from tests.helpers import wait_for
 
 
 def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
@@ -24,7 +25,8 @@ def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     assert ring.current() is first  # not due yet
 
     ring.rotate_after = 0.0
-    time.sleep(1.1)
+    # Keys are dated to the second: the next one must be of a later second.
+    wait_for(lambda: int(time.time()) > first.created, 5, "the next second")
     second = ring.current()
     assert second.kid != first.kid
     assert {k["kid"] for k in ring.jwks()["keys"]} == {first.kid, second.kid}
@@ -34,7 +36,7 @@ def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     assert other.public_key(second.kid) is not None
 
     ring.retain = 0.0
-    time.sleep(1.1)
+    wait_for(lambda: int(time.time()) > second.created, 5, "the next second")
     third = ring.current()
     assert ring.public_key(first.kid) is None  # retired: its tokens no longer verify
     assert ring.public_key(third.kid) is not None
@@ -87,9 +89,29 @@ def test_regions_by_host() -> None:
     assert regions.resolve("127.0.0.1:5000").region.is_global
     assert regions.resolve("[::1]:5000").region.is_global
     assert regions.resolve("JP.EXAMPLE.TEST").region.name == "jp-tok"
-    for unknown in ("evil.test", "", "us.example.test.evil"):
+    assert regions.resolve("us.example.test.").region.name == "us-south"
+    for unknown in ("evil.test", "us.example.test.evil", "[::2]:5000", "127.0.0.2"):
         with pytest.raises(UnknownDomain):
             regions.resolve(unknown)
+    for malformed in (
+        None,
+        "",
+        "us.example.test:@evil.test",
+        "us.example.test:5000@evil.test",
+        "user@us.example.test",
+        "us.example.test/evil",
+        "us.example.test:",
+        "us.example.test:0",
+        "us.example.test:65536",
+        "us.example.test:+80",
+        "us.example.test:5000:5000",
+        "::1",
+        "[::1",
+        "us.example.test evil.test",
+        "us.example.\u017ftest",  # a non-ASCII letter
+    ):
+        with pytest.raises(MalformedHost):
+            regions.resolve(malformed)
 
 
 def test_custom_regions_in_the_config_file(tmp_path: Path) -> None:

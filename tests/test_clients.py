@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import require_tool
+from tests.helpers import wait_for
 from tests.oci_layout import make_image, read_layout_blobs, sha256, write_layout
 from tests.server import MoorageServer
 
@@ -120,11 +121,20 @@ def test_crane_push_copy_pull_and_delete(registry: MoorageServer, tmp_path: Path
 
     # A copy to another repository mounts the blobs instead of uploading them again.
     run(crane, "copy", "--insecure", src, dst)
-    copy_requests = [e for e in registry.access_log() if e["repository"] == "other/crane-copy"]
-    mounts = [e for e in copy_requests if e["method"] == "POST" and e["status"] == 201]
-    assert len(mounts) == len(image.blob_digests)
+
+    def copy_requests() -> list[dict[str, object]]:
+        return [e for e in registry.access_log() if e["repository"] == "other/crane-copy"]
+
+    def mounts() -> list[dict[str, object]]:
+        return [e for e in copy_requests() if e["method"] == "POST" and e["status"] == 201]
+
+    # The log line of a request is written after its reply: wait for the last one.
+    wait_for(lambda: len(mounts()) >= len(image.blob_digests), 10, "the mounts in the log")
+    assert len(mounts()) == len(image.blob_digests)
     assert not [
-        e for e in copy_requests if e["method"] in ("PATCH", "PUT") and "/blobs/" in e["path"]
+        e
+        for e in copy_requests()
+        if e["method"] in ("PATCH", "PUT") and "/blobs/" in str(e["path"])
     ]
     assert assert_served_whole(registry, "other/crane-copy", "v1") == image.manifest_digest
 

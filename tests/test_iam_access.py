@@ -7,7 +7,6 @@ import os
 import sqlite3
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import require_tool
+from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, dockerconfigjson, skopeo
 from tests.oci_layout import make_image, write_layout
 from tests.server import MoorageServer, ensure_region_hosts
@@ -334,12 +334,16 @@ def test_expired_token_is_refused_but_an_upload_it_started_completes(
             f"http://{host}{location}", data=data[: 1 << 20], headers=bearer, timeout=5
         )
         assert r.status_code == 202
-        time.sleep(11)  # the token has expired (5 s, plus the verifier's 5 s leeway)
-        assert (
-            requests.get(
-                f"http://{host}/v2/slow/app/tags/list", headers=bearer, timeout=5
-            ).status_code
-            == 401
+        # Until the token has expired (5 s, plus the verifier's 5 s leeway).
+        wait_for(
+            lambda: (
+                requests.get(
+                    f"http://{host}/v2/slow/app/tags/list", headers=bearer, timeout=5
+                ).status_code
+                == 401
+            ),
+            30,
+            "the token to expire",
         )
         r = requests.patch(
             f"http://{host}{r.headers['Location']}", data=data[1 << 20 :], headers=bearer, timeout=5

@@ -4,11 +4,19 @@ and how the API reports errors."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
+
+
+def segment(value: str) -> str:
+    """One path segment of an API route: whatever a name holds ("/", "?", "..")
+    cannot reach another route."""
+    return quote(value, safe="")
 
 
 class ClientError(Exception):
@@ -22,17 +30,45 @@ class ClientError(Exception):
         self.status = status
 
 
+def tls_verification(ca_file: str | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for a CA file, which then replaces the system's
+    trusted roots (a private CA), or for True/False."""
+    if not isinstance(ca_file, str):
+        return ca_file
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ClientError(f"cannot use the CA file {ca_file}: {reason}") from None
+
+
+def unreachable(where: str, exc: httpx.HTTPError) -> str:
+    """One line on why ``where`` could not be reached, naming the fix for an
+    untrusted certificate."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return (
+            f"cannot verify the TLS certificate of {where}: pass --ca-file (or set "
+            "MOORAGE_CA_FILE) with the CA that issued it"
+        )
+    return f"cannot reach {where}: {type(exc).__name__}"
+
+
 @dataclass
 class ManagementClient:
     server: str
     apikey: str
     region: str = "us-south"
     verify: bool | str = True  # a CA bundle path for a private CA
+    account: str | None = None  # for a person in several accounts: the one to act in
 
     @property
     def port_suffix(self) -> str:
         port = urlsplit(self.server).port
         return f":{port}" if port else ""
+
+    @cached_property
+    def _verify(self) -> ssl.SSLContext | bool:
+        return tls_verification(self.verify)
 
     def request(self, method: str, path: str, body: Any = None, **params: str | None) -> Any:
         try:
@@ -42,11 +78,12 @@ class ManagementClient:
                 json=body,
                 params={k: v for k, v in params.items() if v is not None} or None,
                 auth=("iamapikey", self.apikey),
+                headers={"X-Moorage-Account": self.account} if self.account else None,
                 timeout=60,
-                verify=self.verify,
+                verify=self._verify,
             )
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach {self.server}: {type(exc).__name__}") from None
+            raise ClientError(unreachable(self.server, exc)) from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

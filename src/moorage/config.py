@@ -32,10 +32,40 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     shutdown_timeout: int = 30
+    # How clients reach the registry, "{domain}" standing for each region's
+    # domain, e.g. "https://{domain}:8443" behind a proxy. Default: the scheme
+    # this server speaks and its port.
+    public_url: str | None = None
+    # TLS: one certificate (tls_cert + tls_key), and/or a directory of
+    # <name>.crt + <name>.key pairs chosen by SNI.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_certs_dir: str | None = None
+    allow_insecure_http: bool = False  # plain HTTP on an address other than loopback
+    # Connection limits (seconds, counts); see docs/transport.md.
+    header_timeout: float = 20.0  # first byte of a request (or accept) to the end of its headers
+    idle_timeout: float = 60.0  # a keep-alive connection waiting for its next request
+    body_timeout: float = 60.0  # a request body that stops arriving
+    max_connections: int = 0  # 0: derived from the open-file limit
+    max_connections_per_client: int = 256  # 0: no limit (e.g. behind a proxy)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert or self.tls_certs_dir)
+
+    @property
+    def public_url_template(self) -> str:
+        """``public_url``, or the address this server answers on: https with
+        TLS, else http, and the port unless it is the scheme's default."""
+        if self.public_url:
+            return self.public_url
+        scheme, default_port = ("https", 443) if self.tls else ("http", 80)
+        port = "" if self.port == default_port else f":{self.port}"
+        return f"{scheme}://{{domain}}{port}"
 
 
 _FILE_KEYS = {
@@ -44,6 +74,16 @@ _FILE_KEYS = {
     ("server", "auth"): "auth",
     ("server", "shutdown_timeout"): "shutdown_timeout",
     ("server", "base_domain"): "base_domain",
+    ("server", "public_url"): "public_url",
+    ("server", "tls_cert"): "tls_cert",
+    ("server", "tls_key"): "tls_key",
+    ("server", "tls_certs_dir"): "tls_certs_dir",
+    ("server", "allow_insecure_http"): "allow_insecure_http",
+    ("server", "header_timeout"): "header_timeout",
+    ("server", "idle_timeout"): "idle_timeout",
+    ("server", "body_timeout"): "body_timeout",
+    ("server", "max_connections"): "max_connections",
+    ("server", "max_connections_per_client"): "max_connections_per_client",
     ("auth", "token_lifetime"): "token_lifetime",
     ("auth", "key_rotation"): "key_rotation",
     ("auth", "refresh_lifetime"): "refresh_lifetime",
@@ -65,6 +105,11 @@ _ENV_KEYS = {
     "MOORAGE_BASE_DOMAIN": "base_domain",
     "MOORAGE_AUTH": "auth",
     "MOORAGE_TOKEN_LIFETIME": "token_lifetime",
+    "MOORAGE_PUBLIC_URL": "public_url",
+    "MOORAGE_TLS_CERT": "tls_cert",
+    "MOORAGE_TLS_KEY": "tls_key",
+    "MOORAGE_TLS_CERTS_DIR": "tls_certs_dir",
+    "MOORAGE_ALLOW_INSECURE_HTTP": "allow_insecure_http",
 }
 
 
@@ -77,11 +122,34 @@ def _coerce(field: str, value: Any) -> Any:
     try:
         if kind == "int":
             return int(value)
+        if kind == "float":
+            return float(value)
         if kind == "bool":
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field} must be an integer, not {value!r}") from exc
+        noun = "an integer" if kind == "int" else "a number"
+        raise ConfigError(f"{field} must be {noun}, not {value!r}") from exc
     return str(value)
+
+
+_PUBLIC_URL = re.compile(r"(https?)://\{domain\}(?::([0-9]{1,5}))?/?")
+
+
+def _public_url(value: str) -> str:
+    """``scheme://{domain}[:port]``, normalised: each region's domain takes the
+    place of ``{domain}``, so one setting serves every regional domain."""
+    match = _PUBLIC_URL.fullmatch(value)
+    if match is None:
+        raise ConfigError(
+            f"public_url must look like https://{{domain}}:8443 ({{domain}} stands for each "
+            f"region's domain; no path), not {value!r}"
+        )
+    scheme, port = match.groups()
+    if port is not None and not 0 < int(port) < 65536:
+        raise ConfigError(f"the port in public_url must be between 1 and 65535, not {port}")
+    default = "443" if scheme == "https" else "80"
+    suffix = "" if port is None or str(int(port)) == default else f":{int(port)}"
+    return f"{scheme}://{{domain}}{suffix}"
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
@@ -125,7 +193,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if os.environ.get(variable):
             values[field] = _coerce(field, os.environ[variable])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("public_url"):
+        values["public_url"] = _public_url(values["public_url"])
     settings = Settings(**values)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both or neither")
+    for name in ("header_timeout", "idle_timeout", "body_timeout"):
+        if not 0 < getattr(settings, name) <= 3600:
+            raise ConfigError(f"{name} must be more than 0 and at most 3600 seconds")
+    if settings.max_connections < 0 or settings.max_connections_per_client < 0:
+        raise ConfigError("max_connections and max_connections_per_client must be 0 or more")
     if settings.auth not in ("token", "none"):
         raise ConfigError(f"unknown auth mode {settings.auth!r}: use 'token' or 'none'")
     if not 300 <= settings.refresh_lifetime <= 7 * 86400:

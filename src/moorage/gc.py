@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from moorage.config import Settings
+from moorage.datadir import restrict_umask
 from moorage.oci.digest import parse_digest
 from moorage.server import open_registry
 
@@ -34,6 +35,7 @@ class GcReport:
 def collect_garbage(
     settings: Settings, grace_seconds: int, dry_run: bool, upload_max_age: int = 7 * 86400
 ) -> GcReport:
+    restrict_umask()
     parts = open_registry(settings)
     metadata = parts.metadata
     store = parts.blobs.store

@@ -13,26 +13,35 @@ import shutil
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
 
 from moorage.auth.keys import KeyRing
+from moorage.auth.pullcheck import PullCheck
 from moorage.auth.ratelimit import FailureLimiter
-from moorage.auth.tokens import TokenService
-from moorage.config import Settings
+from moorage.auth.signin import SignIn
+from moorage.auth.tokens import TokenService, principal_of
+from moorage.config import ConfigError, Settings
+from moorage.datadir import prepare_data_dir, restrict_umask
 from moorage.http import RegistryApp
-from moorage.http.access import OpenAccess, TokenAccess
+from moorage.http.access import Identity, OpenAccess, TokenAccess
 from moorage.http.access_log import JsonAccessLogger
+from moorage.http.listener import GuardedSite, Limits, Listener
 from moorage.http.management import ManagementApi
 from moorage.http.token_endpoint import TokenEndpoint
+from moorage.iam.roles import PULL
 from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
 from moorage.iam.service import IamService
 from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
-from moorage.regions import Region, RegionMap
+from moorage.metadata.iam_store import IamStore
+from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
+from moorage.registry.namespaces import NamespaceService
 from moorage.storage import FilesystemBlobStore
+from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
 log = logging.getLogger("moorage")
 
@@ -52,28 +61,26 @@ class Components:
     manifests: ManifestService
     metadata: MetadataStore
     iam: IamService
+    namespaces: NamespaceService
     regions: RegionMap
 
 
 def open_registry(settings: Settings) -> Components:
     data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data)
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
     upgrade(engine)
     metadata = MetadataStore(engine)
     store = FilesystemBlobStore(data)
-    regions = (
-        RegionMap([Region(*r) for r in settings.regions])
-        if settings.regions
-        else RegionMap.default(settings.base_domain)
-    )
+    regions = regions_of(settings)
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
-    iam = IamService(engine, keeper, tuple(regions.regions), settings.service_id_limit)
+    iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
     return Components(
         BlobService(store, metadata),
         ManifestService(metadata, settings.max_manifest_bytes),
         metadata,
         iam,
+        NamespaceService(metadata, store),
         regions,
     )
 
@@ -122,7 +129,14 @@ def create_app(settings: Settings) -> RegistryApp:
             settings.host,
             settings.port,
         )
-        return RegistryApp(parts.blobs, parts.manifests, OpenAccess(), health, parts.regions)
+        return RegistryApp(
+            parts.blobs,
+            parts.manifests,
+            OpenAccess(),
+            health,
+            parts.regions,
+            encrypted=settings.tls,
+        )
 
     _bootstrap(parts.iam, settings)
     keys = KeyRing(data / "keys", rotate_after=settings.key_rotation, retain=2 * 86400)
@@ -133,46 +147,140 @@ def create_app(settings: Settings) -> RegistryApp:
         refresh_lifetime=settings.refresh_lifetime,
     )
     iam = parts.iam
-    limiter = FailureLimiter()
+    signin = SignIn(iam, FailureLimiter(), refresh=tokens.principal_from_refresh)
+
+    async def catalog_scope(identity: Identity, region: str) -> list[str]:
+        principal = principal_of(identity.claims or {})
+        if principal is None:
+            return []
+        allowed = await asyncio.to_thread(iam.namespaces_allowing, principal, region, PULL)
+        return [n.name for n in allowed]
+
     return RegistryApp(
         parts.blobs,
         parts.manifests,
-        TokenAccess(tokens),
+        TokenAccess(tokens, PublicUrl(settings.public_url_template), parts.namespaces.owner),
         health,
         parts.regions,
-        token_endpoint=TokenEndpoint(tokens, iam, limiter),
+        token_endpoint=TokenEndpoint(tokens, signin),
         jwks=keys.jwks,
-        namespaces_of=lambda account, region: [n.name for n in iam.namespaces(account, region)],
-        management=ManagementApi(iam, parts.manifests, parts.regions, limiter),
+        catalog_scope=catalog_scope,
+        management=ManagementApi(
+            iam,
+            parts.manifests,
+            parts.namespaces,
+            parts.regions,
+            signin,
+            PullCheck(signin, tokens, iam, parts.regions),
+        ),
+        encrypted=settings.tls,
+    )
+
+
+def regions_of(settings: Settings) -> RegionMap:
+    if settings.regions:
+        return RegionMap([Region(*r) for r in settings.regions], extra_global_hosts=LOOPBACK_HOSTS)
+    return RegionMap.default(settings.base_domain)
+
+
+def server_certificates(settings: Settings, regions: RegionMap) -> ServerCertificates | None:
+    """The certificates for every configured domain, or None without TLS;
+    raises CertificateError when a domain has none."""
+    if not settings.tls:
+        return None
+    files = TlsFiles(
+        Path(settings.tls_cert) if settings.tls_cert else None,
+        Path(settings.tls_key) if settings.tls_key else None,
+        Path(settings.tls_certs_dir) if settings.tls_certs_dir else None,
+    )
+    domains = [r.domain for r in regions.regions.values()] + [
+        r.legacy_domain for r in regions.regions.values() if r.legacy_domain
+    ]
+    default = regions.regions[GLOBAL].domain if GLOBAL in regions.regions else domains[0]
+    return ServerCertificates(files, domains, default)
+
+
+def check_transport(settings: Settings) -> None:
+    """Plain HTTP only on loopback, unless asked for in so many words."""
+    if settings.tls or is_loopback(settings.host):
+        return
+    if not settings.allow_insecure_http:
+        raise ConfigError(
+            f"refusing to serve plain HTTP on {settings.host or 'every address'}: configure "
+            "tls_cert and tls_key (`moorage tls init` makes them) or pass --insecure-http"
+        )
+    log.warning(
+        "serving plain HTTP on %s (--insecure-http): API keys, passwords and tokens "
+        "cross the network readable by anyone on the path",
+        settings.host,
     )
 
 
 def serve(settings: Settings) -> None:
+    restrict_umask()
     configure_logging(settings.log_level, settings.access_log)
-    asyncio.run(_serve(settings, create_app(settings)))
+    check_transport(settings)
+    certificates = server_certificates(settings, regions_of(settings))
+    asyncio.run(_serve(settings, create_app(settings), certificates))
 
 
-async def _serve(settings: Settings, registry: RegistryApp) -> None:
+async def _reload(certificates: ServerCertificates) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, certificates.reload)
+    except Exception as exc:  # whatever went wrong, the current certificates stay
+        log.error("SIGHUP: kept the current TLS certificates: %s", exc)
+        return
+    log.info(
+        "SIGHUP: reloaded TLS certificates: %s",
+        "; ".join(f"{c.source} until {c.not_after:%Y-%m-%d}" for c in certificates.certificates),
+    )
+
+
+async def _serve(
+    settings: Settings, registry: RegistryApp, certificates: ServerCertificates | None = None
+) -> None:
+    handler_args: dict[str, Any] = {
+        "access_log": logging.getLogger("moorage.access"),
+        "access_log_class": JsonAccessLogger,
+    }
     runner = web.AppRunner(
         registry.build(),
         handle_signals=False,
-        access_log=logging.getLogger("moorage.access"),
-        access_log_class=JsonAccessLogger,
         shutdown_timeout=settings.shutdown_timeout,
+        **handler_args,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    assert runner.server is not None
+    limits = Limits(
+        header_timeout=settings.header_timeout,
+        idle_timeout=settings.idle_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
+    listener = Listener(runner.server, limits, handler_args, certificates)
+    site = GuardedSite(runner, listener, settings.host, settings.port)
     await site.start()
     log.info(
-        "moorage serving on http://%s:%s, data in %s",
-        settings.host,
-        settings.port,
+        "moorage serving on %s, data in %s; at most %d connections, %s per client",
+        site.name,
         settings.data_path,
+        listener.max_connections,
+        limits.max_connections_per_client or "any number",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+    if certificates is not None:
+
+        def reload() -> None:
+            task = loop.create_task(_reload(certificates))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
 
     # Graceful stop: refuse new connections, let requests in flight (uploads

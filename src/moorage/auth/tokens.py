@@ -17,15 +17,16 @@ from typing import Any
 import jwt
 
 from moorage.auth.keys import KeyRing
-from moorage.iam.roles import DELETE, LIST, PULL, PUSH, REGISTRY, allowed_actions
+from moorage.iam.roles import DELETE, LIST, PULL, PUSH, REGISTRY
 from moorage.iam.service import IamService, Principal
+from moorage.metadata.iam_store import SubjectKind
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import Target
 
 ISSUER = "moorage"
 LEEWAY = 5  # seconds of clock skew tolerated
 VERIFIED_CACHE_SIZE = 10_000
-_SCOPE = re.compile(r"^([a-z0-9]+)(?:\([a-z0-9]+\))?:(.+):([a-z*,]*)$")
+_SCOPE = re.compile(r"^([a-z0-9]+)(?:\([a-z0-9]+\))?:(.+):([a-z*,]*)\Z")
 REGISTRY_ACTIONS = {PULL: PULL, PUSH: PUSH, DELETE: DELETE}
 
 
@@ -107,13 +108,29 @@ class TokenService:
             granted: set[str] = set()
             if owner is not None and region.is_global:
                 granted.add(PULL)  # the global registry's namespaces are public
-            if principal is not None and owner == principal.account_id:
-                allowed = allowed_actions(grants, REGISTRY, region.name, namespace)
+            if principal is not None:
+                allowed = self.iam.registry_actions(
+                    principal, region.name, namespace, owner, grants
+                )
                 granted |= {a for a, needs in REGISTRY_ACTIONS.items() if needs in allowed}
             actions = sorted(granted & wanted)
             if actions:
                 access.append({"type": "repository", "name": scope.name, "actions": actions})
         return access
+
+    def reauthorize(
+        self, claims: dict[str, Any], target: Target, repository: str, actions: tuple[str, ...]
+    ) -> bool:
+        """Whether the principal a token was issued to may still do ``actions`` on
+        ``repository`` right now: it exists, its credential is neither locked nor
+        deleted, and IAM still grants the actions. For the rare request that
+        leans on an upload session rather than on its token (a push that outlived
+        its token); ordinary requests trust the token until it expires."""
+        principal = principal_of(claims)
+        if principal is None or not self.iam.credential_active(principal):
+            return False
+        granted = self.grant(principal, target, [Scope("repository", repository, actions)])
+        return bool(granted) and set(actions) <= set(granted[0]["actions"])
 
     # -- issuing -------------------------------------------------------------
 
@@ -136,7 +153,7 @@ class TokenService:
             "access": self.grant(principal, target, scopes),
         }
         if principal is not None:
-            claims["acct"] = principal.account_id
+            claims.update(principal_claims(principal))
         token = self._sign(claims)
         reply: dict[str, Any] = {
             "token": token,
@@ -154,30 +171,20 @@ class TokenService:
                     "iat": now,
                     "exp": now + self.refresh_lifetime,
                     "jti": uuid.uuid4().hex,
-                    "acct": principal.account_id,
-                    "kind": principal.kind,
-                    "cred": principal.credential_id,
-                    "rw": principal.readwrite,
-                    "region": principal.region,
+                    **principal_claims(principal),
                 }
             )
         return reply
 
-    def principal_from_refresh(self, token: str, target: Target) -> Principal:
+    def principal_from_refresh(self, token: str, audience: str) -> Principal | None:
         """The principal a refresh token stands for, if its credential still works."""
-        claims = self.verify(token, target.service)
-        if claims.get("typ") != "refresh":
-            raise InvalidToken("not a refresh token")
-        principal = Principal(
-            claims["acct"],
-            claims["kind"],
-            claims["sub"],
-            claims.get("cred"),
-            bool(claims.get("rw")),
-            claims.get("region"),
-        )
-        if not self.iam.credential_active(principal):
-            raise InvalidToken("the credential behind this refresh token is locked or deleted")
+        try:
+            claims = self.verify(token, audience)
+        except InvalidToken:
+            return None
+        principal = principal_of(claims) if claims.get("typ") == "refresh" else None
+        if principal is None or not self.iam.credential_active(principal):
+            return None
         return principal
 
     # -- verifying -----------------------------------------------------------
@@ -211,3 +218,29 @@ class TokenService:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from exc
+
+
+def principal_claims(principal: Principal) -> dict[str, Any]:
+    """What a token says of the principal it was issued to: enough to check
+    again later whether that principal still exists and may act."""
+    return {
+        "kind": principal.kind.value,
+        "accts": sorted(principal.accounts),
+        "cred": principal.credential_id,
+        "rw": principal.readwrite,
+        "region": principal.region,
+    }
+
+
+def principal_of(claims: dict[str, Any]) -> Principal | None:
+    try:
+        return Principal(
+            SubjectKind(claims["kind"]),
+            str(claims["sub"]),
+            frozenset(str(a) for a in claims["accts"]),
+            claims.get("cred"),
+            bool(claims.get("rw")),
+            claims.get("region"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

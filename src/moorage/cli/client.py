@@ -45,11 +45,14 @@ def save_profile(profile: dict[str, Any]) -> None:
 
 
 class Connection(ManagementClient):
-    """The CLI's connection: flags beat ``MOORAGE_SERVER``/``MOORAGE_APIKEY``,
-    which beat the login profile."""
+    """The CLI's connection: flags beat ``MOORAGE_SERVER``/``MOORAGE_APIKEY``/
+    ``MOORAGE_CA_FILE``, which beat the login profile. A CA file replaces the
+    system's trusted roots for this server (a private CA)."""
 
     @classmethod
-    def resolve(cls, server: str | None = None, apikey: str | None = None) -> Connection:
+    def resolve(
+        cls, server: str | None = None, apikey: str | None = None, ca_file: str | None = None
+    ) -> Connection:
         profile = load_profile()
         server = server or os.environ.get("MOORAGE_SERVER") or profile.get("server")
         apikey = apikey or os.environ.get("MOORAGE_APIKEY") or profile.get("apikey")
@@ -58,4 +61,6 @@ class Connection(ManagementClient):
         if not apikey:
             raise CliError("no API key: pass --apikey, set MOORAGE_APIKEY or run `moorage login`")
         region = os.environ.get("MOORAGE_REGION") or profile.get("region") or "us-south"
-        return cls(server.rstrip("/"), apikey, region)
+        account = os.environ.get("MOORAGE_ACCOUNT") or profile.get("account")
+        ca = ca_file or os.environ.get("MOORAGE_CA_FILE") or profile.get("ca_file")
+        return cls(server.rstrip("/"), apikey, region, verify=ca or True, account=account)

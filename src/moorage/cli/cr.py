@@ -18,6 +18,7 @@ from moorage.cli.client import (
     write_private_json,
 )
 from moorage.cli.output import OutputOption, emit
+from moorage.client import segment
 
 app = typer.Typer(no_args_is_help=True, help="Registry namespaces, images and registry tokens.")
 
@@ -133,7 +134,7 @@ def namespace_rm(
     connection = Connection.resolve(server, apikey)
     if not force:
         typer.confirm(f"Remove namespace '{name}' and all images in it?", abort=True)
-    connection.request("DELETE", f"/cr/{connection.region}/namespaces/{name}")
+    connection.request("DELETE", f"/cr/{connection.region}/namespaces/{segment(name)}")
     typer.echo(f"Successfully removed namespace '{name}'")
 
 
@@ -250,7 +251,9 @@ def token_list(
 def token_get(token_id: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
     """Print a registry token's value."""
     connection = Connection.resolve(server, apikey)
-    typer.echo(connection.request("GET", f"/cr/{connection.region}/tokens/{token_id}")["token"])
+    typer.echo(
+        connection.request("GET", f"/cr/{connection.region}/tokens/{segment(token_id)}")["token"]
+    )
 
 
 @app.command("token-rm")
@@ -261,5 +264,5 @@ def token_rm(
     connection = Connection.resolve(server, apikey)
     if not force:
         typer.confirm(f"Remove token {token_id}?", abort=True)
-    connection.request("DELETE", f"/cr/{connection.region}/tokens/{token_id}")
+    connection.request("DELETE", f"/cr/{connection.region}/tokens/{segment(token_id)}")
     typer.echo(f"Removed token {token_id}")

@@ -6,14 +6,20 @@ from typing import Annotated
 
 import typer
 
-from moorage.cli.client import Connection
+from moorage.cli.client import CliError, Connection
 from moorage.cli.output import OutputOption, emit
+from moorage.client import segment
 
 app = typer.Typer(no_args_is_help=True, help="Users, service IDs, API keys and policies.")
 
 ServerOption = Annotated[str | None, typer.Option("--server", help="Moorage server URL")]
 KeyOption = Annotated[str | None, typer.Option("--apikey", help="API key to sign in with")]
 Description = Annotated[str, typer.Option("--description", "-d")]
+NewName = Annotated[str | None, typer.Option("--name", "-n", help="The new name")]
+NewDescription = Annotated[
+    str | None, typer.Option("--description", "-d", help="The new description")
+]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Do not ask for confirmation")]
 SERVICE_ID_COLUMNS = [
     ("name", "NAME"),
     ("id", "ID"),
@@ -107,7 +113,11 @@ def service_id(
     ref: str, output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
 ) -> None:
     """Show one service ID (by name or ID)."""
-    emit(Connection.resolve(server, apikey).request("GET", f"/iam/service-ids/{ref}"), None, output)
+    emit(
+        Connection.resolve(server, apikey).request("GET", f"/iam/service-ids/{segment(ref)}"),
+        None,
+        output,
+    )
 
 
 @app.command("service-id-delete")
@@ -120,7 +130,7 @@ def service_id_delete(
     """Delete a service ID, its API keys and its policies."""
     if not force:
         typer.confirm(f"Delete service ID {ref}?", abort=True)
-    Connection.resolve(server, apikey).request("DELETE", f"/iam/service-ids/{ref}")
+    Connection.resolve(server, apikey).request("DELETE", f"/iam/service-ids/{segment(ref)}")
     typer.echo(f"Service ID {ref} deleted")
 
 
@@ -138,7 +148,7 @@ def service_policy_create(
 ) -> None:
     """Give a service ID roles on a service, optionally scoped to a region and namespace."""
     _create_policy(
-        f"/iam/service-ids/{service_id}/policies",
+        f"/iam/service-ids/{segment(service_id)}/policies",
         server,
         apikey,
         output,
@@ -160,7 +170,7 @@ def service_policies(
     """List the policies of a service ID."""
     emit(
         Connection.resolve(server, apikey).request(
-            "GET", f"/iam/service-ids/{service_id}/policies"
+            "GET", f"/iam/service-ids/{segment(service_id)}/policies"
         ),
         POLICY_COLUMNS,
         output,
@@ -179,7 +189,7 @@ def service_api_key_create(
     """Create an API key for a service ID; the key is shown this one time."""
     created = Connection.resolve(server, apikey).request(
         "POST",
-        f"/iam/service-ids/{service_id}/api-keys",
+        f"/iam/service-ids/{segment(service_id)}/api-keys",
         {"name": name, "description": description},
     )
     _show_key(created, output)
@@ -195,7 +205,7 @@ def service_api_keys(
     """List the API keys of a service ID."""
     emit(
         Connection.resolve(server, apikey).request(
-            "GET", f"/iam/service-ids/{service_id}/api-keys"
+            "GET", f"/iam/service-ids/{segment(service_id)}/api-keys"
         ),
         KEY_COLUMNS,
         output,
@@ -225,31 +235,135 @@ def api_keys(
     emit(Connection.resolve(server, apikey).request("GET", "/iam/api-keys"), KEY_COLUMNS, output)
 
 
-def _key_action(action: str, ref: str, server: str | None, apikey: str | None) -> None:
+def _key_action(action: str, path: str, ref: str, server: str | None, apikey: str | None) -> None:
     connection = Connection.resolve(server, apikey)
     if action == "delete":
-        connection.request("DELETE", f"/iam/api-keys/{ref}")
+        connection.request("DELETE", path)
     else:
-        connection.request("POST", f"/iam/api-keys/{ref}/{action}")
+        connection.request("POST", f"{path}/{action}")
     typer.echo(f"API key {ref} {action}{'d' if action.endswith('e') else 'ed'}")
+
+
+def _own_key(ref: str) -> str:
+    return f"/iam/api-keys/{segment(ref)}"
+
+
+def _service_key(name: str, service_id: str) -> str:
+    return f"/iam/service-ids/{segment(service_id)}/api-keys/{segment(name)}"
+
+
+def _update_key(
+    path: str,
+    new_name: str | None,
+    description: str | None,
+    output: str,
+    server: str | None,
+    apikey: str | None,
+) -> None:
+    if new_name is None and description is None:
+        raise CliError("give --name or --description to change")
+    body = {k: v for k, v in (("name", new_name), ("description", description)) if v is not None}
+    emit(Connection.resolve(server, apikey).request("PATCH", path, body), None, output)
+
+
+@app.command("api-key")
+def api_key(
+    ref: str, output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Show one API key of yours (by name or ID)."""
+    emit(Connection.resolve(server, apikey).request("GET", _own_key(ref)), None, output)
+
+
+@app.command("api-key-update")
+def api_key_update(
+    ref: str,
+    new_name: NewName = None,
+    description: NewDescription = None,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Rename one of your API keys or change its description."""
+    _update_key(_own_key(ref), new_name, description, output, server, apikey)
 
 
 @app.command("api-key-lock")
 def api_key_lock(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
     """Lock an API key: it is refused from the next sign-in on."""
-    _key_action("lock", ref, server, apikey)
+    _key_action("lock", _own_key(ref), ref, server, apikey)
 
 
 @app.command("api-key-unlock")
 def api_key_unlock(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
-    """Unlock an API key."""
-    _key_action("unlock", ref, server, apikey)
+    """Unlock an API key. One an administrator locked only an administrator unlocks."""
+    _key_action("unlock", _own_key(ref), ref, server, apikey)
 
 
 @app.command("api-key-delete")
-def api_key_delete(ref: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+def api_key_delete(
+    ref: str, force: Force = False, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
     """Delete an API key."""
-    _key_action("delete", ref, server, apikey)
+    if not force:
+        typer.confirm(f"Delete API key {ref}?", abort=True)
+    _key_action("delete", _own_key(ref), ref, server, apikey)
+
+
+@app.command("service-api-key")
+def service_api_key(
+    name: str,
+    service_id: str,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Show one API key of a service ID (by name or ID)."""
+    connection = Connection.resolve(server, apikey)
+    emit(connection.request("GET", _service_key(name, service_id)), None, output)
+
+
+@app.command("service-api-key-update")
+def service_api_key_update(
+    name: str,
+    service_id: str,
+    new_name: NewName = None,
+    description: NewDescription = None,
+    output: str = OutputOption,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Rename an API key of a service ID or change its description."""
+    _update_key(_service_key(name, service_id), new_name, description, output, server, apikey)
+
+
+@app.command("service-api-key-lock")
+def service_api_key_lock(
+    name: str, service_id: str, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Lock an API key of a service ID: it is refused from the next sign-in on."""
+    _key_action("lock", _service_key(name, service_id), name, server, apikey)
+
+
+@app.command("service-api-key-unlock")
+def service_api_key_unlock(
+    name: str, service_id: str, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Unlock an API key of a service ID."""
+    _key_action("unlock", _service_key(name, service_id), name, server, apikey)
+
+
+@app.command("service-api-key-delete")
+def service_api_key_delete(
+    name: str,
+    service_id: str,
+    force: Force = False,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Delete an API key of a service ID."""
+    if not force:
+        typer.confirm(f"Delete API key {name} of service ID {service_id}?", abort=True)
+    _key_action("delete", _service_key(name, service_id), name, server, apikey)
 
 
 @app.command("user-create")
@@ -282,6 +396,17 @@ def users(
     )
 
 
+@app.command("user-remove")
+def user_remove(
+    email: str, force: Force = False, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """Remove a user from the account, with the user's API keys and policies in it."""
+    if not force:
+        typer.confirm(f"Remove {email} from the account?", abort=True)
+    Connection.resolve(server, apikey).request("DELETE", f"/iam/users/{segment(email)}")
+    typer.echo(f"User {email} removed from the account")
+
+
 @app.command("user-policy-create")
 def user_policy_create(
     email: str,
@@ -296,7 +421,7 @@ def user_policy_create(
 ) -> None:
     """Give a user roles on a service."""
     _create_policy(
-        f"/iam/users/{email}/policies",
+        f"/iam/users/{segment(email)}/policies",
         server,
         apikey,
         output,
@@ -314,7 +439,7 @@ def user_policies(
 ) -> None:
     """List the policies of a user."""
     emit(
-        Connection.resolve(server, apikey).request("GET", f"/iam/users/{email}/policies"),
+        Connection.resolve(server, apikey).request("GET", f"/iam/users/{segment(email)}/policies"),
         POLICY_COLUMNS,
         output,
     )
@@ -323,7 +448,7 @@ def user_policies(
 @app.command("policy-delete")
 def policy_delete(policy_id: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
     """Delete a policy by its ID."""
-    Connection.resolve(server, apikey).request("DELETE", f"/iam/policies/{policy_id}")
+    Connection.resolve(server, apikey).request("DELETE", f"/iam/policies/{segment(policy_id)}")
     typer.echo(f"Policy {policy_id} deleted")
 
 

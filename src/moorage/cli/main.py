@@ -11,6 +11,7 @@ import typer
 from moorage.cli import cr as cr_commands
 from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
+from moorage.cli import tls as tls_commands
 from moorage.cli.client import CliError, Connection, load_profile, save_profile
 from moorage.config import ConfigError, load_settings
 
@@ -18,22 +19,36 @@ app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private con
 app.add_typer(iam_commands.app, name="iam")
 app.add_typer(cr_commands.app, name="cr")
 app.add_typer(ks_commands.app, name="ks")
+app.add_typer(tls_commands.app, name="tls")
 
 
 @app.command()
 def login(
-    server: Annotated[str, typer.Option("--server", help="e.g. http://localhost:5000")],
+    server: Annotated[str, typer.Option("--server", help="e.g. https://localhost:5000")],
     apikey: Annotated[str, typer.Option("--apikey", prompt=True, hide_input=True)],
     region: Annotated[str | None, typer.Option("--region")] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            envvar="MOORAGE_CA_FILE",
+            help="CA certificate to trust for this server (e.g. the ca.crt of `moorage tls init`)",
+        ),
+    ] = None,
 ) -> None:
-    """Remember a server, an API key and a region in the login profile."""
-    connection = Connection.resolve(server, apikey)
+    """Remember a server, an API key, a region and a CA in the login profile."""
+    ca = str(ca_file.resolve()) if ca_file else None
+    if ca is not None and not Path(ca).is_file():
+        raise CliError(f"--ca-file {ca_file}: no such file")
+    connection = Connection.resolve(server, apikey, ca)
     me = connection.request("GET", "/iam/me")
     profile = {
         "server": connection.server,
         "apikey": apikey,
         "region": region or load_profile().get("region") or "us-south",
     }
+    if ca is not None:
+        profile["ca_file"] = ca
     save_profile(profile)
     typer.echo(
         f"Logged in to {connection.server} as {me['id']} (account {me['account_id']}), "
@@ -63,18 +78,46 @@ def serve(
         str | None,
         typer.Option(help="'token' (default) or 'none', which opens the registry to all"),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Certificate (PEM, chain after the leaf)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key")] = None,
+    tls_certs_dir: Annotated[
+        Path | None,
+        typer.Option("--tls-certs-dir", help="Directory of <name>.crt + <name>.key, chosen by SNI"),
+    ] = None,
+    insecure_http: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-http",
+            help="Allow plain HTTP on an address other than loopback",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the registry."""
     from moorage.server import serve as run
 
     try:
         settings = load_settings(
-            config, host=host, port=port, data_dir=str(data) if data else None, auth=auth
+            config,
+            host=host,
+            port=port,
+            data_dir=str(data) if data else None,
+            auth=auth,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
+            tls_certs_dir=str(tls_certs_dir) if tls_certs_dir else None,
+            allow_insecure_http=insecure_http,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # found while starting: data directory, certificates
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -97,9 +140,13 @@ def gc(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    report = collect_garbage(
-        settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
-    )
+    try:
+        report = collect_garbage(
+            settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(report.summary())
 
 

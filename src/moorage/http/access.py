@@ -7,13 +7,15 @@ server says so in its log."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from moorage.auth.tokens import InvalidToken, TokenService
 from moorage.http.request import Request
-from moorage.regions import Target
+from moorage.regions import PublicUrl, Target
 from moorage.registry.errors import Unauthorized
 
 PULL = "pull"
@@ -28,15 +30,18 @@ UPLOAD_GRACE = 24 * 3600
 @dataclass(frozen=True)
 class Identity:
     subject: str | None  # None: anonymous or open access
-    account: str | None
+    claims: dict[str, Any] | None = None  # the verified token's, for decisions made later
     unrestricted: bool = False  # open access: no account filter applies
+    # The account that owns the repository's namespace, as the decision found it:
+    # writes commit only if it still does.
+    account: str | None = None
 
 
 class AccessPolicy(Protocol):
     # Whether check() wants the owner of an upload session (a database look-up).
     binds_uploads: bool
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -52,7 +57,7 @@ class OpenAccess:
 
     binds_uploads = False
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -60,25 +65,38 @@ class OpenAccess:
         actions: tuple[str, ...],
         session_owner: str | None = None,
     ) -> Identity:
-        return Identity(None, None, unrestricted=True)
+        return Identity(None, unrestricted=True)
 
 
 class TokenAccess:
+    """``owner_of(region, namespace)`` is the account that owns a namespace now. A
+    token's grant on a repository holds only while one of the accounts it was
+    issued for still owns the namespace: a namespace removed, and perhaps claimed
+    by another account, voids every earlier grant on it."""
+
     binds_uploads = True
 
-    def __init__(self, tokens: TokenService) -> None:
+    def __init__(
+        self,
+        tokens: TokenService,
+        public_url: PublicUrl,
+        owner_of: Callable[[str, str], str | None],
+    ) -> None:
         self.tokens = tokens
+        self.public_url = public_url
+        self.owner_of = owner_of
 
-    @staticmethod
     def challenge(
+        self,
         request: Request,
         target: Target,
         repository: str | None,
         actions: tuple[str, ...],
         error: str | None = None,
     ) -> Unauthorized:
-        realm = f"{request.scheme}://{request.host}/oauth/token"
-        parts = [f'realm="{realm}"', f'service="{target.service}"']
+        # The realm comes from configuration: a client is never sent where its
+        # (or an attacker's) Host header pointed.
+        parts = [f'realm="{self.public_url.realm(target)}"', f'service="{target.service}"']
         if repository is not None and actions:
             parts.append(f'scope="repository:{repository}:{",".join(actions)}"')
         elif actions == (CATALOG,):
@@ -96,7 +114,7 @@ class TokenAccess:
             headers={"WWW-Authenticate": "Bearer " + ",".join(parts)},
         )
 
-    def check(
+    async def check(
         self,
         request: Request,
         target: Target,
@@ -108,24 +126,53 @@ class TokenAccess:
         if scheme.lower() != "bearer" or not token.strip():
             raise self.challenge(request, target, repository, actions)
         token = token.strip()
+        expired = False
         try:
             claims = self.tokens.verify(token, target.service)
         except InvalidToken:
-            expired = self._expired_session_token(token, target, session_owner)
-            if expired is None:
+            session_claims = self._session_token(token, target, session_owner)
+            if session_claims is None:
                 raise self.challenge(
                     request, target, repository, actions, "invalid_token"
                 ) from None
-            return _identity(expired)
-        if _grants(claims, repository, actions) or (
-            session_owner is not None and claims.get("sub") == session_owner
+            claims, expired = session_claims, True
+        if claims.get("typ") == "refresh":  # a credential for the token endpoint only
+            raise self.challenge(request, target, repository, actions, "invalid_token")
+        account = None
+        if repository is not None:
+            owner = self.owner_of(target.region.name, repository.split("/", 1)[0])
+            public = target.region.is_global and owner is not None and set(actions) <= {PULL}
+            if not public:
+                if owner is None or owner not in (claims.get("accts") or ()):
+                    error = "invalid_token" if expired else "insufficient_scope"
+                    raise self.challenge(request, target, repository, actions, error)
+                account = owner
+        if not expired and _grants(claims, repository, actions):
+            return _identity(claims, account)
+        # Only an upload session's own routes get here with its owner's token: the
+        # push may outlive the token, but not the principal, its key or its rights.
+        if (
+            repository is not None
+            and session_owner is not None
+            and claims.get("sub") == session_owner
+            and await asyncio.to_thread(
+                self.tokens.reauthorize, claims, target, repository, actions
+            )
         ):
-            return _identity(claims)
-        raise self.challenge(request, target, repository, actions, "insufficient_scope")
+            return _identity(claims, account)
+        raise self.challenge(
+            request,
+            target,
+            repository,
+            actions,
+            "invalid_token" if expired else "insufficient_scope",
+        )
 
-    def _expired_session_token(
+    def _session_token(
         self, token: str, target: Target, session_owner: str | None
     ) -> dict[str, Any] | None:
+        """An expired token's claims, still good for finishing its owner's upload
+        within the grace period."""
         if session_owner is None:
             return None
         try:
@@ -137,9 +184,9 @@ class TokenAccess:
         return claims
 
 
-def _identity(claims: dict[str, Any]) -> Identity:
+def _identity(claims: dict[str, Any], account: str | None = None) -> Identity:
     subject = claims.get("sub")
-    return Identity(None if subject == "anonymous" else subject, claims.get("acct"))
+    return Identity(None if subject == "anonymous" else subject, claims, account=account)
 
 
 def _grants(claims: dict[str, Any], repository: str | None, actions: tuple[str, ...]) -> bool:

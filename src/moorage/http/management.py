@@ -2,73 +2,85 @@
 behind the same IAM as the registry. The ``moorage`` CLI is its client.
 
 Callers authenticate with HTTP Basic: ``iamapikey`` and an API key, or an
-email and password. Errors are JSON ``{"error": {"code", "message"}}``."""
+email and password; a person who is a member of several accounts names the
+one to act in with ``X-Moorage-Account``. Every operation is declared once in
+a table that routes it, parses its body (``http.schemas``) and describes it
+in the OpenAPI document. Handlers translate: the decision is IAM's
+(``IamService.require``/``allows``), the work the services'; both block, so
+they run in worker threads. Errors are JSON ``{"error": {"code", "message"}}``."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
+import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
-from moorage.auth.ratelimit import FailureLimiter
+from moorage.auth.pullcheck import PullCheck
+from moorage.auth.signin import SignIn, SignInFailed, Way, basic_credentials
+from moorage.http import schemas
 from moorage.iam import roles
-from moorage.iam.errors import (
-    Forbidden,
-    IamError,
-    Invalid,
-    NotFound,
-    Throttled,
-    Unauthenticated,
-)
-from moorage.iam.roles import REGISTRY, SERVICES, allowed_actions
+from moorage.iam.errors import Forbidden, IamError, Invalid, NotFound, Unauthenticated
+from moorage.iam.roles import SERVICES
 from moorage.iam.secrets import PRESERVE_NOTICE
 from moorage.iam.service import SERVICE_ID, USER, IamService, Principal
+from moorage.metadata.iam_store import ApiKeyRecord, SubjectKind
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import RegionMap, UnknownDomain
 from moorage.registry import ManifestService, RegistryError, RepoRef
+from moorage.registry.namespaces import NamespaceService
 
 API = "/api/v1"
-Endpoint = Callable[[web.Request, Principal], Awaitable[Any]]
+ACCOUNT_HEADER = "X-Moorage-Account"
+T = TypeVar("T")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Records, enums and dates as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 
-def _row(obj: Any, *fields: str) -> dict[str, Any]:
-    return {f: _plain(getattr(obj, f)) for f in fields}
+@dataclass(frozen=True)
+class ApiCall:
+    request: web.Request
+    principal: Principal
+    body: Any = None  # the operation's schemas model, parsed
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def query(self, name: str) -> str | None:
+        return self.request.query.get(name)
 
 
-def service_id_json(s: Any) -> dict[str, Any]:
-    return _row(s, "id", "name", "description", "created_at")
+Handler = Callable[[ApiCall], Awaitable[Any]]
 
 
-def api_key_json(k: Any) -> dict[str, Any]:
-    return _row(k, "id", "name", "description", "owner_kind", "owner_id", "locked", "created_at")
-
-
-def policy_json(p: Any) -> dict[str, Any]:
-    row = _row(
-        p,
-        "id",
-        "subject_kind",
-        "subject_id",
-        "service_name",
-        "region",
-        "resource_type",
-        "resource",
-        "created_at",
-    )
-    row["roles"] = p.roles.split(",")
-    return row
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    body: type[BaseModel] | None = None
+    query: tuple[str, ...] = ()
+    any_account: bool = False  # answers before an account is chosen
 
 
 class ManagementApi:
@@ -76,158 +88,178 @@ class ManagementApi:
         self,
         iam: IamService,
         manifests: ManifestService,
+        namespaces: NamespaceService,
         regions: RegionMap,
-        limiter: FailureLimiter,
+        signin: SignIn,
+        pull_check: PullCheck,
     ) -> None:
         self.iam = iam
         self.manifests = manifests
+        self.namespace_service = namespaces
         self.regions = regions
-        self.limiter = limiter
+        self.signin = signin
+        self.pull_check_service = pull_check
+        self.operations = self._operations()
+
+    def _operations(self) -> list[Operation]:
+        s = schemas
+        Op = Operation
+        sid = "/iam/service-ids/{ref}"
+        sid_key = "/iam/service-ids/{ref}/api-keys/{key}"
+        return [
+            Op("GET", "/iam/me", self.me, any_account=True),
+            Op("POST", "/iam/accounts", self.create_account, s.AccountCreate),
+            Op("GET", "/iam/users", self.list_users),
+            Op("POST", "/iam/users", self.invite_user, s.UserInvite),
+            Op("DELETE", "/iam/users/{ref}", self.remove_user),
+            Op("GET", "/iam/users/{ref}/policies", self.list_user_policies),
+            Op("POST", "/iam/users/{ref}/policies", self.create_user_policy, s.PolicyCreate),
+            Op("GET", "/iam/service-ids", self.list_service_ids),
+            Op("POST", "/iam/service-ids", self.create_service_id, s.ServiceIdCreate),
+            Op("GET", sid, self.get_service_id),
+            Op("DELETE", sid, self.delete_service_id),
+            Op("GET", sid + "/policies", self.list_service_policies),
+            Op("POST", sid + "/policies", self.create_service_policy, s.PolicyCreate),
+            Op("GET", sid + "/api-keys", self.list_service_keys),
+            Op("POST", sid + "/api-keys", self.create_service_key, s.ApiKeyCreate),
+            Op("GET", sid_key, self.get_service_key),
+            Op("PATCH", sid_key, self.update_service_key, s.ApiKeyUpdate),
+            Op("POST", sid_key + "/lock", self.lock_service_key),
+            Op("POST", sid_key + "/unlock", self.unlock_service_key),
+            Op("DELETE", sid_key, self.delete_service_key),
+            Op("DELETE", "/iam/policies/{id}", self.delete_policy),
+            Op("GET", "/iam/api-keys", self.list_own_keys),
+            Op("POST", "/iam/api-keys", self.create_own_key, s.ApiKeyCreate),
+            Op("GET", "/iam/api-keys/{ref}", self.get_key),
+            Op("PATCH", "/iam/api-keys/{ref}", self.update_key, s.ApiKeyUpdate),
+            Op("POST", "/iam/api-keys/{ref}/lock", self.lock_key),
+            Op("POST", "/iam/api-keys/{ref}/unlock", self.unlock_key),
+            Op("DELETE", "/iam/api-keys/{ref}", self.delete_key),
+            Op("GET", "/cr/regions", self.list_regions, any_account=True),
+            Op("POST", "/cr/pull-check", self.pull_check, s.PullCheckRequest),
+            Op("GET", "/cr/{region}/namespaces", self.list_namespaces),
+            Op("POST", "/cr/{region}/namespaces", self.add_namespace, s.NamespaceCreate),
+            Op("DELETE", "/cr/{region}/namespaces/{name}", self.remove_namespace),
+            Op("GET", "/cr/{region}/images", self.list_images),
+            Op("GET", "/cr/{region}/image", self.inspect_image, query=("image",)),
+            Op("DELETE", "/cr/{region}/image", self.remove_image, query=("image",)),
+            Op("POST", "/cr/{region}/image-tags", self.tag_image, s.ImageTag),
+            Op("GET", "/cr/{region}/tokens", self.list_tokens),
+            Op("POST", "/cr/{region}/tokens", self.add_token, s.TokenCreate),
+            Op("GET", "/cr/{region}/tokens/{id}", self.get_token),
+            Op("DELETE", "/cr/{region}/tokens/{id}", self.remove_token),
+        ]
 
     # -- plumbing ------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
-        table: list[tuple[str, str, Endpoint]] = [
-            ("GET", "/iam/me", self.me),
-            ("POST", "/iam/accounts", self.create_account),
-            ("GET", "/iam/users", self.list_users),
-            ("POST", "/iam/users", self.create_user),
-            ("DELETE", "/iam/users/{ref}", self.delete_user),
-            ("GET", "/iam/users/{ref}/policies", self.list_user_policies),
-            ("POST", "/iam/users/{ref}/policies", self.create_user_policy),
-            ("GET", "/iam/service-ids", self.list_service_ids),
-            ("POST", "/iam/service-ids", self.create_service_id),
-            ("GET", "/iam/service-ids/{ref}", self.get_service_id),
-            ("DELETE", "/iam/service-ids/{ref}", self.delete_service_id),
-            ("GET", "/iam/service-ids/{ref}/policies", self.list_service_policies),
-            ("POST", "/iam/service-ids/{ref}/policies", self.create_service_policy),
-            ("GET", "/iam/service-ids/{ref}/api-keys", self.list_service_keys),
-            ("POST", "/iam/service-ids/{ref}/api-keys", self.create_service_key),
-            ("DELETE", "/iam/policies/{id}", self.delete_policy),
-            ("GET", "/iam/api-keys", self.list_own_keys),
-            ("POST", "/iam/api-keys", self.create_own_key),
-            ("POST", "/iam/api-keys/{ref}/lock", self.lock_key),
-            ("POST", "/iam/api-keys/{ref}/unlock", self.unlock_key),
-            ("DELETE", "/iam/api-keys/{ref}", self.delete_key),
-            ("POST", "/iam/api-key-details", self.api_key_details),
-            ("GET", "/cr/regions", self.list_regions),
-            ("GET", "/cr/{region}/namespaces", self.list_namespaces),
-            ("POST", "/cr/{region}/namespaces", self.add_namespace),
-            ("DELETE", "/cr/{region}/namespaces/{name}", self.remove_namespace),
-            ("GET", "/cr/{region}/images", self.list_images),
-            ("GET", "/cr/{region}/image", self.inspect_image),
-            ("DELETE", "/cr/{region}/image", self.remove_image),
-            ("POST", "/cr/{region}/image-tags", self.tag_image),
-            ("GET", "/cr/{region}/tokens", self.list_tokens),
-            ("POST", "/cr/{region}/tokens", self.add_token),
-            ("GET", "/cr/{region}/tokens/{id}", self.get_token),
-            ("DELETE", "/cr/{region}/tokens/{id}", self.remove_token),
-        ]
-        defs = [web.route(m, API + path, self._wrap(fn)) for m, path, fn in table]
+        defs = [web.route(op.method, API + op.path, self._wrap(op)) for op in self.operations]
         defs.append(web.get(API + "/openapi.json", self.openapi))
-        self._table = table
         return defs
 
-    def _wrap(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
+    def _wrap(self, op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
             try:
-                principal = self._authenticate(request)
-                result = await endpoint(request, principal)
+                principal = await self._authenticate(request, op)
+                body = await self._body(request, op.body) if op.body is not None else None
+                result = await op.handler(ApiCall(request, principal, body))
+            except SignInFailed as exc:
+                headers = (
+                    {"Retry-After": str(int(exc.retry_after) + 1)} if exc.status == 429 else {}
+                )
+                code = "too_many_requests" if exc.status == 429 else "unauthenticated"
+                return _error(exc.status, code, exc.message, headers)
             except IamError as exc:
                 return _error(exc.status, exc.code, exc.message)
             except RegistryError as exc:
                 return _error(exc.status, exc.code.lower(), exc.message)
-            status = 201 if request.method == "POST" else 200
+            except web.HTTPException as exc:  # aiohttp's own: a body over the size limit
+                return _error(exc.status, "invalid", exc.reason)
             if result is None:
                 return web.Response(status=204)
-            return web.json_response(result, status=status, dumps=lambda v: json.dumps(v))
+            status = 201 if request.method == "POST" else 200
+            return web.json_response(plain(result), status=status, dumps=json.dumps)
 
         return handler
 
-    def _authenticate(self, request: web.Request) -> Principal:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        try:
-            user, sep, secret = (
-                base64.b64decode(value.strip(), validate=True).decode().partition(":")
-            )
-        except (binascii.Error, UnicodeDecodeError):
-            sep = ""
-        if scheme.lower() != "basic" or not sep:
+    async def _authenticate(self, request: web.Request, op: Operation) -> Principal:
+        credentials = basic_credentials(request.headers.get("Authorization"))
+        if credentials is None:
             raise Unauthenticated("sign in with HTTP Basic: iamapikey and an API key")
-        tried = hashlib.sha256(f"{user}:{secret}".encode()).hexdigest()[:24]
-        keys = (f"ip:{request.remote}", f"cred:{tried}")
-        if self.limiter.retry_after(*keys) > 0:
-            raise Throttled("too many failed sign-ins; try again later")
-        principal = (
-            self.iam.authenticate_api_key(secret)
-            if user == "iamapikey"
-            else self.iam.authenticate_password(user, secret)
-            if "@" in user
-            else None
+        principal = await self.signin.authenticate(
+            request.remote, credentials[0], credentials[1], Way.MANAGEMENT
         )
-        if principal is None:
-            self.limiter.failed(*keys)
-            raise Unauthenticated("invalid credentials")
+        chosen = request.headers.get(ACCOUNT_HEADER)
+        if chosen:
+            return principal.acting_in(chosen.strip())
+        if len(principal.accounts) > 1 and not op.any_account:
+            raise Invalid(
+                f"you are a member of {len(principal.accounts)} accounts: name the one to act "
+                f"in with the {ACCOUNT_HEADER} header (GET {API}/iam/me lists them)"
+            )
         return principal
 
-    def _require(
+    @staticmethod
+    async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+        raw = await request.read()  # bounded by the application's client_max_size
+        try:
+            return model.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            raise Invalid(f"{where}: {first.get('msg', 'invalid')}"[:300]) from None
+
+    @staticmethod
+    async def _run(fn: Callable[..., T], *args: Any) -> T:
+        """A blocking service call (database, scrypt), off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def _require(
         self,
-        principal: Principal,
+        p: Principal,
         action: str,
         region: str | None = None,
         namespace: str | None = None,
-        services: tuple[str, ...] = (REGISTRY,),
+        services: tuple[str, ...] = (roles.REGISTRY,),
     ) -> None:
-        grants = self.iam.grants(principal)
-        if not any(action in allowed_actions(grants, s, region, namespace) for s in services):
-            where = f" in {region}" if region else ""
-            raise Forbidden(f"you are not allowed to {action}{where}")
+        await self._run(self.iam.require, p, action, region, namespace, services)
 
-    def _admin(self, principal: Principal) -> None:
-        self._require(principal, roles.MANAGE_IAM, services=SERVICES)
+    async def _admin(self, p: Principal) -> None:
+        await self._require(p, roles.MANAGE_IAM, services=SERVICES)
 
-    def _region(self, request: web.Request) -> str:
-        name = request.match_info["region"]
+    async def _viewer(self, p: Principal) -> None:
+        await self._require(p, roles.VIEW, services=SERVICES)
+
+    def _region(self, c: ApiCall) -> str:
+        name = c.path("region")
         try:
             return self.regions.get(name).name
         except UnknownDomain:
             raise NotFound(
-                f"unknown region {name!r}; valid: {', '.join(self.regions.regions)}"
+                f"unknown region {name[:64]!r}; valid: {', '.join(self.regions.regions)}"
             ) from None
 
-    @staticmethod
-    async def _body(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise Invalid("the request body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise Invalid("the request body must be a JSON object")
-        return body
+    # -- accounts and identities ---------------------------------------------
 
-    @staticmethod
-    def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
-        value = body.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or (required and not value.strip()):
-            raise Invalid(f"{key} is required and must be a string")
-        return value
+    async def me(self, c: ApiCall) -> Any:
+        """Who the credential speaks for, and in which accounts."""
+        p = c.principal
+        accounts = sorted(p.accounts)
+        return {
+            "account_id": accounts[0] if len(accounts) == 1 else None,
+            "accounts": accounts,
+            "kind": p.kind.value,
+            "id": p.id,
+            "api_key": p.credential_id,
+        }
 
-    # -- IAM -----------------------------------------------------------------
-
-    async def me(self, request: web.Request, p: Principal) -> Any:
-        return {"account_id": p.account_id, "kind": p.kind, "id": p.id, "api_key": p.credential_id}
-
-    async def create_account(self, request: web.Request, p: Principal) -> Any:
-        """Only administrators of the installation's first account create accounts."""
-        self._admin(p)
-        if p.account_id != self.iam.default_account():
+    async def create_account(self, c: ApiCall) -> Any:
+        """Create an account with its administrator; only administrators of the
+        installation's first account do this."""
+        await self._admin(c.principal)
+        if c.principal.account_id != await self._run(self.iam.default_account):
             raise Forbidden("only the installation's first account creates accounts")
-        body = await self._body(request)
-        account, created = self.iam.create_account(
-            self._text(body, "name") or "", self._text(body, "admin_email") or ""
-        )
+        account, created = await self._run(self.iam.create_account, c.body.name, c.body.admin_email)
         return {
             "account_id": account,
             "api_key_id": created.id,
@@ -235,194 +267,263 @@ class ManagementApi:
             "notice": PRESERVE_NOTICE,
         }
 
-    async def list_users(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        return [_row(u, "id", "email", "created_at") for u in self.iam.users(p.account_id)]
+    async def list_users(self, c: ApiCall) -> Any:
+        """The members of the account."""
+        await self._viewer(c.principal)
+        return await self._run(self.iam.users, c.principal.account_id)
 
-    async def create_user(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        body = await self._body(request)
-        user = self.iam.create_user(
-            p.account_id, self._text(body, "email") or "", self._text(body, "password") or ""
+    async def invite_user(self, c: ApiCall) -> Any:
+        """Make a person a member of the account (a new identity gets the password)."""
+        await self._admin(c.principal)
+        return await self._run(
+            self.iam.invite_user, c.principal.account_id, c.body.email, c.body.password
         )
-        return _row(user, "id", "email", "created_at")
 
-    async def delete_user(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        self.iam.delete_user(p.account_id, request.match_info["ref"])
+    async def remove_user(self, c: ApiCall) -> Any:
+        """Remove a member from the account, with its keys and policies there."""
+        await self._admin(c.principal)
+        await self._run(self.iam.remove_user, c.principal.account_id, c.path("ref"))
 
-    async def _create_policy(
-        self, request: web.Request, p: Principal, kind: str, subject: str
-    ) -> Any:
-        self._admin(p)
-        body = await self._body(request)
-        roles_value = body.get("roles")
-        if isinstance(roles_value, list):
-            roles_value = ",".join(str(r) for r in roles_value)
-        if not isinstance(roles_value, str):
-            raise Invalid("roles is required: a list or a comma-separated string")
-        policy = self.iam.create_policy(
-            p.account_id,
+    async def _create_policy(self, c: ApiCall, kind: SubjectKind, subject: str) -> Any:
+        body: schemas.PolicyCreate = c.body
+        return await self._run(
+            self.iam.create_policy,
+            c.principal.account_id,
             kind,
             subject,
-            roles_value,
-            self._text(body, "service_name") or "",
-            self._text(body, "region", required=False),
-            self._text(body, "resource_type", required=False),
-            self._text(body, "resource", required=False),
+            body.roles,
+            body.service_name,
+            body.region,
+            body.resource_type,
+            body.resource,
         )
-        return policy_json(policy)
 
-    async def list_user_policies(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        user = self.iam.user(p.account_id, request.match_info["ref"])
-        return [policy_json(x) for x in self.iam.policies(p.account_id, USER, user.id)]
+    async def list_user_policies(self, c: ApiCall) -> Any:
+        """A member's policies in the account."""
+        await self._viewer(c.principal)
+        account = c.principal.account_id
+        user = await self._run(self.iam.user, account, c.path("ref"))
+        return await self._run(self.iam.policies, account, USER, user.id)
 
-    async def create_user_policy(self, request: web.Request, p: Principal) -> Any:
-        user = self.iam.user(p.account_id, request.match_info["ref"])
-        return await self._create_policy(request, p, USER, user.id)
+    async def create_user_policy(self, c: ApiCall) -> Any:
+        """Give a member roles on a service, optionally in one region and namespace."""
+        await self._admin(c.principal)
+        user = await self._run(self.iam.user, c.principal.account_id, c.path("ref"))
+        return await self._create_policy(c, USER, user.id)
 
-    async def list_service_ids(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        return [service_id_json(s) for s in self.iam.service_ids(p.account_id)]
+    # -- service IDs ---------------------------------------------------------
 
-    async def create_service_id(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        body = await self._body(request)
-        created = self.iam.create_service_id(
-            p.account_id, self._text(body, "name") or "", self._text(body, "description", False)
+    async def list_service_ids(self, c: ApiCall) -> Any:
+        """The account's service IDs."""
+        await self._viewer(c.principal)
+        return await self._run(self.iam.service_ids, c.principal.account_id)
+
+    async def create_service_id(self, c: ApiCall) -> Any:
+        """Create a service ID."""
+        await self._admin(c.principal)
+        return await self._run(
+            self.iam.create_service_id, c.principal.account_id, c.body.name, c.body.description
         )
-        return service_id_json(created)
 
-    async def get_service_id(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        return service_id_json(self.iam.service_id(p.account_id, request.match_info["ref"]))
+    async def _service_id(self, c: ApiCall) -> str:
+        found = await self._run(self.iam.service_id, c.principal.account_id, c.path("ref"))
+        return found.id
 
-    async def delete_service_id(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        self.iam.delete_service_id(p.account_id, request.match_info["ref"])
+    async def get_service_id(self, c: ApiCall) -> Any:
+        """One service ID, by ID or name."""
+        await self._viewer(c.principal)
+        return await self._run(self.iam.service_id, c.principal.account_id, c.path("ref"))
 
-    async def list_service_policies(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        sid = self.iam.service_id(p.account_id, request.match_info["ref"])
-        return [policy_json(x) for x in self.iam.policies(p.account_id, SERVICE_ID, sid.id)]
+    async def delete_service_id(self, c: ApiCall) -> Any:
+        """Delete a service ID with its API keys and policies."""
+        await self._admin(c.principal)
+        await self._run(self.iam.delete_service_id, c.principal.account_id, c.path("ref"))
 
-    async def create_service_policy(self, request: web.Request, p: Principal) -> Any:
-        sid = self.iam.service_id(p.account_id, request.match_info["ref"])
-        return await self._create_policy(request, p, SERVICE_ID, sid.id)
+    async def list_service_policies(self, c: ApiCall) -> Any:
+        """A service ID's policies."""
+        await self._viewer(c.principal)
+        sid = await self._service_id(c)
+        return await self._run(self.iam.policies, c.principal.account_id, SERVICE_ID, sid)
 
-    async def delete_policy(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        self.iam.delete_policy(p.account_id, request.match_info["id"])
+    async def create_service_policy(self, c: ApiCall) -> Any:
+        """Give a service ID roles on a service, optionally in one region and namespace."""
+        await self._admin(c.principal)
+        return await self._create_policy(c, SERVICE_ID, await self._service_id(c))
 
-    async def _create_key(self, request: web.Request, p: Principal, kind: str, owner: str) -> Any:
-        body = await self._body(request)
-        created = self.iam.create_api_key(
-            p.account_id,
+    async def delete_policy(self, c: ApiCall) -> Any:
+        """Delete a policy of the account."""
+        await self._admin(c.principal)
+        await self._run(self.iam.delete_policy, c.principal.account_id, c.path("id"))
+
+    # -- API keys ------------------------------------------------------------
+
+    async def _new_key(self, c: ApiCall, kind: SubjectKind, owner: str) -> Any:
+        record, created = await self._run(
+            self.iam.create_api_key,
+            c.principal.account_id,
             kind,
             owner,
-            self._text(body, "name") or "",
-            self._text(body, "description", False),
+            c.body.name,
+            c.body.description,
         )
-        key = self.iam.api_key(p.account_id, created.id)
-        return {**api_key_json(key), "apikey": created.secret, "notice": PRESERVE_NOTICE}
+        return {**plain(record), "apikey": created.secret, "notice": PRESERVE_NOTICE}
 
-    async def list_service_keys(self, request: web.Request, p: Principal) -> Any:
-        self._require(p, roles.VIEW, services=SERVICES)
-        sid = self.iam.service_id(p.account_id, request.match_info["ref"])
-        return [api_key_json(k) for k in self.iam.api_keys(p.account_id, SERVICE_ID, sid.id)]
+    async def list_service_keys(self, c: ApiCall) -> Any:
+        """A service ID's API keys (never their secrets)."""
+        await self._viewer(c.principal)
+        sid = await self._service_id(c)
+        return await self._run(self.iam.api_keys, c.principal.account_id, SERVICE_ID, sid)
 
-    async def create_service_key(self, request: web.Request, p: Principal) -> Any:
-        self._admin(p)
-        sid = self.iam.service_id(p.account_id, request.match_info["ref"])
-        return await self._create_key(request, p, SERVICE_ID, sid.id)
+    async def create_service_key(self, c: ApiCall) -> Any:
+        """Create an API key for a service ID; the secret is in this answer only."""
+        await self._admin(c.principal)
+        return await self._new_key(c, SERVICE_ID, await self._service_id(c))
 
-    async def list_own_keys(self, request: web.Request, p: Principal) -> Any:
-        return [api_key_json(k) for k in self.iam.api_keys(p.account_id, p.kind, p.id)]
+    async def _service_key(self, c: ApiCall) -> ApiKeyRecord:
+        sid = await self._service_id(c)
+        return await self._run(
+            self.iam.api_key, c.principal.account_id, c.path("key"), (SERVICE_ID, sid)
+        )
 
-    async def create_own_key(self, request: web.Request, p: Principal) -> Any:
-        if p.kind != USER:
+    async def get_service_key(self, c: ApiCall) -> Any:
+        """One API key of a service ID, by ID or name."""
+        await self._viewer(c.principal)
+        return await self._service_key(c)
+
+    async def update_service_key(self, c: ApiCall) -> Any:
+        """Rename an API key of a service ID or change its description."""
+        await self._admin(c.principal)
+        return await self._update(c, await self._service_key(c))
+
+    async def lock_service_key(self, c: ApiCall) -> Any:
+        """Lock an API key of a service ID: sign-ins with it are refused."""
+        await self._admin(c.principal)
+        return await self._lock(c, await self._service_key(c), True)
+
+    async def unlock_service_key(self, c: ApiCall) -> Any:
+        """Unlock an API key of a service ID."""
+        await self._admin(c.principal)
+        return await self._lock(c, await self._service_key(c), False)
+
+    async def delete_service_key(self, c: ApiCall) -> Any:
+        """Delete an API key of a service ID."""
+        await self._admin(c.principal)
+        key = await self._service_key(c)
+        await self._run(self.iam.delete_api_key, c.principal.account_id, key.id)
+
+    async def list_own_keys(self, c: ApiCall) -> Any:
+        """Your own API keys in this account."""
+        p = c.principal
+        return await self._run(self.iam.api_keys, p.account_id, p.kind, p.id)
+
+    async def create_own_key(self, c: ApiCall) -> Any:
+        """Create an API key for yourself; the secret is in this answer only."""
+        if c.principal.kind != USER:
             raise Forbidden("only users create API keys for themselves")
-        return await self._create_key(request, p, USER, p.id)
+        return await self._new_key(c, USER, c.principal.id)
 
-    def _own_or_admin(self, p: Principal, ref: str) -> str:
-        key = self.iam.api_key(p.account_id, ref)
-        if not (key.owner_kind == p.kind and key.owner_id == p.id):
-            self._admin(p)
-        return key.id
+    async def _own_or(
+        self, c: ApiCall, check: Callable[[Principal], Awaitable[None]]
+    ) -> ApiKeyRecord:
+        """A key of the account by ID or name: the caller's own, or any if ``check``
+        (viewer or administrator) passes. Someone who may not see others' keys is
+        told nothing of them: their names answer as unknown ones do."""
+        p = c.principal
+        ref = c.path("ref")
+        try:
+            return await self._run(self.iam.api_key, p.account_id, ref, (p.kind, p.id))
+        except NotFound:
+            await check(p)
+        return await self._run(self.iam.api_key, p.account_id, ref)
 
-    async def api_key_details(self, request: web.Request, p: Principal) -> Any:
-        """What an API key is, given the key itself: whose, and whether locked (for
-        ks diagnose). Keys of other accounts are reported as unknown."""
-        self._require(p, roles.VIEW, services=SERVICES)
-        body = await self._body(request)
-        key = self.iam.describe_api_key(self._text(body, "apikey") or "")
-        if key is None or key.account_id != p.account_id:
-            return {"exists": False}
-        policies = self.iam.policies(p.account_id, key.owner_kind, key.owner_id)
-        return {"exists": True, **api_key_json(key), "policies": [policy_json(x) for x in policies]}
+    async def get_key(self, c: ApiCall) -> Any:
+        """One API key: your own, or any for a viewer of the account."""
+        return await self._own_or(c, self._viewer)
 
-    async def lock_key(self, request: web.Request, p: Principal) -> Any:
-        key_id = self._own_or_admin(p, request.match_info["ref"])
-        return api_key_json(self.iam.set_api_key_locked(p.account_id, key_id, True))
+    async def update_key(self, c: ApiCall) -> Any:
+        """Rename an API key or change its description (yours, or any for an administrator)."""
+        return await self._update(c, await self._own_or(c, self._admin))
 
-    async def unlock_key(self, request: web.Request, p: Principal) -> Any:
-        key_id = self._own_or_admin(p, request.match_info["ref"])
-        return api_key_json(self.iam.set_api_key_locked(p.account_id, key_id, False))
+    async def _update(self, c: ApiCall, key: ApiKeyRecord) -> Any:
+        body: schemas.ApiKeyUpdate = c.body
+        return await self._run(
+            self.iam.update_api_key, c.principal.account_id, key.id, body.name, body.description
+        )
 
-    async def delete_key(self, request: web.Request, p: Principal) -> Any:
-        key_id = self._own_or_admin(p, request.match_info["ref"])
-        self.iam.delete_api_key(p.account_id, key_id)
+    async def _lock(self, c: ApiCall, key: ApiKeyRecord, locked: bool) -> Any:
+        p = c.principal
+        as_admin = await self._run(self.iam.is_admin, p)
+        return await self._run(self.iam.set_api_key_lock, p.account_id, key.id, locked, p, as_admin)
+
+    async def lock_key(self, c: ApiCall) -> Any:
+        """Lock an API key (yours, or any for an administrator)."""
+        return await self._lock(c, await self._own_or(c, self._admin), True)
+
+    async def unlock_key(self, c: ApiCall) -> Any:
+        """Unlock an API key; one an administrator locked only an administrator unlocks."""
+        return await self._lock(c, await self._own_or(c, self._admin), False)
+
+    async def delete_key(self, c: ApiCall) -> Any:
+        """Delete an API key (yours, or any for an administrator)."""
+        key = await self._own_or(c, self._admin)
+        await self._run(self.iam.delete_api_key, c.principal.account_id, key.id)
 
     # -- container registry --------------------------------------------------
 
-    async def list_regions(self, request: web.Request, p: Principal) -> Any:
+    async def list_regions(self, c: ApiCall) -> Any:
+        """The regional registries and the domains they answer on."""
         return [
             {"name": r.name, "domain": r.domain, "legacy_domain": r.legacy_domain}
             for r in self.regions.regions.values()
         ]
 
-    async def list_namespaces(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        return [
-            _row(n, "name", "region", "created_at")
-            for n in self.iam.namespaces(p.account_id, region)
-        ]
+    async def pull_check(self, c: ApiCall) -> Any:
+        """Whether a credential may pull a repository from a Moorage domain, and why not."""
+        body: schemas.PullCheckRequest = c.body
+        return await self.pull_check_service.check(
+            c.principal,
+            c.request.remote,
+            body.registry,
+            body.repository,
+            body.username,
+            body.password,
+        )
 
-    async def add_namespace(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        self._require(p, roles.MANAGE_NAMESPACES, region)
-        body = await self._body(request)
-        namespace = self.iam.add_namespace(p.account_id, region, self._text(body, "name") or "")
-        return _row(namespace, "name", "region", "created_at")
+    async def list_namespaces(self, c: ApiCall) -> Any:
+        """The region's namespaces of the account that you may use."""
+        return await self._run(
+            self.iam.namespaces_allowing, c.principal, self._region(c), roles.LIST
+        )
 
-    async def remove_namespace(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        name = request.match_info["name"]
-        self._require(p, roles.MANAGE_NAMESPACES, region, name)
-        self.iam.remove_namespace(p.account_id, region, name)
-        self.manifests.drop_namespace(region, name)
+    async def add_namespace(self, c: ApiCall) -> Any:
+        """Create a namespace in the region for the account."""
+        region = self._region(c)
+        await self._require(c.principal, roles.MANAGE_NAMESPACES, region)
+        return await self._run(self.iam.add_namespace, c.principal.account_id, region, c.body.name)
 
-    async def list_images(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        grants = self.iam.grants(p)
-        visible = [
-            n.name
-            for n in self.iam.namespaces(p.account_id, region)
-            if roles.LIST in allowed_actions(grants, REGISTRY, region, n.name)
-        ]
+    async def remove_namespace(self, c: ApiCall) -> Any:
+        """Remove a namespace with everything in it, in one transaction."""
+        region, name = self._region(c), c.path("name")
+        await self._require(c.principal, roles.MANAGE_NAMESPACES, region, name)
+        await self._run(self.namespace_service.remove, c.principal.account_id, region, name)
+
+    async def list_images(self, c: ApiCall) -> Any:
+        """Tagged images of the region's namespaces you may list."""
+        region = self._region(c)
+        visible = await self._run(self.iam.namespaces_allowing, c.principal, region, roles.LIST)
+        images = await self._run(self.manifests.images, region, [n.name for n in visible])
         return [
             {
                 "repository": i.repository,
                 "tag": i.tag,
                 "digest": i.digest,
                 "namespace": i.namespace,
-                "created": _plain(i.created),
+                "created": plain(i.created),
                 "size": i.size,
                 "media_type": i.media_type,
                 "security_status": "Not scanned",
             }
-            for i in self.manifests.images(region, visible)
+            for i in images
         ]
 
     def _image(self, region: str, value: str | None) -> tuple[RepoRef, str, str]:
@@ -444,16 +545,18 @@ class ManagementApi:
             raise Invalid(str(exc)) from exc
         return RepoRef(region, name), reference, namespace
 
-    def _may(self, p: Principal, action: str, region: str, namespace: str) -> None:
-        if self.iam.namespace_owner(region, namespace) != p.account_id:
+    async def _may(self, p: Principal, action: str, region: str, namespace: str) -> None:
+        owner = await self._run(self.iam.namespace_owner, region, namespace)
+        if owner != p.account_id:
             raise NotFound(f"namespace {namespace!r} not found in {region}")
-        self._require(p, action, region, namespace)
+        await self._require(p, action, region, namespace)
 
-    async def inspect_image(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        repo, reference, namespace = self._image(region, request.query.get("image"))
-        self._may(p, roles.PULL, region, namespace)
-        manifest = self.manifests.get(repo, reference, [])
+    async def inspect_image(self, c: ApiCall) -> Any:
+        """An image's manifest."""
+        region = self._region(c)
+        repo, reference, namespace = self._image(region, c.query("image"))
+        await self._may(c.principal, roles.PULL, region, namespace)
+        manifest = await self._run(self.manifests.get, repo, reference, [])
         return {
             "repository": repo.name,
             "reference": reference,
@@ -462,113 +565,145 @@ class ManagementApi:
             "manifest": json.loads(manifest.content),
         }
 
-    async def remove_image(self, request: web.Request, p: Principal) -> Any:
+    async def remove_image(self, c: ApiCall) -> Any:
         """Like ``cr image-rm``: the image's digest goes, with every tag on it."""
-        region = self._region(request)
-        repo, reference, namespace = self._image(region, request.query.get("image"))
-        self._may(p, roles.DELETE, region, namespace)
-        digest = self.manifests.get(repo, reference, []).digest
-        self.manifests.delete(repo, digest)
+        region = self._region(c)
+        repo, reference, namespace = self._image(region, c.query("image"))
+        await self._may(c.principal, roles.DELETE, region, namespace)
+        digest = (await self._run(self.manifests.get, repo, reference, [])).digest
+        await self._run(self.manifests.delete, repo, digest, c.principal.account_id)
         return {"deleted": f"{repo.name}@{digest}"}
 
-    async def tag_image(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        body = await self._body(request)
-        source, reference, source_ns = self._image(region, self._text(body, "source"))
-        target, tag, target_ns = self._image(region, self._text(body, "target"))
-        self._may(p, roles.PULL, region, source_ns)
-        self._may(p, roles.TAG, region, target_ns)
-        manifest = self.manifests.get(source, reference, [])
-        if target != source:
-            self.manifests.link_blobs(target, source, manifest)
-        self.manifests.put(target, tag, manifest.content, manifest.media_type)
-        return {"tagged": f"{target.name}:{tag}", "digest": manifest.digest}
+    async def tag_image(self, c: ApiCall) -> Any:
+        """Tag an image, within or across repositories of the region."""
+        region = self._region(c)
+        source, reference, source_ns = self._image(region, c.body.source)
+        target, tag, target_ns = self._image(region, c.body.target)
+        await self._may(c.principal, roles.PULL, region, source_ns)
+        await self._may(c.principal, roles.TAG, region, target_ns)
+        digest = await self._run(
+            self.manifests.tag, source, reference, target, tag, c.principal.account_id
+        )
+        return {"tagged": f"{target.name}:{tag}", "digest": digest}
 
-    async def list_tokens(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        self._require(p, roles.MANAGE_TOKENS, region)
-        return [
-            _row(t, "id", "description", "readwrite", "expires_at", "created_at")
-            for t in self.iam.registry_tokens(p.account_id, region)
-        ]
+    async def list_tokens(self, c: ApiCall) -> Any:
+        """The account's registry tokens for the region (deprecated)."""
+        region = self._region(c)
+        await self._require(c.principal, roles.MANAGE_TOKENS, region)
+        return await self._run(self.iam.registry_tokens, c.principal.account_id, region)
 
-    async def add_token(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        self._require(p, roles.MANAGE_TOKENS, region)
+    async def add_token(self, c: ApiCall) -> Any:
+        """Create a registry token for the region's legacy domain (deprecated)."""
+        region = self._region(c)
+        await self._require(c.principal, roles.MANAGE_TOKENS, region)
         if self.regions.get(region).legacy_domain is None:
             raise Invalid(f"{region} has no legacy domain, where registry tokens work")
-        body = await self._body(request)
-        created = self.iam.add_registry_token(
-            p.account_id,
+        body: schemas.TokenCreate = c.body
+        created = await self._run(
+            self.iam.add_registry_token,
+            c.principal.account_id,
             region,
-            self._text(body, "description", False),
-            bool(body.get("readwrite")),
-            bool(body.get("non_expiring")),
+            body.description,
+            body.readwrite,
+            body.non_expiring,
         )
         return {"id": created.id, "token": created.secret}
 
-    async def get_token(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        self._require(p, roles.MANAGE_TOKENS, region)
-        token_id = request.match_info["id"]
-        return {"id": token_id, "token": self.iam.registry_token_value(p.account_id, token_id)}
+    async def get_token(self, c: ApiCall) -> Any:
+        """One registry token of the region, with its value."""
+        region = self._region(c)
+        await self._require(c.principal, roles.MANAGE_TOKENS, region)
+        token_id = c.path("id")
+        value = await self._run(
+            self.iam.registry_token_value, c.principal.account_id, region, token_id
+        )
+        return {"id": token_id, "token": value}
 
-    async def remove_token(self, request: web.Request, p: Principal) -> Any:
-        region = self._region(request)
-        self._require(p, roles.MANAGE_TOKENS, region)
-        self.iam.remove_registry_token(p.account_id, request.match_info["id"])
+    async def remove_token(self, c: ApiCall) -> Any:
+        """Remove a registry token of the region."""
+        region = self._region(c)
+        await self._require(c.principal, roles.MANAGE_TOKENS, region)
+        await self._run(
+            self.iam.remove_registry_token, c.principal.account_id, region, c.path("id")
+        )
 
     # -- the OpenAPI document ------------------------------------------------
 
     async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi_document())
+
+    def openapi_document(self) -> dict[str, Any]:
+        error = {
+            "description": "Error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        component_schemas: dict[str, Any] = {
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            }
+        }
         paths: dict[str, dict[str, Any]] = {}
-        for method, path, fn in self._table:
+        for op in self.operations:
             params = [
                 {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-                for part in path.split("/")
+                for part in op.path.split("/")
                 if part.startswith("{")
             ]
-            paths.setdefault(API + path, {})[method.lower()] = {
-                "operationId": fn.__name__,
-                "summary": fn.__name__.replace("_", " "),
+            params += [
+                {"name": q, "in": "query", "required": True, "schema": {"type": "string"}}
+                for q in op.query
+            ]
+            success = "201" if op.method == "POST" else "200"
+            entry: dict[str, Any] = {
+                "operationId": op.handler.__name__,
+                "summary": (op.handler.__doc__ or op.handler.__name__).strip().split("\n")[0],
                 "security": [{"basic": []}],
                 "parameters": params,
                 "responses": {
-                    "200": {"description": "OK"},
-                    "201": {"description": "Created"},
-                    "204": {"description": "Done"},
-                    "default": {
-                        "description": "Error",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    },
+                    success: {"description": "Done", "content": {"application/json": {}}},
+                    "204": {"description": "Done, nothing to say"},
+                    "400": error,
+                    "401": error,
+                    "403": error,
+                    "404": error,
+                    "409": error,
+                    "413": error,
+                    "429": error,
                 },
             }
-        document = {
+            if op.body is not None:
+                schema = op.body.model_json_schema(ref_template="#/components/schemas/{model}")
+                component_schemas.update(schema.pop("$defs", {}))
+                component_schemas[op.body.__name__] = schema
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}
+                        }
+                    },
+                }
+            paths.setdefault(API + op.path, {})[op.method.lower()] = entry
+        return {
             "openapi": "3.1.0",
             "info": {"title": "Moorage management API", "version": "1"},
             "paths": paths,
             "components": {
                 "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
-                "schemas": {
-                    "Error": {
-                        "type": "object",
-                        "properties": {
-                            "error": {
-                                "type": "object",
-                                "properties": {
-                                    "code": {"type": "string"},
-                                    "message": {"type": "string"},
-                                },
-                            }
-                        },
-                    }
-                },
+                "schemas": component_schemas,
             },
         }
-        return web.json_response(document)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )

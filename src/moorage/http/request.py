@@ -25,14 +25,6 @@ class Request:
     def client(self) -> str | None:
         return self._raw.remote
 
-    @property
-    def host(self) -> str:
-        return self._raw.host
-
-    @property
-    def scheme(self) -> str:
-        return self._raw.scheme
-
     async def form(self) -> dict[str, list[str]]:
         """An urlencoded form body (small: the token endpoint's)."""
         data = await self._raw.post()

@@ -2,32 +2,29 @@
 challenge): GET with Basic credentials, and the OAuth2 POST form.
 
 Usernames: ``iamapikey`` with an API key; ``token`` with a deprecated
-registry token, on legacy domains only; or a user's email with a password.
-No credentials: an anonymous token, which the global registry's public
-namespaces honour for pulls. Failures are throttled per client and per
-credential, and no secret reaches a log or an error message."""
+registry token, on legacy domains only; ``iamrefreshtoken`` with a refresh
+token; or a user's email with a password. No credentials: an anonymous token,
+which the global registry's public namespaces honour for pulls. Signing in,
+throttling included, is ``moorage.auth.signin``'s; no secret reaches a log or
+an error message."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import logging
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.auth.ratelimit import FailureLimiter
-from moorage.auth.tokens import InvalidToken, TokenService, parse_scopes
+from moorage.auth.signin import (
+    REFRESH_TOKEN_USER,
+    SignIn,
+    SignInFailed,
+    Way,
+    basic_credentials,
+)
+from moorage.auth.tokens import Scope, TokenService, parse_scopes
 from moorage.http.request import Request
-from moorage.iam.service import IamService, Principal
+from moorage.iam.service import Principal
 from moorage.regions import Target
-
-log = logging.getLogger("moorage.auth")
-
-API_KEY_USER = "iamapikey"
-REGISTRY_TOKEN_USER = "token"
-# A refresh token as a password: what moorage-credential-provider hands the kubelet.
-REFRESH_TOKEN_USER = "iamrefreshtoken"
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class TokenReply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 429: "TOOMANYREQUESTS"}
+_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 429: "TOOMANYREQUESTS"}
 
 
 def _error(status: int, message: str, *headers: tuple[str, str]) -> TokenReply:
@@ -45,84 +42,50 @@ def _error(status: int, message: str, *headers: tuple[str, str]) -> TokenReply:
     return TokenReply(status, {"errors": [{"code": code, "message": message}]}, headers)
 
 
-def _basic(header: str | None) -> tuple[str, str] | None:
-    scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        username, sep, password = (
-            base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        )
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (username, password) if sep else None
+# Clients ask for one to three scopes (a pull, a push, a mount's source); each
+# costs a look-up, so a request may name only a few.
+MAX_SCOPES = 16
+
+
+def _too_many_scopes() -> TokenReply:
+    return _error(400, f"a token request may name at most {MAX_SCOPES} scopes")
 
 
 class TokenEndpoint:
-    def __init__(self, tokens: TokenService, iam: IamService, limiter: FailureLimiter) -> None:
+    def __init__(self, tokens: TokenService, signin: SignIn) -> None:
         self.tokens = tokens
-        self.iam = iam
-        self.limiter = limiter
+        self.signin = signin
 
-    def _authenticate(self, target: Target, username: str, secret: str) -> Principal | None:
-        if target.legacy:
-            if username != REGISTRY_TOKEN_USER:
-                return None
-            return self.iam.authenticate_registry_token(secret, target.region.name)
-        if username == REGISTRY_TOKEN_USER:
-            return None  # registry tokens work only on their legacy domain
-        if username == API_KEY_USER:
-            return self.iam.authenticate_api_key(secret)
-        if username == REFRESH_TOKEN_USER:
-            try:
-                return self.tokens.principal_from_refresh(secret, target)
-            except InvalidToken:
-                return None
-        if "@" in username:
-            return self.iam.authenticate_password(username, secret)
-        return None
-
-    def _sign_in(
+    async def _sign_in(
         self, request: Request, target: Target, credentials: tuple[str, str] | None
     ) -> TokenReply | Principal | None:
         if credentials is None:
             return None
         username, secret = credentials
-        # Throttle keys: the client address, and a digest of the credential tried.
-        tried = hashlib.sha256(f"{username}:{secret}".encode()).hexdigest()[:24]
-        keys = [f"ip:{request.client}", f"cred:{tried}"]
-        if username not in (API_KEY_USER, REGISTRY_TOKEN_USER, REFRESH_TOKEN_USER):
-            keys.append(f"user:{username.lower()}")  # password guessing against one user
-        wait = self.limiter.retry_after(*keys)
-        if wait > 0:
-            return _error(
-                429,
-                "too many failed sign-ins; try again later",
-                ("Retry-After", str(int(wait) + 1)),
-            )
-        principal = self._authenticate(target, username, secret)
-        if principal is None:
-            self.limiter.failed(*keys)
-            log.info(
-                "failed sign-in on %s from %s as %s",
-                target.service,
+        try:
+            return await self.signin.authenticate(
                 request.client,
-                username
-                if username in (API_KEY_USER, REGISTRY_TOKEN_USER, REFRESH_TOKEN_USER)
-                else "<user>",
+                username,
+                secret,
+                Way.LEGACY if target.legacy else Way.REGISTRY,
+                region=target.region.name,
+                audience=target.service,
             )
-            if target.legacy and username != REGISTRY_TOKEN_USER:
-                return _error(
-                    401,
-                    f"{target.service} is a legacy domain: it accepts only registry "
-                    f"tokens (username '{REGISTRY_TOKEN_USER}')",
-                )
-            return _error(401, "invalid credentials")
-        return principal
+        except SignInFailed as exc:
+            if exc.status == 429:
+                return _error(429, exc.message, ("Retry-After", str(int(exc.retry_after) + 1)))
+            return _error(exc.status, exc.message)
+
+    async def _issue(
+        self, principal: Principal | None, target: Target, scopes: list[Scope], offline: bool
+    ) -> dict[str, Any]:
+        """Deciding the grants reads IAM: off the event loop."""
+        return await asyncio.to_thread(self.tokens.issue, principal, target, scopes, offline)
 
     def _check_service(self, target: Target, service: str | None) -> TokenReply | None:
         if service and service != target.service:
-            return _error(400, f"this token endpoint serves {target.service}, not {service[:100]}")
+            # The client's value is not echoed back.
+            return _error(400, f"this token endpoint serves {target.service} only")
         return None
 
     async def handle(self, request: Request, target: Target) -> TokenReply:
@@ -130,12 +93,16 @@ class TokenEndpoint:
             bad = self._check_service(target, request.query("service"))
             if bad:
                 return bad
-            signed_in = self._sign_in(request, target, _basic(request.header("authorization")))
+            signed_in = await self._sign_in(
+                request, target, basic_credentials(request.header("authorization"))
+            )
             if isinstance(signed_in, TokenReply):
                 return signed_in
             scopes = parse_scopes(request.query_all("scope"))
+            if len(scopes) > MAX_SCOPES:
+                return _too_many_scopes()
             offline = (request.query("offline_token") or "").lower() == "true"
-            return TokenReply(200, self.tokens.issue(signed_in, target, scopes, offline))
+            return TokenReply(200, await self._issue(signed_in, target, scopes, offline))
 
         form = await request.form()
 
@@ -147,21 +114,22 @@ class TokenEndpoint:
         if bad:
             return bad
         scopes = parse_scopes(form.get("scope", []))
+        if len(scopes) > MAX_SCOPES:
+            return _too_many_scopes()
         grant_type = field("grant_type")
         if grant_type == "password":
-            signed_in = self._sign_in(
+            signed_in = await self._sign_in(
                 request, target, (field("username") or "", field("password") or "")
             )
             if isinstance(signed_in, TokenReply):
                 return signed_in
-            return TokenReply(200, self.tokens.issue(signed_in, target, scopes, offline=True))
+            return TokenReply(200, await self._issue(signed_in, target, scopes, True))
         if grant_type == "refresh_token":
-            try:
-                principal = self.tokens.principal_from_refresh(field("refresh_token") or "", target)
-            except InvalidToken:
-                self.limiter.failed(f"ip:{request.client}")
-                return _error(401, "invalid or revoked refresh token")
-            reply = self.tokens.issue(principal, target, scopes, offline=False)
-            reply["refresh_token"] = field("refresh_token")
+            refresh_token = field("refresh_token") or ""
+            principal = await self._sign_in(request, target, (REFRESH_TOKEN_USER, refresh_token))
+            if isinstance(principal, TokenReply):
+                return principal
+            reply = await self._issue(principal, target, scopes, False)
+            reply["refresh_token"] = refresh_token
             return TokenReply(200, reply)
         return _error(400, "grant_type must be password or refresh_token")

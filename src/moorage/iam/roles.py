@@ -62,22 +62,33 @@ def parse_roles(value: str | Iterable[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Grant:
-    """One policy, reduced to what a decision needs."""
+    """One policy, reduced to what a decision needs. A policy is given within an
+    account and never reaches beyond it."""
 
     service_name: str
     actions: frozenset[str]
     region: str | None = None
     namespace: str | None = None
+    account_id: str | None = None  # None only in pure rule checks
 
     @classmethod
     def of(
-        cls, roles: Iterable[str], service_name: str, region: str | None, namespace: str | None
+        cls,
+        roles: Iterable[str],
+        service_name: str,
+        region: str | None,
+        namespace: str | None,
+        account_id: str | None = None,
     ) -> Grant:
         actions: frozenset[str] = frozenset().union(*(ROLES[r] for r in roles))
-        return cls(service_name, actions, region, namespace)
+        return cls(service_name, actions, region, namespace, account_id)
 
-    def covers(self, service: str, region: str | None, namespace: str | None) -> bool:
+    def covers(
+        self, service: str, region: str | None, namespace: str | None, account: str | None
+    ) -> bool:
         if self.service_name != service:
+            return False
+        if account is not None and self.account_id != account:
             return False
         if self.region is not None and self.region != region:
             return False
@@ -85,11 +96,17 @@ class Grant:
 
 
 def allowed_actions(
-    grants: Iterable[Grant], service: str, region: str | None, namespace: str | None
+    grants: Iterable[Grant],
+    service: str,
+    region: str | None,
+    namespace: str | None,
+    account: str | None = None,
 ) -> frozenset[str]:
-    """Everything the grants allow on one namespace of one region of one service."""
+    """Everything the grants allow on one namespace of one region of one service,
+    counting only grants of ``account`` when it is given (the namespace's owner,
+    or the account a management call acts in)."""
     result: frozenset[str] = frozenset()
     for grant in grants:
-        if grant.covers(service, region, namespace):
+        if grant.covers(service, region, namespace, account):
             result |= grant.actions
     return result

@@ -61,20 +61,34 @@ class SecretKeeper:
         return AESGCM(self._seal_key).decrypt(sealed[:12], sealed[12:], b"registry-token").decode()
 
 
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    derived = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(derived).decode()
+def new_salt() -> str:
+    return base64.b64encode(secrets.token_bytes(16)).decode()
+
+
+def derive(password: str, salt: str) -> bytes:
+    """The scrypt of a password under a salt: the one expensive step of a check."""
+    return hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT)
+
+
+def hash_password(password: str, salt: str | None = None) -> str:
+    salt = salt or new_salt()
+    return f"scrypt${salt}$" + base64.b64encode(derive(password, salt)).decode()
+
+
+def matches(derived: bytes, salt: str, stored: str) -> bool:
+    """Whether ``derive(password, salt)`` is the password ``stored`` holds, in
+    constant time; False for a stored value of another salt or none at all."""
+    try:
+        scheme, stored_salt, hash_b64 = stored.split("$")
+        expected = base64.b64decode(hash_b64)
+    except ValueError:
+        return False
+    return scheme == "scrypt" and stored_salt == salt and hmac.compare_digest(derived, expected)
 
 
 def verify_password(password: str, stored: str) -> bool:
     try:
-        scheme, salt_b64, hash_b64 = stored.split("$")
-    except ValueError:
+        salt = stored.split("$")[1]
+    except IndexError:
         return False
-    if scheme != "scrypt":
-        return False
-    derived = hashlib.scrypt(
-        password.encode(), salt=base64.b64decode(salt_b64), dklen=32, **_SCRYPT
-    )
-    return hmac.compare_digest(derived, base64.b64decode(hash_b64))
+    return matches(derive(password, salt), salt, stored)

@@ -1,60 +1,99 @@
-"""Accounts, users, service IDs, API keys, policies, namespaces and registry
-tokens. Every write is one transaction; every secret leaves this module only
-once, as the return value of the call that created it."""
+"""Accounts, identities, service IDs, API keys, policies, namespaces and
+registry tokens: the rules, over the IAM store.
+
+A person is one identity (an email) that can be a member of several accounts;
+policies and API keys belong to one account and never reach beyond it. Every
+write is one transaction; every secret leaves this module only once, as the
+return value of the call that created it. The methods block (database, scrypt):
+callers on an event loop run them in a worker thread."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
-from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from moorage.iam.errors import Conflict, Invalid, LimitReached, NotFound
-from moorage.iam.roles import SERVICES, Grant, RoleError, parse_roles
-from moorage.iam.secrets import SecretKeeper, hash_password, new_secret, verify_password
-from moorage.metadata.iam_models import (
-    Account,
-    ApiKey,
-    Namespace,
-    Policy,
-    RegistryToken,
-    ServiceId,
-    User,
+from moorage.iam.errors import Conflict, Forbidden, Invalid, LimitReached, NotFound
+from moorage.iam.roles import (
+    MANAGE_IAM,
+    REGISTRY,
+    SERVICES,
+    Grant,
+    RoleError,
+    allowed_actions,
+    parse_roles,
+)
+from moorage.iam.secrets import (
+    SecretKeeper,
+    derive,
+    hash_password,
+    matches,
+    new_salt,
+    new_secret,
+)
+from moorage.metadata.iam_store import (
+    ApiKeyRecord,
+    Duplicate,
+    IamStore,
+    IamTx,
+    NamespaceRecord,
+    PolicyRecord,
+    RegistryTokenRecord,
+    ServiceIdRecord,
+    SubjectKind,
+    UserRecord,
 )
 
-USER = "user"
-SERVICE_ID = "service_id"
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,28}[a-z0-9]$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$")
-EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+USER = SubjectKind.USER
+SERVICE_ID = SubjectKind.SERVICE_ID
+REGISTRY_TOKEN = SubjectKind.REGISTRY_TOKEN
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,28}[a-z0-9]\Z")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}\Z")
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\Z")
 DEFAULT_SERVICE_ID_LIMIT = 2000
 REGISTRY_TOKEN_LIFETIME = timedelta(days=365)
+NO_PASSWORD = "!"  # a membership that signs in with API keys only
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+@cache
+def _decoy_salt() -> str:
+    """The salt an unknown identity is checked under, so that every password
+    sign-in costs one scrypt whether the identity exists or not."""
+    return new_salt()
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a credential speaks for."""
+    """Who a credential speaks for, and in which accounts. An API key or a
+    registry token acts in its own account; a password sign-in in every account
+    the identity is a member of."""
 
-    account_id: str
-    kind: str  # "user", "service_id" or "registry_token"
+    kind: SubjectKind
     id: str
+    accounts: frozenset[str]
     credential_id: str | None = None  # the API key or registry token used
     readwrite: bool = False  # registry tokens only
     region: str | None = None  # registry tokens only
+
+    @property
+    def account_id(self) -> str:
+        """The one account a management call acts in."""
+        if len(self.accounts) != 1:
+            raise Forbidden("choose the account to act in")
+        return next(iter(self.accounts))
+
+    def acting_in(self, account_id: str) -> Principal:
+        if account_id not in self.accounts:
+            raise Forbidden("you are not a member of that account")
+        return replace(self, accounts=frozenset({account_id}))
 
 
 @dataclass(frozen=True)
@@ -65,10 +104,28 @@ class Created:
     secret: str
 
 
+def normalize_identity(value: str) -> str:
+    """The one spelling of an email or user name, wherever one comes in: NFKC,
+    no surrounding blanks, lower case."""
+    return unicodedata.normalize("NFKC", value).strip().lower()
+
+
+def _validate_email(value: str) -> str:
+    email = normalize_identity(value)
+    if not EMAIL_PATTERN.match(email):
+        raise Invalid("email must look like name@domain")
+    return email
+
+
+ID_PREFIXES = ("ApiKey-", "ServiceId-", "User-", "Policy-", "acct-")
+
+
 def _validate_name(value: str, what: str) -> str:
     value = value.strip()
     if not NAME_PATTERN.match(value):
         raise Invalid(f"{what} must be 1 to 100 letters, digits, spaces or ._@- characters")
+    if value.startswith(ID_PREFIXES):
+        raise Invalid(f"{what} must not look like an ID ({', '.join(ID_PREFIXES)}...)")
     return value
 
 
@@ -88,348 +145,408 @@ def validate_namespace(name: str) -> str:
     return name
 
 
+def _password(password: str) -> str:
+    if len(password) < 12:
+        raise Invalid("password must be at least 12 characters")
+    if len(password) > 1024:
+        raise Invalid("password must be at most 1024 characters")
+    return password
+
+
+def _member(tx: IamTx, account_id: str, ref: str) -> UserRecord | None:
+    """A member by user ID, or by email however it is spelled."""
+    return tx.member(account_id, ref) or tx.member(account_id, normalize_identity(ref))
+
+
 class IamService:
     def __init__(
         self,
-        engine: Engine,
+        store: IamStore,
         keeper: SecretKeeper,
         regions: tuple[str, ...],
         service_id_limit: int = DEFAULT_SERVICE_ID_LIMIT,
     ) -> None:
-        self.engine = engine
+        self.store = store
         self.keeper = keeper
         self.regions = regions
         self.service_id_limit = service_id_limit
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+    # -- accounts ------------------------------------------------------------
 
-    # -- bootstrap -----------------------------------------------------------
-
-    def _add_account(self, s: Session, name: str, admin_email: str, secret: str) -> tuple[str, str]:
-        """An account, its administrator (no password: it signs in with the key), the
-        administrator's policies on every service, and its API key."""
-        account = Account(id=f"acct-{uuid.uuid4().hex}", name=name, created_at=_now())
-        s.add(account)
-        s.flush()
-        user = User(
-            id=f"User-{uuid.uuid4()}",
-            account_id=account.id,
-            email=admin_email,
-            password_hash="!",
-            created_at=_now(),
-        )
-        s.add(user)
+    def _add_account(self, tx: IamTx, name: str, admin_email: str, secret: str) -> tuple[str, str]:
+        """An account, its administrator (an existing identity joins; a new one has
+        no password and signs in with the key), policies on every service, and an
+        API key."""
+        account_id = f"acct-{uuid.uuid4().hex}"
+        tx.insert_account(account_id, name, _now())
+        found = tx.identity_by_email(admin_email)
+        if found is None:
+            user_id = f"User-{uuid.uuid4()}"
+            tx.insert_identity(user_id, admin_email, new_salt(), _now())
+        else:
+            user_id = found[0].id
+        tx.add_member(account_id, user_id, NO_PASSWORD, _now())
         for service in SERVICES:
-            s.add(
+            tx.insert_policy(
                 self._policy(
-                    account.id,
-                    USER,
-                    user.id,
-                    ("Administrator", "Manager"),
-                    service,
-                    None,
-                    None,
-                    None,
+                    account_id, USER, user_id, ("Administrator", "Manager"), service, None, None
                 )
             )
-        key = self._api_key(account.id, USER, user.id, "administrator", "administrator key", secret)
-        s.add(key)
-        return account.id, key.id
+        key_id = self._insert_key(tx, account_id, USER, user_id, "administrator", "", secret)
+        return account_id, key_id
 
     def bootstrap(self, admin_email: str, api_key: str | None) -> Created | None:
         """On a fresh installation: an account, its administrator and an API key.
         Returns the key (generated unless given) the first time, None afterwards."""
-        with self._session() as s:
-            if s.scalar(select(func.count()).select_from(Account)):
+        with self.store.write() as tx:
+            if tx.account_count():
                 return None
             secret = api_key or new_secret()
-            _, key_id = self._add_account(s, "default", admin_email, secret)
+            _, key_id = self._add_account(tx, "default", _validate_email(admin_email), secret)
             return Created(key_id, secret)
 
     def create_account(self, name: str, admin_email: str) -> tuple[str, Created]:
-        """Another account with its own administrator (user and API key, shown once)."""
+        """Another account with its administrator (user and API key, shown once)."""
         name = _validate_name(name, "account name")
-        email = admin_email.strip().lower()
-        if not EMAIL_PATTERN.match(email):
-            raise Invalid("admin email must look like name@domain")
+        email = _validate_email(admin_email)
         secret = new_secret()
-        try:
-            with self._session() as s:
-                account_id, key_id = self._add_account(s, name, email, secret)
-        except IntegrityError:
-            raise Conflict(f"a user with email {email} already exists") from None
+        with self.store.write() as tx:
+            account_id, key_id = self._add_account(tx, name, email, secret)
         return account_id, Created(key_id, secret)
 
     def default_account(self) -> str:
-        with Session(self.engine) as s:
-            account = s.scalar(select(Account.id).order_by(Account.created_at).limit(1))
+        with self.store.read() as tx:
+            account = tx.first_account()
         if account is None:
             raise NotFound("no account exists yet")
         return account
 
-    # -- users ---------------------------------------------------------------
+    # -- identities ----------------------------------------------------------
 
-    def create_user(self, account_id: str, email: str, password: str) -> User:
-        email = email.strip().lower()
-        if not EMAIL_PATTERN.match(email):
-            raise Invalid("email must look like name@domain")
-        if len(password) < 12:
-            raise Invalid("password must be at least 12 characters")
-        user = User(
-            id=f"User-{uuid.uuid4()}",
-            account_id=account_id,
-            email=email,
-            password_hash=hash_password(password),
-            created_at=_now(),
-        )
-        try:
-            with self._session() as s:
-                s.add(user)
-        except IntegrityError:
-            raise Conflict(f"a user with email {email} already exists") from None
-        return user
+    def invite_user(self, account_id: str, email: str, password: str) -> UserRecord:
+        """Make a person a member of the account, with the password this account
+        chose for them. An identity that already exists (in another account)
+        keeps its passwords there: this one opens this account only, so the
+        answer is the same whether the identity existed or not, and no account
+        can sign in as its people elsewhere."""
+        email = _validate_email(email)
+        _password(password)
+        with self.store.read() as tx:
+            found = tx.identity_by_email(email)
+        salt = found[1] if found is not None else new_salt()
+        password_hash = hash_password(password, salt)  # scrypt, before the transaction
+        with self.store.write() as tx:
+            existing = tx.identity_by_email(email)
+            if existing is None:
+                user_id = f"User-{uuid.uuid4()}"
+                try:
+                    tx.insert_identity(user_id, email, salt, _now())
+                except Duplicate:
+                    raise Conflict(f"{email} was added at the same time; try again") from None
+            elif existing[1] != salt:  # pragma: no cover - created between our reads
+                raise Conflict(f"{email} was added at the same time; try again")
+            else:
+                user_id = existing[0].id
+            try:
+                tx.add_member(account_id, user_id, password_hash, _now())
+            except Duplicate:
+                raise Conflict(f"{email} is already a member of this account") from None
+            member = tx.member(account_id, user_id)
+        assert member is not None
+        return member
 
-    def users(self, account_id: str) -> list[User]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(select(User).where(User.account_id == account_id).order_by(User.email))
-            )
+    def users(self, account_id: str) -> list[UserRecord]:
+        with self.store.read() as tx:
+            return tx.members(account_id)
 
-    def user(self, account_id: str, ref: str) -> User:
-        """A user by ID or email."""
-        with Session(self.engine) as s:
-            user = s.scalar(
-                select(User).where(
-                    User.account_id == account_id, (User.id == ref) | (User.email == ref.lower())
-                )
+    def user(self, account_id: str, ref: str) -> UserRecord:
+        """A member of the account by ID or email."""
+        with self.store.read() as tx:
+            user = tx.member(
+                account_id, ref if ref.startswith("User-") else normalize_identity(ref)
             )
         if user is None:
-            raise NotFound(f"user {ref} not found")
+            raise NotFound(f"user {ref[:100]} not found")
         return user
 
-    def delete_user(self, account_id: str, ref: str) -> None:
-        user = self.user(account_id, ref)
-        with self._session() as s:
-            self._delete_subject(s, USER, user.id)
-            s.execute(delete(User).where(User.id == user.id))
+    def remove_user(self, account_id: str, ref: str) -> None:
+        """The membership goes with the user's keys and policies in this account; the
+        identity goes with its last membership."""
+        with self.store.write() as tx:
+            user = tx.member(
+                account_id, ref if ref.startswith("User-") else normalize_identity(ref)
+            )
+            if user is None:
+                raise NotFound(f"user {ref[:100]} not found")
+            tx.delete_subject_in(account_id, USER, user.id)
+            tx.remove_member(account_id, user.id)
+            if not tx.accounts_of(user.id):
+                tx.delete_identity(user.id)
 
     # -- service IDs ---------------------------------------------------------
 
-    def create_service_id(self, account_id: str, name: str, description: str | None) -> ServiceId:
-        name = _validate_name(name, "service ID name")
-        with self._session() as s:
-            count = s.scalar(
-                select(func.count())
-                .select_from(ServiceId)
-                .where(ServiceId.account_id == account_id)
-            )
-            if (count or 0) >= self.service_id_limit:
+    def create_service_id(
+        self, account_id: str, name: str, description: str | None
+    ) -> ServiceIdRecord:
+        record = ServiceIdRecord(
+            f"ServiceId-{uuid.uuid4()}",
+            account_id,
+            _validate_name(name, "service ID name"),
+            _validate_description(description),
+            _now(),
+        )
+        with self.store.write() as tx:
+            if tx.service_id_count(account_id) >= self.service_id_limit:
                 raise LimitReached(
                     f"the account has reached its limit of {self.service_id_limit} service IDs"
                 )
-            if s.scalar(
-                select(ServiceId.id).where(
-                    ServiceId.account_id == account_id, ServiceId.name == name
-                )
-            ):
-                raise Conflict(f"a service ID named {name!r} already exists")
-            service_id = ServiceId(
-                id=f"ServiceId-{uuid.uuid4()}",
-                account_id=account_id,
-                name=name,
-                description=_validate_description(description),
-                created_at=_now(),
-            )
-            s.add(service_id)
-        return service_id
+            if tx.service_id(account_id, record.name) is not None:
+                raise Conflict(f"a service ID named {record.name!r} already exists")
+            try:
+                tx.insert_service_id(record)
+            except Duplicate:
+                raise Conflict(f"a service ID named {record.name!r} already exists") from None
+        return record
 
-    def service_ids(self, account_id: str) -> list[ServiceId]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(ServiceId)
-                    .where(ServiceId.account_id == account_id)
-                    .order_by(ServiceId.name)
-                )
-            )
+    def service_ids(self, account_id: str) -> list[ServiceIdRecord]:
+        with self.store.read() as tx:
+            return tx.service_ids(account_id)
 
-    def service_id(self, account_id: str, ref: str) -> ServiceId:
+    def service_id(self, account_id: str, ref: str) -> ServiceIdRecord:
         """A service ID by ID or name, as the seed's commands accept either."""
-        with Session(self.engine) as s:
-            found = s.scalar(
-                select(ServiceId).where(
-                    ServiceId.account_id == account_id,
-                    (ServiceId.id == ref) | (ServiceId.name == ref),
-                )
-            )
+        with self.store.read() as tx:
+            found = tx.service_id(account_id, ref)
         if found is None:
-            raise NotFound(f"service ID {ref} not found")
+            raise NotFound(f"service ID {ref[:100]} not found")
         return found
 
     def delete_service_id(self, account_id: str, ref: str) -> None:
-        found = self.service_id(account_id, ref)
-        with self._session() as s:
-            self._delete_subject(s, SERVICE_ID, found.id)
-            s.execute(delete(ServiceId).where(ServiceId.id == found.id))
-
-    @staticmethod
-    def _delete_subject(s: Session, kind: str, subject_id: str) -> None:
-        s.execute(delete(ApiKey).where(ApiKey.owner_kind == kind, ApiKey.owner_id == subject_id))
-        s.execute(
-            delete(Policy).where(Policy.subject_kind == kind, Policy.subject_id == subject_id)
-        )
+        with self.store.write() as tx:
+            found = tx.service_id(account_id, ref)
+            if found is None:
+                raise NotFound(f"service ID {ref[:100]} not found")
+            tx.delete_subject_in(account_id, SERVICE_ID, found.id)
+            tx.delete_service_id(found.id)
 
     # -- API keys ------------------------------------------------------------
 
-    def _api_key(
+    def _insert_key(
         self,
+        tx: IamTx,
         account_id: str,
-        kind: str,
+        kind: SubjectKind,
         owner_id: str,
         name: str,
         description: str | None,
         secret: str,
-    ) -> ApiKey:
-        return ApiKey(
-            id=f"ApiKey-{uuid.uuid4()}",
-            account_id=account_id,
-            owner_kind=kind,
-            owner_id=owner_id,
-            name=_validate_name(name, "API key name"),
-            description=_validate_description(description),
-            locked=False,
-            digest=self.keeper.digest(secret),
-            created_at=_now(),
+    ) -> str:
+        record = ApiKeyRecord(
+            f"ApiKey-{uuid.uuid4()}",
+            account_id,
+            kind,
+            owner_id,
+            _validate_name(name, "API key name"),
+            _validate_description(description),
+            False,
+            None,
+            _now(),
         )
+        try:
+            tx.insert_api_key(record, self.keeper.digest(secret))
+        except Duplicate:  # pragma: no cover - 264 random bits
+            raise Conflict("that API key already exists") from None
+        return record.id
 
     def create_api_key(
-        self, account_id: str, kind: str, owner_id: str, name: str, description: str | None
-    ) -> Created:
+        self,
+        account_id: str,
+        kind: SubjectKind,
+        owner_id: str,
+        name: str,
+        description: str | None,
+    ) -> tuple[ApiKeyRecord, Created]:
         secret = new_secret()
-        key = self._api_key(account_id, kind, owner_id, name, description, secret)
-        with self._session() as s:
-            s.add(key)
-        return Created(key.id, secret)
+        with self.store.write() as tx:
+            key_id = self._insert_key(tx, account_id, kind, owner_id, name, description, secret)
+            record = tx.api_key_by_id(key_id)
+        assert record is not None
+        return record, Created(key_id, secret)
 
-    def api_keys(self, account_id: str, kind: str, owner_id: str) -> list[ApiKey]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(ApiKey)
-                    .where(
-                        ApiKey.account_id == account_id,
-                        ApiKey.owner_kind == kind,
-                        ApiKey.owner_id == owner_id,
-                    )
-                    .order_by(ApiKey.created_at)
+    def api_keys(self, account_id: str, kind: SubjectKind, owner_id: str) -> list[ApiKeyRecord]:
+        with self.store.read() as tx:
+            return tx.api_keys(account_id, kind, owner_id)
+
+    def api_key(
+        self, account_id: str, ref: str, owner: tuple[SubjectKind, str] | None = None
+    ) -> ApiKeyRecord:
+        """One key by ID or name (an ID always names its key); a name two keys share
+        must be given as an ID."""
+        with self.store.read() as tx:
+            found = tx.api_key(account_id, ref, owner)
+        by_id = [k for k in found if k.id == ref]
+        if by_id:
+            return by_id[0]
+        if not found:
+            raise NotFound(f"API key {ref[:100]} not found")
+        if len(found) > 1:
+            raise Conflict(f"{len(found)} API keys are named {ref[:100]!r}; give the key's ID")
+        return found[0]
+
+    def set_api_key_lock(
+        self, account_id: str, key_id: str, locked: bool, actor: Principal, as_admin: bool
+    ) -> ApiKeyRecord:
+        """Lock or unlock. A lock set by someone other than the key's owner (an
+        administrator) can be undone only by someone allowed to lock keys for
+        others, never by the owner alone."""
+        with self.store.write() as tx:
+            key = tx.api_key_by_id(key_id)
+            if key is None or key.account_id != account_id:
+                raise NotFound(f"API key {key_id[:100]} not found")
+            admin_lock = key.locked and key.locked_by not in (None, key.owner_id)
+            if not locked and admin_lock and not as_admin:
+                raise Forbidden(
+                    "an administrator locked this API key; only an administrator can unlock it"
                 )
+            # Locking again keeps an administrator's mark, unless an administrator locks.
+            by = key.locked_by if locked and admin_lock and not as_admin else actor.id
+            tx.set_api_key_lock(key.id, locked, by if locked else None)
+            updated = tx.api_key_by_id(key.id)
+        assert updated is not None
+        return updated
+
+    def update_api_key(
+        self, account_id: str, key_id: str, name: str | None, description: str | None
+    ) -> ApiKeyRecord:
+        with self.store.write() as tx:
+            key = tx.api_key_by_id(key_id)
+            if key is None or key.account_id != account_id:
+                raise NotFound(f"API key {key_id[:100]} not found")
+            tx.update_api_key(
+                key.id,
+                _validate_name(name, "API key name") if name is not None else key.name,
+                _validate_description(description) if description is not None else key.description,
             )
+            updated = tx.api_key_by_id(key.id)
+        assert updated is not None
+        return updated
 
-    def api_key(self, account_id: str, ref: str) -> ApiKey:
-        with Session(self.engine) as s:
-            found = s.scalar(
-                select(ApiKey).where(
-                    ApiKey.account_id == account_id, (ApiKey.id == ref) | (ApiKey.name == ref)
-                )
-            )
-        if found is None:
-            raise NotFound(f"API key {ref} not found")
-        return found
-
-    def set_api_key_locked(self, account_id: str, ref: str, locked: bool) -> ApiKey:
-        key = self.api_key(account_id, ref)
-        with self._session() as s:
-            s.get_one(ApiKey, key.id).locked = locked
-        key.locked = locked
-        return key
-
-    def delete_api_key(self, account_id: str, ref: str) -> None:
-        key = self.api_key(account_id, ref)
-        with self._session() as s:
-            s.execute(delete(ApiKey).where(ApiKey.id == key.id))
+    def delete_api_key(self, account_id: str, key_id: str) -> None:
+        with self.store.write() as tx:
+            key = tx.api_key_by_id(key_id)
+            if key is None or key.account_id != account_id:
+                raise NotFound(f"API key {key_id[:100]} not found")
+            tx.delete_api_key(key.id)
 
     # -- authentication ------------------------------------------------------
 
     def authenticate_api_key(self, secret: str) -> Principal | None:
-        """The key's owner, or None for an unknown, locked or orphaned key. The
-        look-up is by keyed HMAC, so timing reveals nothing about the secret."""
+        """The key's owner in the key's account, or None for an unknown, locked or
+        orphaned key. The look-up is by keyed HMAC, so timing reveals nothing."""
         if not secret or len(secret) > 512:
             return None
-        with Session(self.engine) as s:
-            key = s.scalar(select(ApiKey).where(ApiKey.digest == self.keeper.digest(secret)))
-            if key is None or key.locked:
+        with self.store.read() as tx:
+            key = tx.api_key_by_digest(self.keeper.digest(secret))
+            if key is None or key.locked or not tx.subject_exists(key.owner_kind, key.owner_id):
                 return None
-            return Principal(key.account_id, key.owner_kind, key.owner_id, credential_id=key.id)
+            if key.owner_kind == USER and key.account_id not in tx.accounts_of(key.owner_id):
+                return None
+        return Principal(
+            key.owner_kind, key.owner_id, frozenset({key.account_id}), credential_id=key.id
+        )
 
-    def describe_api_key(self, secret: str) -> ApiKey | None:
+    def describe_api_key(self, secret: str) -> ApiKeyRecord | None:
         """The key a secret belongs to, locked or not: for diagnosis, never for sign-in."""
         if not secret or len(secret) > 512:
             return None
-        with Session(self.engine) as s:
-            return s.scalar(select(ApiKey).where(ApiKey.digest == self.keeper.digest(secret)))
-
-    def credential_active(self, principal: Principal) -> bool:
-        """Whether the credential behind a principal still works (checked on refresh)."""
-        with Session(self.engine) as s:
-            if principal.kind == "registry_token":
-                token = s.get(RegistryToken, principal.credential_id)
-                expires = _aware(token.expires_at) if token else None
-                return token is not None and (expires is None or expires > _now())
-            if principal.credential_id is None:
-                return s.get(User, principal.id) is not None
-            key = s.get(ApiKey, principal.credential_id)
-            return key is not None and not key.locked
+        with self.store.read() as tx:
+            return tx.api_key_by_digest(self.keeper.digest(secret))
 
     def authenticate_password(self, email: str, password: str) -> Principal | None:
-        with Session(self.engine) as s:
-            user = s.scalar(select(User).where(User.email == email.strip().lower()))
-        if user is None:
-            verify_password(password, hash_password("equalize-timing"))
+        """The identity, acting in each account whose membership this password
+        opens. One scrypt whatever happens: the identity's salt serves every
+        membership, and an unknown identity is checked under a decoy salt."""
+        with self.store.read() as tx:
+            found = tx.identity_by_email(normalize_identity(email))
+            stored = tx.passwords(found[0].id) if found is not None else []
+        salt = found[1] if found is not None else _decoy_salt()
+        derived = derive(password[:1024], salt)
+        accounts = [account for account, hashed in stored if matches(derived, salt, hashed)]
+        if found is None or not accounts:
             return None
-        if not verify_password(password, user.password_hash):
+        return Principal(USER, found[0].id, frozenset(accounts))
+
+    def authenticate_registry_token(self, value: str, region: str) -> Principal | None:
+        if not value or len(value) > 512:
             return None
-        return Principal(user.account_id, USER, user.id)
+        with self.store.read() as tx:
+            token = tx.token_by_digest(self.keeper.digest(value))
+        if token is None or token.region != region:
+            return None
+        if token.expires_at is not None and token.expires_at <= _now():
+            return None
+        return Principal(
+            REGISTRY_TOKEN,
+            token.id,
+            frozenset({token.account_id}),
+            credential_id=token.id,
+            readwrite=token.readwrite,
+            region=token.region,
+        )
+
+    def credential_active(self, principal: Principal) -> bool:
+        """Whether the credential behind a principal still works (on refresh, and
+        when an upload outlives its token)."""
+        with self.store.read() as tx:
+            if principal.kind == REGISTRY_TOKEN:
+                token = tx.token_by_id(principal.credential_id or "")
+                return token is not None and (token.expires_at is None or token.expires_at > _now())
+            if not tx.subject_exists(principal.kind, principal.id):
+                return False
+            if principal.kind == USER:
+                member_of = set(tx.accounts_of(principal.id))
+                if not principal.accounts <= member_of:
+                    return False
+            if principal.credential_id is None:
+                return True  # a password sign-in
+            key = tx.api_key_by_id(principal.credential_id)
+            return key is not None and not key.locked
 
     # -- policies ------------------------------------------------------------
 
+    @staticmethod
     def _policy(
-        self,
         account_id: str,
-        kind: str,
+        kind: SubjectKind,
         subject_id: str,
         roles: tuple[str, ...],
         service_name: str,
         region: str | None,
-        resource_type: str | None,
         resource: str | None,
-    ) -> Policy:
-        return Policy(
-            id=f"Policy-{uuid.uuid4()}",
-            account_id=account_id,
-            subject_kind=kind,
-            subject_id=subject_id,
-            roles=",".join(roles),
-            service_name=service_name,
-            region=region,
-            resource_type=resource_type,
-            resource=resource,
-            created_at=_now(),
+    ) -> PolicyRecord:
+        return PolicyRecord(
+            f"Policy-{uuid.uuid4()}",
+            account_id,
+            kind,
+            subject_id,
+            roles,
+            service_name,
+            region,
+            "namespace" if resource is not None else None,
+            resource,
+            _now(),
         )
 
     def create_policy(
         self,
         account_id: str,
-        kind: str,
+        kind: SubjectKind,
         subject_id: str,
-        roles: str,
+        roles: str | Iterable[str],
         service_name: str,
         region: str | None = None,
         resource_type: str | None = None,
         resource: str | None = None,
-    ) -> Policy:
+    ) -> PolicyRecord:
         try:
             parsed = parse_roles(roles)
         except RoleError as exc:
@@ -444,101 +561,122 @@ class IamService:
             if resource_type != "namespace":
                 raise Invalid("the only resource type is 'namespace'")
             validate_namespace(resource or "")
-        policy = self._policy(
-            account_id, kind, subject_id, parsed, service_name, region, resource_type, resource
-        )
-        with self._session() as s:
-            duplicate = s.scalar(
-                select(Policy.id).where(
-                    Policy.subject_kind == kind,
-                    Policy.subject_id == subject_id,
-                    Policy.roles == policy.roles,
-                    Policy.service_name == service_name,
-                    Policy.region.is_(None) if region is None else Policy.region == region,
-                    Policy.resource.is_(None) if resource is None else Policy.resource == resource,
-                )
-            )
+        policy = self._policy(account_id, kind, subject_id, parsed, service_name, region, resource)
+        with self.store.write() as tx:
+            duplicate = tx.identical_policy(policy)
             if duplicate:
                 raise Conflict(f"an identical policy already exists: {duplicate}")
-            s.add(policy)
+            tx.insert_policy(policy)
         return policy
 
-    def policies(self, account_id: str, kind: str, subject_id: str) -> list[Policy]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(Policy)
-                    .where(
-                        Policy.account_id == account_id,
-                        Policy.subject_kind == kind,
-                        Policy.subject_id == subject_id,
-                    )
-                    .order_by(Policy.created_at)
-                )
-            )
+    def policies(self, account_id: str, kind: SubjectKind, subject_id: str) -> list[PolicyRecord]:
+        with self.store.read() as tx:
+            return tx.policies([account_id], kind, subject_id)
 
     def delete_policy(self, account_id: str, policy_id: str) -> None:
-        with self._session() as s:
-            result = s.execute(
-                delete(Policy).where(Policy.account_id == account_id, Policy.id == policy_id)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                raise NotFound(f"policy {policy_id} not found")
+        with self.store.write() as tx:
+            if tx.policy(account_id, policy_id) is None:
+                raise NotFound(f"policy {policy_id[:100]} not found")
+            tx.delete_policy(policy_id)
 
     def grants(self, principal: Principal) -> list[Grant]:
-        """What a principal may do, as pure data for in-memory decisions."""
-        if principal.kind == "registry_token":
+        """What a principal may do, in its accounts only, as pure data."""
+        if principal.kind == REGISTRY_TOKEN:
             roles = ("Writer",) if principal.readwrite else ("Reader",)
-            return [Grant.of(roles, "container-registry", principal.region, None)]
-        with Session(self.engine) as s:
-            rows = s.execute(
-                select(Policy.roles, Policy.service_name, Policy.region, Policy.resource).where(
-                    Policy.subject_kind == principal.kind, Policy.subject_id == principal.id
-                )
-            ).all()
-        return [Grant.of(r.split(","), svc, region, res) for r, svc, region, res in rows]
+            return [
+                Grant.of(roles, REGISTRY, principal.region, None, account)
+                for account in principal.accounts
+            ]
+        with self.store.read() as tx:
+            policies = tx.policies(principal.accounts, principal.kind, principal.id)
+        return [
+            Grant.of(p.roles, p.service_name, p.region, p.resource, p.account_id) for p in policies
+        ]
+
+    # -- the decision --------------------------------------------------------
+
+    def registry_actions(
+        self,
+        principal: Principal,
+        region: str,
+        namespace: str,
+        owner: str | None,
+        grants: list[Grant] | None = None,
+    ) -> frozenset[str]:
+        """What a principal may do in a namespace: nothing unless one of its accounts
+        owns the namespace, then what that account's policies allow there."""
+        if owner is None or owner not in principal.accounts:
+            return frozenset()
+        return allowed_actions(
+            self.grants(principal) if grants is None else grants, REGISTRY, region, namespace, owner
+        )
+
+    def allows(
+        self,
+        principal: Principal,
+        action: str,
+        region: str | None = None,
+        namespace: str | None = None,
+        services: tuple[str, ...] = (REGISTRY,),
+    ) -> bool:
+        """A management decision, in the one account the principal acts in."""
+        grants = self.grants(principal)
+        account = principal.account_id
+        return any(
+            action in allowed_actions(grants, service, region, namespace, account)
+            for service in services
+        )
+
+    def require(
+        self,
+        principal: Principal,
+        action: str,
+        region: str | None = None,
+        namespace: str | None = None,
+        services: tuple[str, ...] = (REGISTRY,),
+    ) -> None:
+        if not self.allows(principal, action, region, namespace, services):
+            where = f" in {region}" if region else ""
+            raise Forbidden(f"you are not allowed to {action}{where}")
+
+    def is_admin(self, principal: Principal) -> bool:
+        return self.allows(principal, MANAGE_IAM, services=SERVICES)
 
     # -- namespaces ----------------------------------------------------------
 
-    def add_namespace(self, account_id: str, region: str, name: str) -> Namespace:
-        validate_namespace(name)
-        namespace = Namespace(region=region, name=name, account_id=account_id, created_at=_now())
+    def add_namespace(self, account_id: str, region: str, name: str) -> NamespaceRecord:
+        record = NamespaceRecord(region, validate_namespace(name), account_id, _now())
         try:
-            with self._session() as s:
-                s.add(namespace)
-        except IntegrityError:
+            with self.store.write() as tx:
+                tx.insert_namespace(record)
+        except Duplicate:
             raise Conflict(f"namespace {name!r} already exists in {region}") from None
-        return namespace
+        return record
 
-    def namespaces(self, account_id: str, region: str) -> list[Namespace]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(Namespace)
-                    .where(Namespace.account_id == account_id, Namespace.region == region)
-                    .order_by(Namespace.name)
-                )
-            )
+    def namespaces(self, account_id: str, region: str) -> list[NamespaceRecord]:
+        with self.store.read() as tx:
+            return tx.namespaces(account_id, region)
 
     def namespace_owner(self, region: str, name: str) -> str | None:
-        with Session(self.engine) as s:
-            return s.scalar(
-                select(Namespace.account_id).where(
-                    Namespace.region == region, Namespace.name == name
-                )
-            )
+        with self.store.read() as tx:
+            found = tx.namespace(region, name)
+        return None if found is None else found.account_id
 
-    def remove_namespace(self, account_id: str, region: str, name: str) -> None:
-        with self._session() as s:
-            result = s.execute(
-                delete(Namespace).where(
-                    Namespace.account_id == account_id,
-                    Namespace.region == region,
-                    Namespace.name == name,
-                )
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                raise NotFound(f"namespace {name!r} not found in {region}")
+    def namespaces_allowing(
+        self, principal: Principal, region: str, action: str
+    ) -> list[NamespaceRecord]:
+        """The namespaces of a region, in the principal's accounts, where it may ``action``."""
+        grants = self.grants(principal)
+        with self.store.read() as tx:
+            owned = [n for account in principal.accounts for n in tx.namespaces(account, region)]
+        return sorted(
+            (
+                n
+                for n in owned
+                if action in self.registry_actions(principal, region, n.name, n.account_id, grants)
+            ),
+            key=lambda n: n.name,
+        )
 
     # -- registry tokens -----------------------------------------------------
 
@@ -551,67 +689,35 @@ class IamService:
         non_expiring: bool,
     ) -> Created:
         value = new_secret()
-        token = RegistryToken(
-            id=str(uuid.uuid4()),
-            account_id=account_id,
-            region=region,
-            description=_validate_description(description),
-            readwrite=readwrite,
-            expires_at=None if non_expiring else _now() + REGISTRY_TOKEN_LIFETIME,
-            digest=self.keeper.digest(value),
-            sealed=self.keeper.seal(value),
-            created_at=_now(),
+        record = RegistryTokenRecord(
+            str(uuid.uuid4()),
+            account_id,
+            region,
+            _validate_description(description),
+            readwrite,
+            None if non_expiring else _now() + REGISTRY_TOKEN_LIFETIME,
+            _now(),
         )
-        with self._session() as s:
-            s.add(token)
-        return Created(token.id, value)
+        with self.store.write() as tx:
+            tx.insert_token(record, self.keeper.digest(value), self.keeper.seal(value))
+        return Created(record.id, value)
 
-    def registry_tokens(self, account_id: str, region: str) -> list[RegistryToken]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(RegistryToken)
-                    .where(RegistryToken.account_id == account_id, RegistryToken.region == region)
-                    .order_by(RegistryToken.created_at)
-                )
-            )
+    def registry_tokens(self, account_id: str, region: str) -> list[RegistryTokenRecord]:
+        with self.store.read() as tx:
+            return tx.tokens(account_id, region)
 
-    def _registry_token(self, account_id: str, token_id: str) -> RegistryToken:
-        with Session(self.engine) as s:
-            token = s.scalar(
-                select(RegistryToken).where(
-                    RegistryToken.account_id == account_id, RegistryToken.id == token_id
-                )
-            )
-        if token is None:
-            raise NotFound(f"registry token {token_id} not found")
-        return token
+    def _token(self, tx: IamTx, account_id: str, region: str, token_id: str) -> bytes:
+        found = tx.token(account_id, region, token_id)
+        if found is None:
+            raise NotFound(f"registry token {token_id[:100]} not found in {region}")
+        return found[1]
 
-    def registry_token_value(self, account_id: str, token_id: str) -> str:
-        return self.keeper.unseal(self._registry_token(account_id, token_id).sealed)
+    def registry_token_value(self, account_id: str, region: str, token_id: str) -> str:
+        with self.store.read() as tx:
+            sealed = self._token(tx, account_id, region, token_id)
+        return self.keeper.unseal(sealed)
 
-    def remove_registry_token(self, account_id: str, token_id: str) -> None:
-        token = self._registry_token(account_id, token_id)
-        with self._session() as s:
-            s.execute(delete(RegistryToken).where(RegistryToken.id == token.id))
-
-    def authenticate_registry_token(self, value: str, region: str) -> Principal | None:
-        if not value or len(value) > 512:
-            return None
-        with Session(self.engine) as s:
-            token = s.scalar(
-                select(RegistryToken).where(RegistryToken.digest == self.keeper.digest(value))
-            )
-        if token is None or token.region != region:
-            return None
-        expires = _aware(token.expires_at)
-        if expires is not None and expires <= _now():
-            return None
-        return Principal(
-            token.account_id,
-            "registry_token",
-            token.id,
-            credential_id=token.id,
-            readwrite=token.readwrite,
-            region=token.region,
-        )
+    def remove_registry_token(self, account_id: str, region: str, token_id: str) -> None:
+        with self.store.write() as tx:
+            self._token(tx, account_id, region, token_id)
+            tx.delete_token(token_id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 
 import httpx
 import jwt
+
+from moorage.client import ClientError, tls_verification, unreachable
 
 API_VERSION = "credentialprovider.kubelet.k8s.io/v1"
 CREDENTIAL_USER = "iamrefreshtoken"
@@ -35,7 +39,13 @@ def _duration(seconds: int) -> str:
     return f"{hours}h{minutes}m{secs}s"
 
 
-def exchange(host: str, api_key: str, scheme: str, timeout: float = 10) -> tuple[str, int]:
+def exchange(
+    host: str,
+    api_key: str,
+    scheme: str,
+    timeout: float = 10,
+    verify: ssl.SSLContext | bool = True,
+) -> tuple[str, int]:
     """A pull credential for ``host`` and its expiry (epoch seconds)."""
     try:
         reply = httpx.post(
@@ -49,9 +59,10 @@ def exchange(host: str, api_key: str, scheme: str, timeout: float = 10) -> tuple
                 "access_type": "offline",
                 "client_id": "moorage-credential-provider",
             },
+            verify=verify,
         )
     except httpx.HTTPError as exc:
-        raise ProviderError(f"cannot reach {host}: {type(exc).__name__}") from None
+        raise ProviderError(unreachable(host, exc)) from None
     if reply.status_code != 200:
         raise ProviderError(f"{host} refused the API key (HTTP {reply.status_code})")
     credential = reply.json().get("refresh_token")
@@ -61,7 +72,9 @@ def exchange(host: str, api_key: str, scheme: str, timeout: float = 10) -> tuple
     return str(credential), int(claims["exp"])
 
 
-def respond(request: dict[str, Any], api_key: str, scheme: str) -> dict[str, Any]:
+def respond(
+    request: dict[str, Any], api_key: str, scheme: str, verify: ssl.SSLContext | bool = True
+) -> dict[str, Any]:
     if (
         request.get("apiVersion") != API_VERSION
         or request.get("kind") != "CredentialProviderRequest"
@@ -71,7 +84,7 @@ def respond(request: dict[str, Any], api_key: str, scheme: str) -> dict[str, Any
     host = image.split("/", 1)[0]
     if not host or "/" not in image:
         raise ProviderError("the request names no registry image")
-    credential, expires = exchange(host, api_key, scheme)
+    credential, expires = exchange(host, api_key, scheme, verify=verify)
     cache = expires - int(time.time()) - SAFETY_MARGIN
     if cache <= 0:
         raise ProviderError("the registry issued a credential that is already expiring")
@@ -93,13 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         default="https",
         help="how to reach the registry's token endpoint",
     )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("MOORAGE_CA_FILE") or None,
+        help="CA certificate the registry's certificate must chain to (a private CA); "
+        "default: MOORAGE_CA_FILE, else the system's trusted roots",
+    )
     args = parser.parse_args(argv)
     try:
+        verify = tls_verification(args.ca_file or True)
         request = json.loads(sys.stdin.read())
         api_key = args.apikey_file.read_text().strip()
         if not api_key:
             raise ProviderError(f"{args.apikey_file} is empty")
-        sys.stdout.write(json.dumps(respond(request, api_key, args.scheme)))
+        sys.stdout.write(json.dumps(respond(request, api_key, args.scheme, verify)))
+    except ClientError as exc:
+        sys.stderr.write(f"moorage-credential-provider: {exc.message}\n")
+        return 1
     except (ProviderError, OSError, ValueError) as exc:
         sys.stderr.write(f"moorage-credential-provider: {exc}\n")
         return 1

@@ -50,7 +50,7 @@ def decode_auth(value: str) -> tuple[str, str]:
         else:
             raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         decoded = raw.decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: not even ASCII
         raise KeyringError("auth is not valid base64") from exc
     username, sep, password = decoded.partition(":")
     if not sep:
@@ -78,8 +78,11 @@ def _split(schemeless: str) -> tuple[list[str], str, str]:
 
 def key_matches(key: str, image: str) -> bool:
     """Whether a normalized key covers an image (``host[:port]/path``, no tag)."""
-    key_labels, key_port, key_path = _split(key)
-    image_labels, image_port, image_path = _split(image)
+    try:
+        key_labels, key_port, key_path = _split(key)
+        image_labels, image_port, image_path = _split(image)
+    except ValueError:  # not a URL at all (an unbalanced "[", a bad port)
+        return False
     if key_port != image_port or len(key_labels) != len(image_labels):
         return False
     if not all(fnmatchcase(i, k) for k, i in zip(key_labels, image_labels, strict=True)):
@@ -110,7 +113,11 @@ class Keyring:
                 except KeyringError as exc:
                     self.problems.append(f"{source}: {raw_key}: {exc}")
                     continue
-            key = normalize_key(raw_key)
+            try:
+                key = normalize_key(raw_key)
+            except ValueError:
+                self.problems.append(f"{source}: {raw_key[:100]!r} is not a registry address")
+                continue
             self.entries.setdefault(key, []).append(Credential(username, password, source, key))
 
     def add_secret(self, secret_type: str, data: dict[str, str], source: str) -> None:
@@ -126,7 +133,7 @@ class Keyring:
             return
         try:
             document = json.loads(base64.b64decode(data[field_name]))
-        except (ValueError, binascii.Error) as exc:
+        except (ValueError, binascii.Error, RecursionError) as exc:
             raise KeyringError(f"{source}: {field_name} is not valid JSON") from exc
         if not isinstance(document, dict):
             raise KeyringError(f"{source}: {field_name} is not a JSON object")

@@ -5,6 +5,7 @@ from moorage.metadata.migrate import upgrade
 from moorage.metadata.store import (
     ImageRow,
     MetadataStore,
+    NamespaceChanged,
     NewManifest,
     Referrer,
     RepoRef,
@@ -16,6 +17,7 @@ from moorage.metadata.store import (
 __all__ = [
     "ImageRow",
     "MetadataStore",
+    "NamespaceChanged",
     "NewManifest",
     "Referrer",
     "RepoRef",

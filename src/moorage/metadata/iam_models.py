@@ -19,13 +19,29 @@ class Account(Base):
 
 
 class User(Base):
+    """A person: one identity, however many accounts it is a member of. The salt
+    is the identity's, so that one scrypt checks a password against every
+    membership at once."""
+
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    account_id: Mapped[str] = mapped_column(
-        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
-    )
     email: Mapped[str] = mapped_column(String(254), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AccountMember(Base):
+    """A user's membership of an account. Policies, API keys and the password are
+    per membership: a password one account sets never opens another."""
+
+    __tablename__ = "account_members"
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(255))  # derived with the user's salt
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -55,6 +71,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(String(1000), default="")
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who locked it: an administrator's lock is not the owner's to undo.
+    locked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

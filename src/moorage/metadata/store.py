@@ -22,12 +22,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
+from moorage.metadata.iam_models import Namespace
 from moorage.metadata.models import (
     Blob,
     Manifest,
@@ -39,6 +41,13 @@ from moorage.metadata.models import (
 )
 
 BLOB_REFERENCE = "blob"
+
+
+class NamespaceChanged(LookupError):
+    """The namespace a write was authorised for no longer belongs to that account
+    (removed, perhaps claimed by another) by the time the write commits."""
+
+
 MANIFEST_REFERENCE = "manifest"
 
 
@@ -151,8 +160,34 @@ _LINKED_BLOB_SIZE = (
 
 
 class MetadataStore:
+    """Every method is one transaction. A write that takes ``account`` commits
+    only if the repository's namespace still belongs to that account, checked
+    inside the same transaction (on PostgreSQL under a share lock on the
+    namespace row, which a removal must wait for); None skips the check (open
+    access, where namespaces are not required)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @staticmethod
+    def _check_account(conn: Connection, repo: RepoRef, account: str | None) -> None:
+        if account is None:
+            return
+        owner = conn.scalar(
+            select(Namespace.account_id)
+            .where(Namespace.region == repo.region, Namespace.name == repo.name.split("/", 1)[0])
+            .with_for_update(read=True)
+        )
+        if owner != account:
+            raise NamespaceChanged(repo.name.split("/", 1)[0])
+
+    def namespace_owner(self, region: str, namespace: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.scalar(
+                select(Namespace.account_id).where(
+                    Namespace.region == region, Namespace.name == namespace
+                )
+            )
 
     # -- repositories ------------------------------------------------------
 
@@ -211,9 +246,12 @@ class MetadataStore:
             value = conn.scalar(_LINKED_BLOB_SIZE, _p(repo, digest=digest))
         return None if value is None else int(value)
 
-    def record_blob(self, repo: RepoRef, digest: str, size: int) -> None:
+    def record_blob(
+        self, repo: RepoRef, digest: str, size: int, account: str | None = None
+    ) -> None:
         """Record a committed blob and link it into ``repo``, idempotently."""
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
             if conn.scalar(select(Blob.size).where(Blob.digest == digest)) is None:
                 conn.execute(insert(Blob).values(digest=digest, size=size, created_at=_now()))
@@ -233,17 +271,21 @@ class MetadataStore:
                 )
             )
 
-    def mount_blob(self, repo: RepoRef, digest: str, source_repo: RepoRef) -> int | None:
+    def mount_blob(
+        self, repo: RepoRef, digest: str, source_repo: RepoRef, account: str | None = None
+    ) -> int | None:
         """Link a blob that ``source_repo`` holds into ``repo``; its size, or None."""
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             size = conn.scalar(_LINKED_BLOB_SIZE, _p(source_repo, digest=digest))
             if size is None:
                 return None
             self._link(conn, self._ensure_repository(conn, repo), digest)
             return int(size)
 
-    def unlink_blob(self, repo: RepoRef, digest: str) -> bool:
+    def unlink_blob(self, repo: RepoRef, digest: str, account: str | None = None) -> bool:
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
                 return False
@@ -301,8 +343,11 @@ class MetadataStore:
 
     # -- uploads -----------------------------------------------------------
 
-    def create_upload(self, upload_id: str, repo: RepoRef, owner: str | None) -> None:
+    def create_upload(
+        self, upload_id: str, repo: RepoRef, owner: str | None, account: str | None = None
+    ) -> None:
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             conn.execute(
                 insert(Upload).values(
                     id=upload_id,
@@ -378,9 +423,12 @@ class MetadataStore:
             conn.execute(insert(ManifestReference), refs)
         return manifest_id
 
-    def put_manifest(self, repo: RepoRef, manifest: NewManifest, tag: str | None) -> None:
+    def put_manifest(
+        self, repo: RepoRef, manifest: NewManifest, tag: str | None, account: str | None = None
+    ) -> None:
         """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
             manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
@@ -409,9 +457,10 @@ class MetadataStore:
                 )
             )
 
-    def delete_manifest(self, repo: RepoRef, digest: str) -> bool:
+    def delete_manifest(self, repo: RepoRef, digest: str, account: str | None = None) -> bool:
         """Delete a manifest and every tag naming it."""
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
                 return False
@@ -425,8 +474,9 @@ class MetadataStore:
             conn.execute(delete(Manifest).where(Manifest.id == manifest_id))
             return True
 
-    def delete_tag(self, repo: RepoRef, tag: str) -> bool:
+    def delete_tag(self, repo: RepoRef, tag: str, account: str | None = None) -> bool:
         with self.engine.begin() as conn:
+            self._check_account(conn, repo, account)
             result = conn.execute(
                 delete(Tag).where(Tag.repository_id == _repo_id, Tag.name == tag), _p(repo)
             )
@@ -493,18 +543,33 @@ class MetadataStore:
         with self.engine.connect() as conn:
             return [ImageRow(*row) for row in conn.execute(stmt)]
 
-    def delete_namespace(self, region: str, namespace: str) -> int:
-        """Remove every repository of a namespace (its blobs go at the next gc)."""
+    def remove_namespace(self, account_id: str, region: str, namespace: str) -> list[str] | None:
+        """Remove a namespace an account owns and everything it held, in one
+        transaction: the namespace itself, its repositories, manifests, tags,
+        blob links and upload sessions. Returns the ids of the upload sessions it
+        ended (their staged bytes are the blob store's to discard), or None when
+        the account owns no such namespace. The blobs go at the next gc."""
         with self.engine.begin() as conn:
-            ids = list(
-                conn.scalars(
-                    select(Repository.id).where(
-                        Repository.region == region, Repository.namespace == namespace
-                    )
+            removed = conn.execute(
+                delete(Namespace).where(
+                    Namespace.account_id == account_id,
+                    Namespace.region == region,
+                    Namespace.name == namespace,
                 )
             )
-            if not ids:
-                return 0
+            if not removed.rowcount:
+                return None
+            in_namespace = or_(
+                Upload.repository.startswith(namespace + "/", autoescape=True),
+                Upload.repository == namespace,
+            )
+            uploads = list(
+                conn.scalars(select(Upload.id).where(Upload.region == region, in_namespace))
+            )
+            conn.execute(delete(Upload).where(Upload.id.in_(uploads)))
+            ids = select(Repository.id).where(
+                Repository.region == region, Repository.namespace == namespace
+            )
             manifest_ids = select(Manifest.id).where(Manifest.repository_id.in_(ids))
             conn.execute(delete(Tag).where(Tag.repository_id.in_(ids)))
             conn.execute(
@@ -512,5 +577,9 @@ class MetadataStore:
             )
             conn.execute(delete(Manifest).where(Manifest.repository_id.in_(ids)))
             conn.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id.in_(ids)))
-            conn.execute(delete(Repository).where(Repository.id.in_(ids)))
-            return len(ids)
+            conn.execute(
+                delete(Repository).where(
+                    Repository.region == region, Repository.namespace == namespace
+                )
+            )
+            return uploads

@@ -8,7 +8,7 @@ import re
 from typing import NamedTuple, Protocol
 
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 
 class DigestError(ValueError):

@@ -131,6 +131,8 @@ def parse_manifest(body: bytes, content_type: str | None = None) -> ParsedManife
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ManifestError("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     if doc.get("schemaVersion") != 2:

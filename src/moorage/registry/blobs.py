@@ -9,25 +9,33 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from moorage.metadata import MetadataStore, RepoRef
+from moorage.metadata import MetadataStore, NamespaceChanged, RepoRef
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    NamespaceGone,
     RangeInvalid,
     SizeInvalid,
     Unsupported,
 )
-from moorage.storage import BlobStore, DigestMismatch, TruncatedBody, UploadMissing
+from moorage.storage import (
+    BlobStore,
+    DigestMismatch,
+    OffsetMismatch,
+    TruncatedBody,
+    UploadMissing,
+)
 
 log = logging.getLogger("moorage.registry")
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
 def require_digest(value: str | None) -> Digest:
@@ -39,6 +47,15 @@ def require_digest(value: str | None) -> Digest:
         if exc.unsupported:
             raise Unsupported(str(exc)) from exc
         raise DigestInvalid(str(exc)) from exc
+
+
+@contextmanager
+def namespace_checked() -> Iterator[None]:
+    """A write whose namespace changed hands under it is refused, not misplaced."""
+    try:
+        yield
+    except NamespaceChanged:
+        raise NamespaceGone() from None
 
 
 def range_header(size: int) -> str:
@@ -73,26 +90,39 @@ class BlobService:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return BlobHandle(digest, size, self.store.local_path(digest))
 
-    def delete(self, repo: RepoRef, digest_value: str) -> Digest:
-        """Unlink a blob from one repository; the bytes go when garbage collection runs."""
+    def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
+        """Unlink a blob from one repository; the bytes go when garbage collection runs.
+        ``account`` (here and below) is the account the caller was authorised as the
+        namespace's owner: the write commits only if it still is."""
         digest = require_digest(digest_value)
-        if not self.metadata.unlink_blob(repo, str(digest)):
+        with namespace_checked():
+            unlinked = self.metadata.unlink_blob(repo, str(digest), account)
+        if not unlinked:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return digest
 
     # -- uploads -----------------------------------------------------------
 
-    def start_upload(self, repo: RepoRef, owner: str | None = None) -> UploadState:
+    def start_upload(
+        self, repo: RepoRef, owner: str | None = None, account: str | None = None
+    ) -> UploadState:
         upload_id = uuid.uuid4().hex
         self.store.create_upload(upload_id)
         try:
-            self.metadata.create_upload(upload_id, repo, owner)
+            with namespace_checked():
+                self.metadata.create_upload(upload_id, repo, owner, account)
         except BaseException:
             self.store.discard_upload(upload_id)
             raise
         return UploadState(upload_id, 0)
 
-    def mount(self, repo: RepoRef, digest_value: str, source_repo: RepoRef | None) -> Digest | None:
+    def mount(
+        self,
+        repo: RepoRef,
+        digest_value: str,
+        source_repo: RepoRef | None,
+        account: str | None = None,
+    ) -> Digest | None:
         """Link a blob from ``source_repo``; None means "upload it instead"."""
         try:
             digest = parse_digest(digest_value)
@@ -102,12 +132,19 @@ class BlobService:
             return None
         if self.store.blob_size(digest) is None:
             return None
-        if self.metadata.mount_blob(repo, str(digest), source_repo) is None:
+        with namespace_checked():
+            mounted = self.metadata.mount_blob(repo, str(digest), source_repo, account)
+        if mounted is None:
             return None
         return digest
 
     async def upload_whole(
-        self, repo: RepoRef, digest_value: str, body: AsyncIterable[bytes], length: int | None
+        self,
+        repo: RepoRef,
+        digest_value: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        account: str | None = None,
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
@@ -118,7 +155,8 @@ class BlobService:
             await self._commit(upload_id, digest)
         finally:
             self.store.discard_upload(upload_id)
-        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
+        with namespace_checked():
+            self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
         return digest
 
     def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
@@ -139,11 +177,12 @@ class BlobService:
         return UploadState(upload_id, self._session(repo, upload_id))
 
     def _check_range(
-        self, upload_id: str, size: int, content_range: str | None, length: int | None
-    ) -> int | None:
-        """Validate Content-Range against the session; returns the chunk length it implies."""
+        self, size: int, content_range: str | None, length: int | None
+    ) -> tuple[int | None, int | None]:
+        """Validate Content-Range against the session; returns the chunk length it
+        implies and the offset it claims (None without a Content-Range)."""
         if not content_range:
-            return length
+            return length, None
         match = _CONTENT_RANGE.match(content_range.strip())
         if not match:
             raise RangeInvalid(
@@ -159,7 +198,7 @@ class BlobService:
         chunk = end - start + 1
         if length is not None and length != chunk:
             raise SizeInvalid(f"Content-Length {length} does not match Content-Range {start}-{end}")
-        return chunk
+        return chunk, start
 
     async def append(
         self,
@@ -170,8 +209,8 @@ class BlobService:
         length: int | None,
     ) -> UploadState:
         size = self._session(repo, upload_id)
-        expected = self._check_range(upload_id, size, content_range, length)
-        return UploadState(upload_id, await self._append(upload_id, body, expected))
+        expected, offset = self._check_range(size, content_range, length)
+        return UploadState(upload_id, await self._append(upload_id, body, expected, offset))
 
     async def finish(
         self,
@@ -181,19 +220,23 @@ class BlobService:
         body: AsyncIterable[bytes] | None,
         content_range: str | None,
         length: int | None,
+        account: str | None = None,
     ) -> Digest:
         size = self._session(repo, upload_id)
         digest = require_digest(digest_value)
         if body is not None:
-            expected = self._check_range(upload_id, size, content_range, length)
-            await self._append(upload_id, body, expected)
+            expected, offset = self._check_range(size, content_range, length)
+            await self._append(upload_id, body, expected, offset)
         try:
             await self._commit(upload_id, digest)
         except (DigestInvalid, BlobUploadInvalid):
             self._end_session(upload_id)
             raise
-        self.metadata.record_blob(repo, str(digest), self._committed_size(digest))
-        self._end_session(upload_id)
+        try:
+            with namespace_checked():
+                self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+        finally:
+            self._end_session(upload_id)
         return digest
 
     def cancel(self, repo: RepoRef, upload_id: str) -> None:
@@ -205,12 +248,22 @@ class BlobService:
         self.store.discard_upload(upload_id)
 
     async def _append(
-        self, upload_id: str, body: AsyncIterable[bytes], expected: int | None
+        self,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        expected: int | None,
+        offset: int | None = None,
     ) -> int:
         try:
-            return await self.store.append(upload_id, body, expected)
+            return await self.store.append(upload_id, body, expected, offset)
         except UploadMissing as exc:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
+        except OffsetMismatch as exc:
+            # Another chunk for the same range got there first.
+            raise RangeInvalid(
+                f"chunk at offset {offset} does not continue the upload at offset {exc.size}",
+                headers={"Range": range_header(exc.size)},
+            ) from exc
         except TruncatedBody as exc:
             raise SizeInvalid(str(exc)) from exc
 

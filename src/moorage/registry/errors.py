@@ -105,3 +105,10 @@ class RangeInvalid(BlobUploadInvalid):
     """A chunk that does not continue the upload: 416, with the current Range."""
 
     status = 416
+
+
+class NamespaceGone(Denied):
+    """The namespace a write was authorised for changed hands (or went) meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__("the namespace was removed or changed hands while this request ran")

@@ -13,7 +13,7 @@ from moorage.metadata import ImageRow, MetadataStore, NewManifest, RepoRef, Stor
 from moorage.oci.digest import digest_bytes
 from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
-from moorage.registry.blobs import require_digest
+from moorage.registry.blobs import namespace_checked, require_digest
 from moorage.registry.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -104,8 +104,15 @@ class ManifestService:
             raise self.too_large()
 
     def put(
-        self, repo: RepoRef, reference: str, body: bytes, content_type: str | None
+        self,
+        repo: RepoRef,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        account: str | None = None,
     ) -> PutResult:
+        """``account``, here and below: the account the caller was authorised as the
+        namespace's owner; the write commits only if it still is."""
         self.check_size(len(body))
         by_digest = self._reference(reference)
         if by_digest:
@@ -146,39 +153,66 @@ class ManifestService:
                 "index references manifests unknown to this repository",
                 detail={"missing": missing},
             )
-        self.metadata.put_manifest(
-            repo,
-            NewManifest(
-                digest=digest,
-                media_type=parsed.media_type,
-                artifact_type=parsed.referrer_artifact_type,
-                subject_digest=parsed.subject.digest if parsed.subject else None,
-                annotations=parsed.annotations,
-                content=body,
-                blob_digests=[b.digest for b in blobs],
-                child_digests=[m.digest for m in parsed.manifests],
-            ),
-            tag=None if by_digest else reference,
-        )
+        with namespace_checked():
+            self.metadata.put_manifest(
+                repo,
+                NewManifest(
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    artifact_type=parsed.referrer_artifact_type,
+                    subject_digest=parsed.subject.digest if parsed.subject else None,
+                    annotations=parsed.annotations,
+                    content=body,
+                    blob_digests=[b.digest for b in blobs],
+                    child_digests=[m.digest for m in parsed.manifests],
+                ),
+                tag=None if by_digest else reference,
+                account=account,
+            )
         return PutResult(digest, parsed.subject.digest if parsed.subject else None)
 
-    def link_blobs(self, target: RepoRef, source: RepoRef, manifest: StoredManifest) -> None:
+    def link_blobs(
+        self,
+        target: RepoRef,
+        source: RepoRef,
+        manifest: StoredManifest,
+        account: str | None = None,
+    ) -> None:
         """Make what an image manifest names visible in ``target`` too (a server-side copy)."""
         parsed = parse_manifest(manifest.content, manifest.media_type)
         if parsed.is_index:
             raise Unsupported("copying an index to another repository is not supported")
         for blob in parsed.required_blobs:
-            if self.metadata.mount_blob(target, blob.digest, source) is None:
+            with namespace_checked():
+                mounted = self.metadata.mount_blob(target, blob.digest, source, account)
+            if mounted is None:
                 raise ManifestBlobUnknown(
                     "source image is incomplete", detail={"missing": blob.digest}
                 )
 
-    def delete(self, repo: RepoRef, reference: str) -> None:
+    def tag(
+        self,
+        source: RepoRef,
+        reference: str,
+        target: RepoRef,
+        tag: str,
+        account: str | None = None,
+    ) -> str:
+        """Point ``target:tag`` at the manifest ``source:reference`` names, linking
+        its blobs into ``target`` first; returns the manifest's digest."""
+        manifest = self.get(source, reference, [])
+        if target != source:
+            self.link_blobs(target, source, manifest, account)
+        self.put(target, tag, manifest.content, manifest.media_type, account)
+        return manifest.digest
+
+    def delete(self, repo: RepoRef, reference: str, account: str | None = None) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""
-        if self._lookup_reference(reference):
-            found = self.metadata.delete_manifest(repo, reference)
-        else:
-            found = self.metadata.delete_tag(repo, reference)
+        with namespace_checked():
+            if self._lookup_reference(reference):
+                found = self.metadata.delete_manifest(repo, reference, account)
+            else:
+                found = self.metadata.delete_tag(repo, reference, account)
         if not found:
             raise ManifestUnknown("manifest unknown to registry", detail={"reference": reference})
 
@@ -202,10 +236,6 @@ class ManifestService:
 
     def images(self, region: str, namespaces: list[str]) -> list[ImageRow]:
         return self.metadata.images(region, namespaces)
-
-    def drop_namespace(self, region: str, namespace: str) -> int:
-        """Forget every repository of a namespace; gc reclaims the bytes."""
-        return self.metadata.delete_namespace(region, namespace)
 
     def referrers(self, repo: RepoRef, digest_value: str, artifact_type: str | None) -> bytes:
         digest = require_digest(digest_value)

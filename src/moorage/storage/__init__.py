@@ -3,7 +3,20 @@
 Drivers implement :class:`BlobStore`. Only the registry services call them;
 storage knows nothing about repositories, tags or HTTP."""
 
-from moorage.storage.base import BlobStore, DigestMismatch, TruncatedBody, UploadMissing
+from moorage.storage.base import (
+    BlobStore,
+    DigestMismatch,
+    OffsetMismatch,
+    TruncatedBody,
+    UploadMissing,
+)
 from moorage.storage.filesystem import FilesystemBlobStore
 
-__all__ = ["BlobStore", "DigestMismatch", "FilesystemBlobStore", "TruncatedBody", "UploadMissing"]
+__all__ = [
+    "BlobStore",
+    "DigestMismatch",
+    "FilesystemBlobStore",
+    "OffsetMismatch",
+    "TruncatedBody",
+    "UploadMissing",
+]

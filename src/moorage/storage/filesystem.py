@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from moorage.oci.digest import HEX_LENGTHS, Digest, Hasher, new_hasher
-from moorage.storage.base import DigestMismatch, TruncatedBody, UploadMissing
+from moorage.storage.base import DigestMismatch, OffsetMismatch, TruncatedBody, UploadMissing
 
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+T = TypeVar("T")
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
 _WRITE_BUFFER = 1 << 20
 _HASH_BLOCK = 4 << 20
 _STAGING_ALGORITHM = "sha256"
@@ -48,7 +51,11 @@ def _hash_and_write(fd: int, hasher: Hasher, block: bytearray) -> None:
 
 
 async def _pipelined_write(
-    fd: int, hasher: Hasher, chunks: AsyncIterable[bytes], expected_length: int | None
+    fd: int,
+    hasher: Hasher,
+    chunks: AsyncIterable[bytes],
+    expected_length: int | None,
+    executor: Executor,
 ) -> int:
     """Hash and write each full buffer on a worker thread while the event loop
     receives the next one: hashlib and os.write release the GIL, so the two
@@ -67,7 +74,7 @@ async def _pipelined_write(
                 if pending is not None:
                     await pending
                 block, buffer = buffer, bytearray()
-                pending = loop.run_in_executor(None, _hash_and_write, fd, hasher, block)
+                pending = loop.run_in_executor(executor, _hash_and_write, fd, hasher, block)
         if pending is not None:
             await pending
             pending = None
@@ -83,7 +90,7 @@ async def _pipelined_write(
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, io_threads: int = 4) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.uploads = root / "uploads"
@@ -94,6 +101,12 @@ class FilesystemBlobStore:
         # file size. Lost on restart; rebuilt from the file on demand.
         self._hashers: dict[str, tuple[Hasher, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Hashing, writing and fsync have threads of their own: work queued on the
+        # default pool (database calls, token issuance) never holds up an upload.
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="blob-io")
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # -- blobs -------------------------------------------------------------
 
@@ -147,13 +160,17 @@ class FilesystemBlobStore:
         cached = self._hashers.get(upload_id)
         if cached is not None and cached[1] == size:
             return cached[0]
-        hasher, hashed = await asyncio.to_thread(_hash_file, path, _STAGING_ALGORITHM)
+        hasher, hashed = await self._off_loop(_hash_file, path, _STAGING_ALGORITHM)
         if hashed != size:
             raise UploadMissing(upload_id)
         return hasher
 
     async def append(
-        self, upload_id: str, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        offset: int | None = None,
     ) -> int:
         path = self._upload_path(upload_id)
         async with self._lock(upload_id):
@@ -164,8 +181,10 @@ class FilesystemBlobStore:
             hasher: Hasher | None = None
             try:
                 start = os.fstat(fd).st_size
+                if offset is not None and offset != start:
+                    raise OffsetMismatch(start)
                 hasher = (await self._running_hash(upload_id, path, start)).copy()
-                written = await _pipelined_write(fd, hasher, chunks, expected_length)
+                written = await _pipelined_write(fd, hasher, chunks, expected_length, self._io)
             except BaseException as exc:
                 if hasher is not None and expected_length is None and not isinstance(exc, OSError):
                     # A streamed body cut short (client gone, server stopping) keeps
@@ -192,12 +211,10 @@ class FilesystemBlobStore:
             if digest.algorithm == _STAGING_ALGORITHM:
                 actual = (await self._running_hash(upload_id, path, size)).hexdigest()
             else:
-                actual = (await asyncio.to_thread(_hash_file, path, digest.algorithm))[
-                    0
-                ].hexdigest()
+                actual = (await self._off_loop(_hash_file, path, digest.algorithm))[0].hexdigest()
             if actual != digest.hex:
                 raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
-            await asyncio.to_thread(self._publish, path, digest)
+            await self._off_loop(self._publish, path, digest)
         self._forget(upload_id)
         return size
 

@@ -1,0 +1,78 @@
+"""Request bodies of the management API, as pydantic models: parsed and
+checked in one step (unknown fields, wrong types and oversized strings get a
+400 that names the field), and published as JSON Schema in the OpenAPI
+document. The rules of IAM itself (name patterns, role names, regions) stay in
+the services, which say what is wrong in their own words."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+Email = Annotated[str, Field(min_length=3, max_length=254)]
+Secret = Annotated[str, Field(min_length=1, max_length=4096)]
+Optional = Annotated[str | None, Field(default=None, max_length=1000)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AccountCreate(Body):
+    name: Name
+    admin_email: Email
+
+
+class UserInvite(Body):
+    email: Email
+    password: Annotated[str, Field(min_length=12, max_length=1024)]
+
+
+class ServiceIdCreate(Body):
+    name: Name
+    description: Optional = None
+
+
+class PolicyCreate(Body):
+    roles: Annotated[
+        list[Annotated[str, Field(max_length=40)]] | Annotated[str, Field(max_length=400)],
+        Field(description="role names, as a list or comma-separated"),
+    ]
+    service_name: Annotated[str, Field(max_length=64)]
+    region: Annotated[str | None, Field(max_length=64)] = None
+    resource_type: Annotated[str | None, Field(max_length=32)] = None
+    resource: Annotated[str | None, Field(max_length=64)] = None
+
+
+class ApiKeyCreate(Body):
+    name: Name
+    description: Optional = None
+
+
+class ApiKeyUpdate(Body):
+    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    description: Optional = None
+
+
+class NamespaceCreate(Body):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ImageTag(Body):
+    source: Annotated[str, Field(min_length=1, max_length=512)]
+    target: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class TokenCreate(Body):
+    description: Optional = None
+    readwrite: bool = False
+    non_expiring: bool = False
+
+
+class PullCheckRequest(Body):
+    registry: Annotated[str, Field(min_length=1, max_length=300)]
+    repository: Annotated[str, Field(min_length=1, max_length=512)]
+    username: Annotated[str, Field(max_length=300)]
+    password: Secret
