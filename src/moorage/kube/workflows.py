@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from moorage.client import ClientError, ManagementClient
+from moorage.client import ClientError, ManagementClient, segment
 from moorage.kube.errors import kube_errors
 from moorage.kube.pullsecrets import (
     API_KEY_USER,
@@ -49,7 +49,7 @@ class ClusterKeys:
     def ensure_service_id(self) -> str:
         m = self.management
         try:
-            m.request("GET", f"/iam/service-ids/{self.service_id}")
+            m.request("GET", f"/iam/service-ids/{segment(self.service_id)}")
         except ClientError as exc:
             if exc.status != 404:
                 raise
@@ -61,7 +61,7 @@ class ClusterKeys:
                     "description": f"Pulls images from Moorage for cluster {self.cluster}",
                 },
             )
-        policies = m.request("GET", f"/iam/service-ids/{self.service_id}/policies")
+        policies = m.request("GET", f"/iam/service-ids/{segment(self.service_id)}/policies")
         if not any(
             p["roles"] == ["Reader"]
             and p["service_name"] == REGISTRY_SERVICE
@@ -71,7 +71,7 @@ class ClusterKeys:
         ):
             m.request(
                 "POST",
-                f"/iam/service-ids/{self.service_id}/policies",
+                f"/iam/service-ids/{segment(self.service_id)}/policies",
                 {"roles": "Reader", "service_name": REGISTRY_SERVICE},
             )
         return self.service_id
@@ -80,7 +80,7 @@ class ClusterKeys:
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
         created = self.management.request(
             "POST",
-            f"/iam/service-ids/{self.service_id}/api-keys",
+            f"/iam/service-ids/{segment(self.service_id)}/api-keys",
             {
                 "name": f"{self._prefix}{stamp}-{time.time_ns() % 1000000:06d}",
                 "description": description or f"image pull secrets of cluster {self.cluster}",
@@ -91,9 +91,11 @@ class ClusterKeys:
     def retire(self, keep: str) -> list[str]:
         """Delete every pull key of this cluster except ``keep``; the ids deleted."""
         retired = []
-        for key in self.management.request("GET", f"/iam/service-ids/{self.service_id}/api-keys"):
+        for key in self.management.request(
+            "GET", f"/iam/service-ids/{segment(self.service_id)}/api-keys"
+        ):
             if key["id"] != keep and key["name"].startswith(self._prefix):
-                self.management.request("DELETE", f"/iam/api-keys/{key['id']}")
+                self.management.request("DELETE", f"/iam/api-keys/{segment(str(key['id']))}")
                 retired.append(str(key["id"]))
         return retired
 
@@ -258,10 +260,10 @@ def create_service_id_pull_secrets(
             },
         )
     else:
-        m.request("GET", f"/iam/service-ids/{owner}")
+        m.request("GET", f"/iam/service-ids/{segment(owner)}")
     m.request(
         "POST",
-        f"/iam/service-ids/{owner}/policies",
+        f"/iam/service-ids/{segment(owner)}/policies",
         {
             "roles": roles,
             "service_name": REGISTRY_SERVICE,
@@ -272,7 +274,7 @@ def create_service_id_pull_secrets(
     )
     created = m.request(
         "POST",
-        f"/iam/service-ids/{owner}/api-keys",
+        f"/iam/service-ids/{segment(owner)}/api-keys",
         {
             "name": f"{cluster}-{namespace}-key-{time.time_ns() % 10**9}",
             "description": f"API key for service ID {owner} in Kubernetes cluster {cluster} "
