@@ -831,30 +831,38 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = {args.only} if args.only else {"core", "auth", "kube"}
-    metrics, latencies = run(args.rounds, args.seconds, args.small, parts)
-    text = render(metrics, latencies, args.rounds, args.seconds) if metrics else "## Latest run\n"
+    if parts - {"kube"}:
+        metrics, latencies = run(args.rounds, args.seconds, args.small, parts)
+        text = (
+            render(metrics, latencies, args.rounds, args.seconds) if metrics else "## Latest run\n"
+        )
+        write_results(args.output, text)
     if "kube" in parts:
         import bench.kube as kube_bench
 
         print("kubernetes: apply, copy to 500 namespaces, controller, diagnose", flush=True)
-        text += "\n".join(kube_bench.render(kube_bench.run())) + "\n"
-    write_results(args.output, text)
+        text = "\n".join(kube_bench.render(kube_bench.run()))
+        write_results(args.output, text, KUBE_BEGIN, KUBE_END)
     print(f"\nwrote {args.output}")
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+KUBE_BEGIN, KUBE_END = "<!-- bench:kube:begin -->", "<!-- bench:kube:end -->"
 
 
-def write_results(path: Path, results: str) -> None:
-    """Replace the generated block of the document, keeping the prose around it."""
-    block = f"{BEGIN}\n{results}\n{END}"
-    if path.exists() and BEGIN in (text := path.read_text()) and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+def write_results(path: Path, results: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace one generated block of the document (the registry's, or the
+    Kubernetes one), keeping the prose and the other block; a missing block is
+    added at the end."""
+    block = f"{begin}\n{results}\n{end}"
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         path.write_text(head + block + tail)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(block + "\n")
+        path.write_text(text + ("\n" if text else "") + block + "\n")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from tests.server import free_port
+
+T = TypeVar("T")
+RESOURCES = ("namespaces", "secrets", "serviceaccounts")  # what the controller touches
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
@@ -50,8 +56,9 @@ def _cert(
 
 
 class KubeCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args
         self.etcd_port = free_port()
         self.port = free_port()
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -152,6 +159,7 @@ class KubeCluster:
                     "--endpoint-reconciler-type=none",
                     "--enable-admission-plugins=ServiceAccount",
                     "--v=0",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -200,6 +208,29 @@ current-context: test
             raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
         return result
 
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    def request_counts(self, resources: tuple[str, ...] = RESOURCES) -> dict[str, float]:
+        """The API server's own count of finished requests by verb (its
+        ``apiserver_request_total``), for the given resources: what clients asked
+        of it, whoever they are."""
+        text = self.kubectl("get", "--raw", "/metrics").stdout
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels.get("resource") in resources:
+                verb = labels.get("verb", "")
+                counts[verb] = counts.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def calls(self, resources: tuple[str, ...] = RESOURCES) -> int:
+        """Finished requests other than watches on ``resources``."""
+        return int(sum(n for verb, n in self.request_counts(resources).items() if verb != "WATCH"))
+
     def namespace(self, name: str) -> None:
         """A namespace and its default service account, as a controller-manager would make."""
         self.kubectl("create", "namespace", name)
@@ -215,3 +246,35 @@ current-context: test
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
         self.processes.clear()
+
+
+def wait_for(check: Callable[[], T], seconds: float = 15, every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something true or the deadline passes;
+    the last value either way (so the caller's assert shows it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def api_client(cluster: KubeCluster) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfig)
+    )
+
+
+def make_namespace(core: Any, name: str, labels: dict[str, str] | None = None) -> None:
+    """A namespace and its default service account, as a controller-manager would make."""
+    from kubernetes import client
+
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
+    core.create_namespaced_service_account(
+        name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+    )

@@ -733,14 +733,16 @@ def test_controller_manifests_are_accepted_by_the_api_server(cluster: KubeCluste
     result = cluster.kubectl("apply", "-f", str(manifests))
     for kind in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding", "deployment"):
         assert kind in result.stdout.lower()
-    account = cluster.kubectl(
-        "auth",
-        "can-i",
-        "watch",
-        "namespaces",
-        "--as=system:serviceaccount:moorage-system:moorage-controller",
-    )
-    assert account.stdout.strip() == "yes"
+    for resource in ("namespaces", "secrets", "serviceaccounts"):  # the controller's informers
+        account = cluster.kubectl(
+            "auth",
+            "can-i",
+            "watch",
+            resource,
+            "--all-namespaces",
+            "--as=system:serviceaccount:moorage-system:moorage-controller",
+        )
+        assert account.stdout.strip() == "yes", resource
     denied = cluster.kubectl(
         "auth",
         "can-i",

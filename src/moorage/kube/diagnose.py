@@ -3,37 +3,19 @@
 It replays the kubelet: only the pod's own ``imagePullSecrets`` count; a
 workload's pods not yet created get the service account's secrets copied in by
 the ServiceAccount admission plugin, and only when the template lists none.
-The keyring (``moorage.kube.keyring``) picks the credentials; a ``Probe`` then
-asks the registry whether each one signs in and may pull the image."""
+The keyring (``moorage.kube.keyring``) picks the credentials; a credential
+check (``moorage.kube.registry_check``) then asks, without sending the
+credential anywhere it does not belong, whether each one may pull the image."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from moorage.kube.errors import kube_errors
 from moorage.kube.keyring import Keyring, KeyringError, repository_of
-
-WORKLOAD_TEMPLATES = {
-    "Deployment": ("spec", "template", "spec"),
-    "ReplicaSet": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-}
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    reachable: bool  # a Moorage registry answered for this host
-    authenticated: bool
-    allowed: bool
-    message: str = ""
-
-
-class Probe(Protocol):
-    def __call__(self, repository: str, username: str, password: str) -> ProbeResult: ...
+from moorage.kube.registry_check import CredentialCheck, ImageRef, Verdict
+from moorage.kube.workloads import BY_KIND, WorkloadKind
 
 
 @dataclass
@@ -41,26 +23,17 @@ class Finding:
     container: str
     image: str
     secrets: list[str] = field(default_factory=list)  # secrets whose entries were tried
-    verdict: str = "denied"  # "ok", "denied" or "unknown"
+    verdict: Verdict = Verdict.DENIED
     cause: str = ""
     fix: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def pod_spec(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The pod spec of a Pod or workload, and whether its pods are yet to be created."""
-    kind = obj.get("kind", "Pod")
-    if kind == "Pod":
-        return obj.get("spec") or {}, False
-    path = WORKLOAD_TEMPLATES.get(kind)
-    if path is None:
-        raise ValueError(f"cannot diagnose a {kind}")
-    node: Any = obj
-    for step in path:
-        node = (node or {}).get(step)
-    return node or {}, True
+    kind = BY_KIND.get(obj.get("kind") or "Pod")
+    if kind is None:
+        raise ValueError(f"cannot diagnose a {obj.get('kind')}")
+    return kind.pod_spec(obj), kind.kind != "Pod"
 
 
 def effective_pull_secrets(
@@ -81,13 +54,11 @@ def diagnose(
     obj: dict[str, Any],
     secrets: dict[str, dict[str, Any]],
     service_account: dict[str, Any] | None,
-    probe: Probe,
-    explain_denial: Callable[[str, str, str], tuple[str, str]],
+    check: CredentialCheck,
     namespace: str,
 ) -> list[Finding]:
     """One finding per container. ``secrets`` are the namespace's secrets by name;
-    ``explain_denial(repository, username, password)`` turns a refusal into
-    (cause, fix) using what the registry knows about the credential."""
+    ``check`` asks, without leaking the credential, whether it may pull."""
     spec, future = pod_spec(obj)
     names, origin = effective_pull_secrets(spec, future, service_account)
     account = spec.get("serviceAccountName") or "default"
@@ -127,23 +98,17 @@ def diagnose(
             )
             findings.append(finding)
             continue
-        for credential in credentials:
-            result = probe(repository, credential.username, credential.password)
-            if not result.reachable:
-                finding.verdict = "unknown"
-                finding.cause = f"{host} is not a Moorage registry domain: {result.message}"
-                finding.fix = "check the image's registry address"
-                continue
-            if result.authenticated and result.allowed:
-                finding.verdict = "ok"
-                finding.cause = f"pulls with secret {credential.source} ({origin})"
-                finding.fix = ""
-                break
-            finding.cause, finding.fix = explain_denial(
-                repository, credential.username, credential.password
-            )
-            if not finding.cause:
-                finding.cause = result.message or "the registry refused the credential"
+        ref = ImageRef.parse(image)
+        results = [(c, check(ref, c)) for c in credentials]  # the kubelet tries them all
+        granted = [(c, r) for c, r in results if r.verdict == Verdict.OK]
+        if granted:
+            finding.verdict = Verdict.OK
+            finding.cause = f"pulls with secret {granted[0][0].source} ({origin})"
+        else:
+            # Unknown when any credential could not be checked; the first (most
+            # specific) credential's explanation otherwise.
+            worst = next((r for _, r in results if r.verdict == Verdict.UNKNOWN), results[0][1])
+            finding.verdict, finding.cause, finding.fix = worst.verdict, worst.cause, worst.fix
         findings.append(finding)
     return findings
 
@@ -190,3 +155,59 @@ def _no_credentials(
         f"add {domain_secret}: moorage ks pull-secret-copy --cluster <cluster> --to "
         f"{namespace}, then moorage ks sa-add-pull-secret ... --secret {domain_secret}",
     )
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    object: str  # "pod/web-1", "deployment/web"
+    finding: Finding
+
+    def as_row(self) -> dict[str, Any]:
+        return {"object": self.object, **asdict(self.finding)}
+
+
+def diagnose_objects(
+    api_client: Any,
+    namespace: str,
+    check: CredentialCheck,
+    targets: list[tuple[WorkloadKind, str]] | None = None,
+) -> list[Diagnosis]:
+    """Diagnose named objects of a namespace, or (``targets`` None) every pod."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api_client)
+    pod = BY_KIND["Pod"]
+    with kube_errors():
+        if targets is None:
+            objects = [(pod, p) for p in pod.list(api_client, namespace)]
+        else:
+            objects = [(kind, kind.read(api_client, namespace, name)) for kind, name in targets]
+        secrets: dict[str, dict[str, Any]] = {
+            str(s["metadata"]["name"]): s
+            for s in api_client.sanitize_for_serialization(
+                core.list_namespaced_secret(namespace).items
+            )
+        }
+        accounts: dict[str, dict[str, Any] | None] = {}
+        found = []
+        for kind, raw in objects:
+            obj = api_client.sanitize_for_serialization(raw)
+            obj["kind"] = kind.kind
+            spec, _ = pod_spec(obj)
+            account = str(spec.get("serviceAccountName") or "default")
+            if account not in accounts:
+                try:
+                    accounts[account] = api_client.sanitize_for_serialization(
+                        core.read_namespaced_service_account(account, namespace)
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    accounts[account] = None
+            label = f"{kind.name}/{obj['metadata']['name']}"
+            found += [
+                Diagnosis(label, f)
+                for f in diagnose(obj, secrets, accounts[account], check, namespace)
+            ]
+    return found
