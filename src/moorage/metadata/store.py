@@ -41,8 +41,11 @@ from moorage.metadata.models import (
     Tag,
     Upload,
 )
+from moorage.trust import cosign, notation
 
 BLOB_REFERENCE = "blob"
+# Referrers that are signatures of their subject: cosign's, sigstore bundles, notation.
+SIGNATURE_ARTIFACT_TYPES = (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE, notation.ARTIFACT_TYPE)
 
 
 class SignatureExists(ValueError):
@@ -496,16 +499,20 @@ class MetadataStore:
             manifest_id = self._manifest_id(conn, repo_id, digest)
             if manifest_id is None:
                 return False
-            # Its signatures go with it: referrers naming it as their subject, the
-            # manifests of cosign's sha256-<hex>.sig/.att/.sbom tags, and simple
-            # signatures stored through the extension.
+            # Its signatures go with it: signature referrers naming it as their
+            # subject, the manifests of cosign's sha256-<hex>.sig/.att/.sbom tags, and
+            # simple signatures stored through the extension.
             prefix = digest.replace(":", "-", 1) + "."
             attached = select(Tag.manifest_id).where(
                 Tag.repository_id == repo_id,
                 Tag.name.in_([prefix + suffix for suffix in ("sig", "att", "sbom")]),
             )
+            # Only referrers that are signatures: other artifacts that refer to it
+            # outlive it, as the distribution spec's conformance suite expects.
             referrers = select(Manifest.id).where(
-                Manifest.repository_id == repo_id, Manifest.subject_digest == digest
+                Manifest.repository_id == repo_id,
+                Manifest.subject_digest == digest,
+                Manifest.artifact_type.in_(SIGNATURE_ARTIFACT_TYPES),
             )
             doomed = [
                 manifest_id,
