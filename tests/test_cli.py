@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+import typer
 
 from tests.helpers import push_blob
 from tests.server import MOORAGE, MoorageServer, free_port
@@ -95,3 +97,26 @@ def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
         requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content
         == b"shared bytes"
     )
+
+
+def test_help_reads_as_plain_sentences() -> None:
+    """Every command's help, as the terminal shows it: no reStructuredText
+    literals, and no line broken where the docstring happened to wrap."""
+    from moorage.cli.main import app
+
+    def commands(group: typer.Typer) -> Iterator[tuple[str, str]]:
+        for command in group.registered_commands:
+            yield command.name or "", command.help or ""
+        for sub in group.registered_groups:
+            if sub.typer_instance is not None:
+                yield from commands(sub.typer_instance)
+
+    helps = dict(commands(app))
+    assert len(helps) > 50
+    for name, text in helps.items():
+        assert text, f"{name} has no help"
+        assert "``" not in text, name
+        for paragraph in text.split("\n\n"):
+            assert "\n" not in paragraph, f"{name}: a paragraph broken across lines"
+    shown = moorage("ks", "--help", env={"COLUMNS": "200"}).stdout
+    assert "``" not in shown and "renamed <namespace>-<domain>, without" in shown

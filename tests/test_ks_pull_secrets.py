@@ -548,6 +548,34 @@ def test_pull_secret_create_scoped_and_external(
     )
     cli(config, "ks", "pull-secret-create", "--cluster", "mycluster", "-n", "team", ok=False)
 
+    # A same-named secret someone else made is theirs: refused, and left as it was.
+    cluster.kubectl(
+        "-n", "team", "create", "secret", "generic", "handmade", "--from-literal=token=mine"
+    )
+    refused = cli(
+        config,
+        "ks",
+        "pull-secret-create",
+        "--cluster",
+        "mycluster",
+        "-n",
+        "team",
+        "--name",
+        "handmade",
+        "--docker-server",
+        "registry.example.test:5000",
+        "--docker-username",
+        "robot",
+        "--docker-password",
+        "s3cret",
+        ok=False,
+    )
+    assert "not made by Moorage" in refused.stderr
+    kept = json.loads(
+        cluster.kubectl("-n", "team", "get", "secret", "handmade", "-o", "json").stdout
+    )
+    assert kept["type"] == "Opaque" and list(kept["data"]) == ["token"]
+
 
 def test_migrate_off_registry_tokens(
     cluster: KubeCluster, registry: MoorageServer, image: str, config: Path

@@ -1,4 +1,5 @@
-"""``moorage serve`` now; ``moorage cr``, ``iam`` and ``ks`` join as their issues land."""
+"""The ``moorage`` command: ``serve``, ``gc``, ``login``, and the ``iam``, ``cr``, ``ks``
+and ``tls`` groups."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
 from moorage.cli import tls as tls_commands
 from moorage.cli.client import CliError, Connection, load_profile, save_profile
+from moorage.cli.output import flow_help
 from moorage.config import ConfigError, load_settings
 
 app = typer.Typer(no_args_is_help=True, help="Moorage: a self-hosted private container registry.")
@@ -148,6 +150,9 @@ def gc(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(report.summary())
+
+
+flow_help(app)
 
 
 def main() -> None:

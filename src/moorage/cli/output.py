@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,3 +39,26 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_help(text: str | None) -> str | None:
+    """A docstring as help reads it: each paragraph one flowing sentence run (the
+    terminal wraps it), reStructuredText literals shown plainly."""
+    if not text:
+        return text
+    paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n")]
+    return "\n\n".join(_LITERAL.sub(r"\1", p) for p in paragraphs if p)
+
+
+def flow_help(app: typer.Typer) -> None:
+    """Give every command and group of ``app`` (and below) plain help text."""
+    for command in app.registered_commands:
+        command.help = plain_help(command.help or inspect.getdoc(command.callback))
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            info = group.typer_instance.info
+            info.help = plain_help(info.help if isinstance(info.help, str) else None)
+            flow_help(group.typer_instance)

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from moorage.kube.errors import PreconditionFailed
 from moorage.kube.keyring import DOCKERCONFIGJSON
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "moorage"}
@@ -64,23 +65,30 @@ class PullSecrets:
         annotations: dict[str, str] | None = None,
         secret_type: str = DOCKERCONFIGJSON,
     ) -> None:
-        """Create or replace a secret; a replacement keeps nothing of the old one."""
+        """Create a secret, or replace one Moorage made before (a replacement keeps
+        nothing of the old one). A same-named secret someone else made is theirs:
+        PreconditionFailed, and it stays as it was."""
         payload: dict[str, bytes | str] = dict(data)
-        body = k8s.V1Secret(
-            metadata=k8s.V1ObjectMeta(
-                name=name,
-                namespace=namespace,
-                labels=dict(MANAGED_BY),
-                annotations=annotations or {},
-            ),
-            type=secret_type,
-            data=payload,
+        meta = k8s.V1ObjectMeta(
+            name=name,
+            namespace=namespace,
+            labels=dict(MANAGED_BY),
+            annotations=annotations or {},
         )
+        body = k8s.V1Secret(metadata=meta, type=secret_type, data=payload)
         try:
             self._call(self.core.create_namespaced_secret, namespace, body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            existing = self._call(self.core.read_namespaced_secret, name, namespace)
+            labels = existing.metadata.labels or {}
+            if any(labels.get(k) != v for k, v in MANAGED_BY.items()):
+                raise PreconditionFailed(
+                    f"secret {namespace}/{name} exists and was not made by Moorage: delete it "
+                    "or choose another name"
+                ) from None
+            meta.resource_version = existing.metadata.resource_version
             self._call(self.core.replace_namespaced_secret, name, namespace, body)
 
     def attach(
