@@ -12,6 +12,7 @@ import argparse
 import base64
 import hashlib
 import http.client
+import importlib
 import json
 import os
 import platform
@@ -818,6 +819,14 @@ def render(
     return "\n".join(lines)
 
 
+# Parts measured by a module of their own (run() and render()), each writing its
+# own block of docs/benchmarks.md, so one can be re-run alone.
+MODULE_PARTS = {
+    "kube": ("bench.kube", "kubernetes: apply, copy to 500 namespaces, controller, diagnose"),
+    "flood": ("bench.flood", "a failed sign-in flood from one address, a client elsewhere"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
@@ -827,27 +836,32 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
-        "--only", choices=["core", "auth", "kube"], help="run one part of the benchmark"
+        "--only",
+        choices=["core", "auth", *MODULE_PARTS],
+        help="run one part of the benchmark",
     )
     args = parser.parse_args()
-    parts = {args.only} if args.only else {"core", "auth", "kube"}
-    if parts - {"kube"}:
+    parts = {args.only} if args.only else {"core", "auth", *MODULE_PARTS}
+    if parts & {"core", "auth"}:
         metrics, latencies = run(args.rounds, args.seconds, args.small, parts)
         text = (
             render(metrics, latencies, args.rounds, args.seconds) if metrics else "## Latest run\n"
         )
         write_results(args.output, text)
-    if "kube" in parts:
-        import bench.kube as kube_bench
-
-        print("kubernetes: apply, copy to 500 namespaces, controller, diagnose", flush=True)
-        text = "\n".join(kube_bench.render(kube_bench.run()))
-        write_results(args.output, text, KUBE_BEGIN, KUBE_END)
+    for part, (module_name, title) in MODULE_PARTS.items():
+        if part in parts:
+            module = importlib.import_module(module_name)
+            print(f"{part}: {title}", flush=True)
+            text = "\n".join(module.render(module.run()))
+            write_results(args.output, text, *markers(part))
     print(f"\nwrote {args.output}")
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-KUBE_BEGIN, KUBE_END = "<!-- bench:kube:begin -->", "<!-- bench:kube:end -->"
+
+
+def markers(part: str) -> tuple[str, str]:
+    return f"<!-- bench:{part}:begin -->", f"<!-- bench:{part}:end -->"
 
 
 def write_results(path: Path, results: str, begin: str = BEGIN, end: str = END) -> None:
