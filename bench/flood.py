@@ -71,7 +71,7 @@ def start_flood(port: int, path: str, seconds: int) -> subprocess.Popen[str]:
     )
 
 
-def run(rounds: int = 4) -> dict[str, Any]:
+def run(rounds: int = 8) -> dict[str, Any]:
     ensure_region_hosts()
     scratch = Path(tempfile.mkdtemp(prefix="moorage-flood-"))
     server = MoorageWithTokens("Moorage", free_port(), scratch / "moorage")
