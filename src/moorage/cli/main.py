@@ -1,4 +1,5 @@
-"""``moorage serve`` now; ``moorage cr``, ``iam`` and ``ks`` join as their issues land."""
+"""``moorage``: ``serve`` and ``gc``, and the ``iam``, ``cr``, ``ks``, ``tls`` and
+``enforce`` command groups."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from moorage.cli import cr as cr_commands
+from moorage.cli import enforce as enforce_commands
 from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
 from moorage.cli import tls as tls_commands
@@ -20,6 +22,7 @@ app.add_typer(iam_commands.app, name="iam")
 app.add_typer(cr_commands.app, name="cr")
 app.add_typer(ks_commands.app, name="ks")
 app.add_typer(tls_commands.app, name="tls")
+app.add_typer(enforce_commands.app, name="enforce")
 
 
 @app.command()
