@@ -239,6 +239,13 @@ def test_an_image_changed_after_signing_is_denied(world: World) -> None:
     message = pod(world, "changed-after", world.images.ref("changed"))
     assert message is not None and f"({new})" in message
     assert "the image has no such signatures" in message
+    # Whoever moved the tag copies the old signature next to the new digest: it names the old one.
+    old_tag = "sha256-" + world.digests["changed"].split(":", 1)[1] + ".sig"
+    new_tag = "sha256-" + new.split(":", 1)[1] + ".sig"
+    copied = world.images.manifest("changed", old_tag).content
+    assert world.images.put_manifest("changed", new_tag, copied).status_code == 201
+    message = pod(world, "changed-copied", world.images.ref("changed"))
+    assert message is not None and "(1 signature(s): 1 for another digest)" in message
 
 
 @pytest.mark.parametrize("kind", [k.kind for k in KINDS])

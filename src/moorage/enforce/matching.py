@@ -39,12 +39,11 @@ def _looks_like_host(first: str) -> bool:
 
 
 def _host_only(value: str) -> bool:
-    """A pattern without ``/`` names hosts (``*.example.com``, ``localhost:5000``)
-    unless it reads as a Docker Hub image (``nginx``, ``nginx:1.25``)."""
+    """A pattern without ``/`` names hosts (``*.example.com``, ``localhost:5000``,
+    ``icr.io``) unless it reads as a Docker Hub image (``nginx``, ``nginx:1.*``)."""
     name, colon, after = value.partition(":")
-    if colon and not (after.isdigit() or "*" in after):
-        return False
-    return bool(colon) or any(c in name for c in "*?.") or name == "localhost"
+    hostish = any(c in name for c in "*?.") or name == "localhost"
+    return hostish and (not colon or after.isdigit() or after == "*")
 
 
 @dataclass(frozen=True)
