@@ -827,11 +827,13 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
-        "--only", choices=["core", "auth", "kube"], help="run one part of the benchmark"
+        "--only",
+        choices=["core", "auth", "kube", "enforce"],
+        help="run one part of the benchmark",
     )
     args = parser.parse_args()
-    parts = {args.only} if args.only else {"core", "auth", "kube"}
-    if parts - {"kube"}:
+    parts = {args.only} if args.only else {"core", "auth", "kube", "enforce"}
+    if parts - {"kube", "enforce"}:
         metrics, latencies = run(args.rounds, args.seconds, args.small, parts)
         text = (
             render(metrics, latencies, args.rounds, args.seconds) if metrics else "## Latest run\n"
@@ -843,17 +845,24 @@ def main() -> None:
         print("kubernetes: apply, copy to 500 namespaces, controller, diagnose", flush=True)
         text = "\n".join(kube_bench.render(kube_bench.run()))
         write_results(args.output, text, KUBE_BEGIN, KUBE_END)
+    if "enforce" in parts:
+        import bench.enforce as enforce_bench
+
+        print("image enforcement: admission latency, cache hits and misses", flush=True)
+        text = "\n".join(enforce_bench.render(enforce_bench.run()))
+        write_results(args.output, text, ENFORCE_BEGIN, ENFORCE_END)
     print(f"\nwrote {args.output}")
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 KUBE_BEGIN, KUBE_END = "<!-- bench:kube:begin -->", "<!-- bench:kube:end -->"
+ENFORCE_BEGIN, ENFORCE_END = "<!-- bench:enforce:begin -->", "<!-- bench:enforce:end -->"
 
 
 def write_results(path: Path, results: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace one generated block of the document (the registry's, or the
-    Kubernetes one), keeping the prose and the other block; a missing block is
-    added at the end."""
+    """Replace one generated block of the document (the registry's, the
+    Kubernetes one or the enforcement one), keeping the prose and the other
+    blocks; a missing block is added at the end."""
     block = f"{begin}\n{results}\n{end}"
     text = path.read_text() if path.exists() else ""
     if begin in text and end in text:

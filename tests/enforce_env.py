@@ -45,8 +45,11 @@ def moorage(config: Path, *args: str, timeout: float = 120) -> subprocess.Comple
 class WebhookProcess:
     """``moorage enforce serve`` on a loopback port, for the API server to call."""
 
-    def __init__(self, config: Path, tls: Path, port: int, log: Path, *extra: str) -> None:
+    def __init__(
+        self, config: Path, tls: Path, port: int, log: Path, *extra: str, cluster: str = "test"
+    ) -> None:
         self.config, self.tls, self.port, self.log, self.extra = config, tls, port, log, extra
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +64,7 @@ class WebhookProcess:
                 "enforce",
                 "serve",
                 "--cluster",
-                "test",
+                self.cluster,
                 "--tls-cert",
                 str(self.tls / "server.crt"),
                 "--tls-key",
@@ -367,8 +370,40 @@ def registry_world(server: MoorageServer) -> tuple[Api, str, str]:
     return admin, writer, reader
 
 
-def register_cluster(config: Path, cluster: KubeCluster, *insecure: str) -> None:
-    args = ["ks", "cluster-register", "test", "--kubeconfig", str(cluster.kubeconfig)]
+def service_account_kubeconfig(cluster: KubeCluster, namespace: str, account: str) -> Path:
+    """A kubeconfig that signs in as a service account (a TokenRequest token), so
+    what runs with it has exactly that account's RBAC."""
+    token = cluster.kubectl(
+        "-n", namespace, "create", "token", account, "--duration", "4h"
+    ).stdout.strip()
+    path = cluster.workdir / f"{namespace}-{account}.kubeconfig"
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:{cluster.port}
+    certificate-authority: {cluster.workdir / "pki" / "ca.crt"}
+users:
+- name: {account}
+  user:
+    token: {token}
+contexts:
+- name: test
+  context: {{cluster: test, user: {account}}}
+current-context: test
+""")
+    return path
+
+
+def register_cluster(
+    config: Path,
+    cluster: KubeCluster,
+    *insecure: str,
+    name: str = "test",
+    kubeconfig: Path | None = None,
+) -> None:
+    args = ["ks", "cluster-register", name, "--kubeconfig", str(kubeconfig or cluster.kubeconfig)]
     for host in insecure:
         args += ["--insecure-registry", host]
     registered = moorage(config, *args)

@@ -32,6 +32,7 @@ from tests.enforce_env import (
     moorage,
     register_cluster,
     registry_world,
+    service_account_kubeconfig,
     submit,
     workload,
 )
@@ -149,6 +150,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             signer.sign(images.pinned(repo, digests[repo]))
         signer.sign(images.pinned("untrusted", digests["untrusted"]), key="stranger")
         signer.skopeo_sign(images.layout("gpg"), "enforce/gpg-app:v1")
+        # The webhook signs in as the service account install made: its RBAC must do.
+        own = service_account_kubeconfig(cluster, NAMESPACE, "moorage-enforce")
+        register_cluster(config, cluster, host, name="webhook", kubeconfig=own)
         webhook = WebhookProcess(
             config,
             tls,
@@ -158,6 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "tolerated",
             "--cache-ttl",
             "3600",
+            cluster="webhook",
         ).start()
         yield World(cluster, server, api, core, webhook, images, signer, reader, config, digests)
     finally:

@@ -30,7 +30,7 @@ class CosignKey:
     key: cosign.PublicKey
 
     def describe(self) -> str:
-        return f"cosign key {self.id[:19]}… in secret {self.source}"
+        return f"cosign key {self.id} in secret {self.source}"
 
 
 @dataclass(frozen=True)

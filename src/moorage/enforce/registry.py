@@ -43,6 +43,7 @@ MANIFEST_TYPES = ", ".join(
     ]
 )
 MAX_MANIFEST = 4 << 20
+DOCKER_HUB = "registry-1.docker.io"
 MAX_SIGNATURES = 20  # per form: each costs a fetch and a check
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -85,11 +86,19 @@ class Session:
     _tried: list[str] = field(default_factory=list)
 
     @property
-    def base(self) -> str:
-        return f"{self.reader.access.scheme(self.ref.host)}://{self.ref.host}"
+    def endpoint(self) -> str:
+        """Where the registry answers: Docker Hub's API is not on docker.io itself."""
+        return DOCKER_HUB if self.ref.host == "docker.io" else self.ref.host
 
     @property
-    def credential_used(self) -> str:
+    def base(self) -> str:
+        return f"{self.reader.access.scheme(self.endpoint)}://{self.endpoint}"
+
+    @property
+    def credential_used(self) -> str | None:
+        """The pull secret the registry accepted; "anonymous"; None: not contacted."""
+        if self._auth is None:
+            return None
         return self._chosen.source if self._chosen else "anonymous"
 
     async def get(
@@ -132,8 +141,8 @@ class Session:
             return None
         realm = urlsplit(params["realm"])
         home = (realm.scheme, realm.netloc.lower()) == (
-            self.reader.access.scheme(self.ref.host),
-            self.ref.host,
+            self.reader.access.scheme(self.endpoint),
+            self.endpoint,
         )
         if credential is not None and not home:
             return None  # the token service is elsewhere: the credential stays here
@@ -243,7 +252,7 @@ class RegistryReader:
         reply = await session.get(f"/v2/{session.ref.path}/blobs/{digest}")
         if reply.status_code in (301, 302, 303, 307, 308) and reply.headers.get("location"):
             target = urljoin(f"{session.base}/", reply.headers["location"])
-            same = urlsplit(target).netloc.lower() == session.ref.host
+            same = urlsplit(target).netloc.lower() == session.endpoint
             if same:
                 reply = await session.get(urlsplit(target).path + _query(target))
             else:

@@ -285,17 +285,13 @@ class Enforcer:
                 f"is not admitted by {entry.describe()}: {exc}{problems}",
                 entry.describe(),
             )
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    ref.repository,
-                    ref.tag,
-                    digest,
-                    policy.require.value,
-                    [c.fingerprint() for c in checks],
-                ]
-            ).encode()
-        ).hexdigest()
+        # The tag matters only to identity rules (GPG's by default); without them a
+        # pinned image finds what its tagged form verified.
+        tag_matters = any(c.kind == "simple" or c.requirement.signed_identity for c in checks)
+        facts: list[Any] = [ref.repository, ref.tag if tag_matters else None, digest]
+        facts.append(policy.require.value)
+        facts.append([c.fingerprint() for c in checks])
+        key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()
         cached = self.cache.get(key)
         if cached is not None:
             self.hits += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import ssl
 import threading
 import time
@@ -222,7 +223,7 @@ def build(api_client: Any, options: ServeOptions) -> Webhook:
 
 
 async def run(api_client: Any, options: ServeOptions) -> None:
-    """Serve until cancelled (SIGTERM/SIGINT end ``asyncio.run``)."""
+    """Serve until SIGTERM or SIGINT."""
     webhook = build(api_client, options)
     state = webhook.enforcer.state
     webhook.enforcer.loop = asyncio.get_running_loop()
@@ -239,8 +240,12 @@ async def run(api_client: Any, options: ServeOptions) -> None:
     site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
     await site.start()
     log.info("serving admission reviews on https://%s:%d", options.host, options.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()  # then reviews in flight are answered before the exit
     finally:
         stop.set()
         state.stop()
