@@ -292,6 +292,16 @@ def test_reviews_that_cannot_be_answered_say_why() -> None:
             ).encode()
         )
     assert denied.value.uid == "u" and "carries no object" in denied.value.message
+    with pytest.raises(admission.ReviewError, match="is not one of CREATE"):
+        admission.parse(
+            json.dumps(
+                {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {"uid": "u", "kind": {"kind": "Pod"}, "object": {}},
+                }
+            ).encode()
+        )
 
 
 # -- install ------------------------------------------------------------------------------

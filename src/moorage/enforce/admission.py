@@ -13,6 +13,7 @@ from moorage.kube.workloads import BY_KIND, WorkloadKind
 
 API_VERSION = "admission.k8s.io/v1"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 MAX_IMAGES = 100  # distinct images in one object; each may cost a verification
 
 
@@ -65,6 +66,10 @@ def parse(body: bytes) -> Request:
     obj = request.get("object")
     old = request.get("oldObject")
     operation = str(request.get("operation") or "")
+    if operation not in OPERATIONS:
+        raise ReviewError(
+            f"operation {operation[:20]!r} is not one of {', '.join(OPERATIONS)}", uid
+        )
     if operation in ("CREATE", "UPDATE") and not isinstance(obj, dict):
         raise ReviewError(f"the {operation} request carries no object", uid)
     meta = (obj or {}).get("metadata") if isinstance(obj, dict) else None
