@@ -824,6 +824,7 @@ def render(
 MODULE_PARTS = {
     "kube": ("bench.kube", "kubernetes: apply, copy to 500 namespaces, controller, diagnose"),
     "flood": ("bench.flood", "a failed sign-in flood from one address, a client elsewhere"),
+    "enforce": ("bench.enforce", "image enforcement: admission latency, cache hits and misses"),
 }
 
 
@@ -865,9 +866,9 @@ def markers(part: str) -> tuple[str, str]:
 
 
 def write_results(path: Path, results: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace one generated block of the document (the registry's, or the
-    Kubernetes one), keeping the prose and the other block; a missing block is
-    added at the end."""
+    """Replace one generated block of the document (the registry's, the
+    Kubernetes one or the enforcement one), keeping the prose and the other
+    blocks; a missing block is added at the end."""
     block = f"{begin}\n{results}\n{end}"
     text = path.read_text() if path.exists() else ""
     if begin in text and end in text:

@@ -1,5 +1,5 @@
-"""The ``moorage`` command: ``serve``, ``gc``, ``login``, and the ``iam``, ``cr``, ``ks``
-and ``tls`` groups."""
+"""The ``moorage`` command: ``serve``, ``gc``, ``login``, and the ``iam``, ``cr``, ``ks``,
+``tls`` and ``enforce`` groups."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from moorage.cli import cr as cr_commands
+from moorage.cli import enforce as enforce_commands
 from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
 from moorage.cli import tls as tls_commands
@@ -22,6 +23,7 @@ app.add_typer(iam_commands.app, name="iam")
 app.add_typer(cr_commands.app, name="cr")
 app.add_typer(ks_commands.app, name="ks")
 app.add_typer(tls_commands.app, name="tls")
+app.add_typer(enforce_commands.app, name="enforce")
 
 
 @app.command()
