@@ -82,6 +82,19 @@ def test_most_specific_first_and_all_tried() -> None:
     assert [c.username for c in ring.lookup("us.icr.io/other/app")] == ["host", "glob"]
 
 
+def test_docker_hub_images_find_the_docker_hub_key_however_written() -> None:
+    """The kubelet counts docker.io and index.docker.io as Docker Hub too."""
+    ring = Keyring()
+    ring.add_secret(
+        DOCKERCONFIGJSON,
+        secret_data({"https://index.docker.io/v1/": {"username": "hub", "password": "p"}}),
+        "ns/hub",
+    )
+    for image in ("library/nginx", "nginx", "docker.io/library/nginx", "index.docker.io/x/y"):
+        assert [c.username for c in ring.lookup(image)] == ["hub"], image
+    assert ring.lookup("quay.io/x/y") == []
+
+
 def test_bad_secrets_are_reported() -> None:
     ring = Keyring()
     with pytest.raises(KeyringError):

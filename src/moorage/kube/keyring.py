@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 DOCKERCFG = "kubernetes.io/dockercfg"
-DEFAULT_REGISTRY_KEY = "index.docker.io/v1/"
+# Docker Hub's key as the keyring holds it: "https://index.docker.io/v1/" loses its
+# scheme and /v1/ like every key does.
+DEFAULT_REGISTRY_KEY = "index.docker.io"
 
 
 class KeyringError(ValueError):
@@ -90,9 +92,14 @@ def key_matches(key: str, image: str) -> bool:
     return image_path.startswith(key_path)
 
 
+DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io")
+
+
 def is_default_registry(image: str) -> bool:
+    """Whether an image lives on Docker Hub as the kubelet sees it: no host at all,
+    or Docker Hub's own names for itself."""
     first, sep, _ = image.partition("/")
-    return not sep or not any(c in first for c in ".:")
+    return not sep or not any(c in first for c in ".:") or first in DOCKER_HUB_HOSTS
 
 
 @dataclass
