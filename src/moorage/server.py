@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -39,9 +38,10 @@ from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, 
 from moorage.metadata.iam_store import IamStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
+from moorage.registry.blobs import MetadataLedger
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
-from moorage.storage import FilesystemBlobStore
+from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
 log = logging.getLogger("moorage")
@@ -73,7 +73,7 @@ def open_registry(settings: Settings) -> Components:
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
     upgrade(engine)
     metadata = MetadataStore(engine)
-    store = FilesystemBlobStore(data)
+    store = open_store(settings, metadata)
     regions = regions_of(settings)
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
     iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
@@ -87,6 +87,11 @@ def open_registry(settings: Settings) -> Components:
         SignatureService(metadata, store, manifests),
         regions,
     )
+
+
+def open_store(settings: Settings, metadata: MetadataStore) -> BlobStore:
+    """The blob store, its upload offsets kept in ``metadata``."""
+    return FilesystemBlobStore(settings.data_path, MetadataLedger(metadata))
 
 
 def _bootstrap(iam: IamService, settings: Settings) -> None:
@@ -107,10 +112,9 @@ def _bootstrap(iam: IamService, settings: Settings) -> None:
 
 def create_app(settings: Settings) -> RegistryApp:
     parts = open_registry(settings)
-    report = parts.blobs.reconcile()
-    log.info("uploads after restart: %s", report)
     data = settings.data_path
     metadata = parts.metadata
+    store = parts.blobs.store
 
     def health() -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -120,10 +124,11 @@ def create_app(settings: Settings) -> RegistryApp:
             checks["database"] = "ok"
         except Exception as exc:  # health must report, not raise
             checks["database"] = f"error: {type(exc).__name__}"
-        usage = shutil.disk_usage(data)
-        checks["storage"] = "ok" if os.access(data, os.W_OK) else "error: not writable"
-        checks["storage_free_bytes"] = usage.free
-        ok = checks["database"] == "ok" and checks["storage"] == "ok"
+        if not os.access(data, os.W_OK):
+            checks["database"] = "error: data directory not writable"
+        stored = store.health()
+        checks.update(stored.detail)
+        ok = checks["database"] == "ok" and stored.ok
         return {"status": "ok" if ok else "error", **checks}
 
     if settings.auth == "none":
@@ -256,6 +261,7 @@ async def _serve(
         shutdown_timeout=settings.shutdown_timeout,
         **handler_args,
     )
+    await _open_storage(settings, registry)
     await runner.setup()
     assert runner.server is not None
     limits = Limits(
@@ -301,4 +307,18 @@ async def _serve(
     if registry.inflight:
         log.warning("%d requests still in flight; their uploads stay resumable", registry.inflight)
     await runner.cleanup()
+    # Cut uploads finish saving what arrived; connections close.
+    await registry.blobs.store.close()
     log.info("stopped")
+
+
+async def _open_storage(settings: Settings, registry: RegistryApp) -> None:
+    """Reach the blob store once (a wrong endpoint, bucket or key is one line
+    and exit status 2), then clear crash leftovers from its staging area."""
+    try:
+        await registry.blobs.store.check()
+    except StorageError as exc:
+        await registry.blobs.store.close()
+        raise ConfigError(f"storage: {exc}") from None
+    report = await registry.blobs.reconcile()
+    log.info("uploads after restart: %s", report)
