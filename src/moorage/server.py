@@ -42,6 +42,8 @@ from moorage.registry.blobs import MetadataLedger
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
+from moorage.storage.s3 import S3BlobStore
+from moorage.storage.s3client import S3Client, S3Credentials
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
 log = logging.getLogger("moorage")
@@ -90,8 +92,30 @@ def open_registry(settings: Settings) -> Components:
 
 
 def open_store(settings: Settings, metadata: MetadataStore) -> BlobStore:
-    """The blob store, its upload offsets kept in ``metadata``."""
-    return FilesystemBlobStore(settings.data_path, MetadataLedger(metadata))
+    """The configured blob store, its upload offsets kept in ``metadata``. No
+    connection is made here: the S3 client opens its own on first use, in the
+    event loop that serves."""
+    ledger = MetadataLedger(metadata)
+    if settings.storage_driver != "s3":
+        return FilesystemBlobStore(settings.data_path, ledger)
+    assert settings.s3_endpoint and settings.s3_bucket  # load_settings checked
+    client = S3Client(
+        settings.s3_endpoint,
+        settings.s3_region,
+        settings.s3_bucket,
+        S3Credentials(
+            settings.s3_access_key or "", settings.s3_secret_key or "", settings.s3_session_token
+        ),
+        path_style=settings.s3_path_style,
+    )
+    return S3BlobStore(
+        client,
+        ledger,
+        prefix=settings.s3_prefix,
+        part_size=settings.s3_part_size,
+        redirect=settings.s3_redirect,
+        redirect_expiry=settings.s3_redirect_expiry,
+    )
 
 
 def _bootstrap(iam: IamService, settings: Settings) -> None:
@@ -321,4 +345,4 @@ async def _open_storage(settings: Settings, registry: RegistryApp) -> None:
         await registry.blobs.store.close()
         raise ConfigError(f"storage: {exc}") from None
     report = await registry.blobs.reconcile()
-    log.info("uploads after restart: %s", report)
+    log.info("storage: %s driver; uploads after restart: %s", settings.storage_driver, report)

@@ -192,9 +192,14 @@ def _error(status: int, body: bytes, key: str) -> S3Error:
         root = None
     code = _text(root, "Code") if root is not None else ""
     message = _text(root, "Message") if root is not None else ""
-    if not code:
-        code = {404: "NoSuchKey", 403: "AccessDenied"}.get(status, "")
-    return S3Error(status, code, message or f"HTTP {status}", key)
+    if not code:  # a HEAD has no body to say why
+        code = {404: "NoSuchKey" if key else "NoSuchBucket", 403: "AccessDenied"}.get(status, "")
+    if not message:
+        message = {
+            "NoSuchBucket": "the bucket does not exist",
+            "AccessDenied": "access denied (wrong keys, or no right to this bucket)",
+        }.get(code, f"HTTP {status}")
+    return S3Error(status, code, message, key)
 
 
 class S3Client:
