@@ -115,8 +115,12 @@ class BlobStreamResponse(web.StreamResponse):
         writer = await super().prepare(request)
         if request.method == "HEAD" or count == 0:
             return writer
-        async for chunk in self.source.read(start, count):
-            await self.write(chunk)
+        reader = self.source.read(start, count)
+        try:
+            async for chunk in reader:
+                await self.write(chunk)
+        finally:
+            await reader.aclose()  # a client gone mid-blob frees the store's connection
         return writer
 
     async def _unsatisfiable(

@@ -350,6 +350,11 @@ class BlobService:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
         except DigestMismatch as exc:
             raise _digest_invalid(digest, exc) from exc
+        except OffsetMismatch as exc:  # a chunk saved while the commit read the upload
+            raise RangeInvalid(
+                "the upload changed while it was being committed",
+                headers={"Range": range_header(exc.size)},
+            ) from exc
 
     # -- crash recovery ----------------------------------------------------
 

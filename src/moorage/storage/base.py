@@ -29,7 +29,7 @@ Guarantees every driver gives (``tests/test_storage.py`` checks them on each):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -128,7 +128,7 @@ class ByteStream:
     that span (Range requests ask for part of it)."""
 
     size: int
-    read: Callable[[int, int], AsyncIterator[bytes]]
+    read: Callable[[int, int], AsyncGenerator[bytes, None]]
 
 
 BlobSource = LocalFile | Redirect | ByteStream
@@ -162,9 +162,10 @@ class BlobStore(Protocol):
 
     def read(
         self, digest: Digest, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes from ``offset``, ``length`` of them (to the end when
-        None), in pieces of at most a few MiB. Raises BlobMissing when absent."""
+        None), in pieces of at most a few MiB. Raises BlobMissing when absent.
+        Close it (``aclose``) when stopping early, to release its connection."""
 
     async def read_small(self, digest: Digest, limit: int) -> bytes | None:
         """A whole blob of at most ``limit`` bytes (a signature payload, a

@@ -21,7 +21,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -205,7 +205,7 @@ class FilesystemBlobStore:
 
     async def read(
         self, digest: Digest, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         try:
             f = await self._off_loop(_open_binary, self._blob_path(digest))
         except FileNotFoundError:

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -293,14 +293,14 @@ class S3BlobStore:
         if self.redirect and redirect:
             return Redirect(self.client.presign_get(key, self.redirect_expiry), info.size)
 
-        def read(offset: int, length: int) -> AsyncIterator[bytes]:
+        def read(offset: int, length: int) -> AsyncGenerator[bytes, None]:
             return self.read(digest, offset, length)
 
         return ByteStream(info.size, read)
 
     async def read(
         self, digest: Digest, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         end = None if length is None else offset + length - 1
         if length == 0:
             return
