@@ -69,8 +69,8 @@ class MoorageServer:
 
     ``storage``: "filesystem" or "s3" (default: ``MOORAGE_TEST_STORAGE``, else
     filesystem). On S3 the server gets a bucket of its own on the test
-    session's SeaweedFS (``tests/seaweed.py``); ``s3_env`` adds settings such
-    as ``MOORAGE_S3_REDIRECT``."""
+    session's SeaweedFS (``tests/seaweed.py``), or ``bucket`` (replicas share
+    one); ``s3_env`` adds settings such as ``MOORAGE_S3_REDIRECT``."""
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class MoorageServer:
         tls: Path | None = None,
         storage: str | None = None,
         s3_env: dict[str, str] | None = None,
+        bucket: str | None = None,
     ) -> None:
         self.storage = storage or test_storage()
         self.bucket: str | None = None
@@ -89,7 +90,7 @@ class MoorageServer:
             from tests.seaweed import shared_seaweed
 
             seaweed = shared_seaweed()
-            self.bucket = seaweed.new_bucket()
+            self.bucket = bucket or seaweed.new_bucket()
             env = {**seaweed.settings_env(self.bucket), **(s3_env or {}), **(env or {})}
         self.data_dir = data_dir
         self.log_path = log_path
