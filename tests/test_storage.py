@@ -20,8 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from moorage.metadata import MetadataStore, RepoRef, create_metadata_engine, sqlite_url, upgrade
+from moorage.metadata.models import Upload
 from moorage.oci.digest import Digest, parse_digest
 from moorage.registry.blobs import MetadataLedger
 from moorage.storage import (
@@ -623,3 +625,24 @@ def test_a_crash_at_any_step_leaves_nothing_half_visible(
         assert await walked(store) == {str(digest): len(everything)}
 
     run(backend, recover)
+
+
+def test_s3_streamed_appends_spend_few_part_numbers(tmp_path: Path) -> None:
+    """An upload has 10,000 part numbers in all: appends reserve what they use."""
+    backend = make_backend("s3", tmp_path)
+    data = os.urandom(4 * (PART + 10))
+    upload_id = new_id()
+
+    async def scenario(store: BlobStore) -> None:
+        await store.create_upload(upload_id)
+        backend.session(upload_id)
+        step = PART + 10
+        for start in range(0, len(data), step):
+            await append(store, upload_id, data[start : start + step], start, sized=False)
+        await store.commit(upload_id, sha256(data))
+        assert await read_all(store, sha256(data)) == data
+
+    run(backend, scenario)
+    with backend.metadata.engine.connect() as conn:
+        handed_out = conn.scalar(select(Upload.next_part).where(Upload.id == upload_id))
+    assert handed_out is not None and handed_out - 1 <= 5  # four parts and the tail
