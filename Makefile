@@ -31,7 +31,7 @@ test-deps: $(STAMP)
 # The registry's own test files once more with blobs on S3 (a SeaweedFS the tests start).
 S3_TESTS ?= tests/test_api.py tests/test_conformance.py tests/test_clients.py \
 	tests/test_bad_input.py tests/test_upload_sessions.py tests/test_signatures.py \
-	tests/test_durability.py
+	tests/test_durability.py tests/test_authorization.py tests/test_fuzz.py tests/test_tls.py
 
 test: test-deps lint
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
