@@ -1,7 +1,8 @@
-"""Moorage on S3 as a scale-out deployment would run it: two server processes
-sharing one bucket and one database. An upload's chunks may land on either;
-of two chunks for one range, one wins whichever process got each; blobs are
-served through the registry or by redirect to a presigned URL."""
+"""Moorage as a scale-out deployment would run it: two server processes
+sharing one database and one blob store (a bucket, or a directory both
+mount). An upload's chunks may land on either; of two chunks for one range,
+one wins whichever process got each; on S3, blobs are served through the
+registry or by redirect to a presigned URL."""
 
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ from tests.test_clients import run
 MIB = 1 << 20
 
 
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[MoorageServer, MoorageServer]]:
-    bucket = shared_seaweed().new_bucket()
+@pytest.fixture(params=["s3", "filesystem"])
+def replicas(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[MoorageServer, MoorageServer]]:
+    storage = request.param
+    bucket = shared_seaweed().new_bucket() if storage == "s3" else None
     started = [
-        MoorageServer(tmp_path / "data", tmp_path / f"{name}.log", storage="s3", bucket=bucket)
+        MoorageServer(tmp_path / "data", tmp_path / f"{name}.log", storage=storage, bucket=bucket)
         for name in ("a", "b")
     ]
     for server in started:
