@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.helpers import push_blob
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, shared_seaweed
+from tests.helpers import error_code, push_blob
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, shared_seaweed
 from tests.server import MoorageServer
 from tests.test_cli import moorage
 
@@ -122,3 +123,34 @@ def test_settings_from_the_file_with_keys_from_the_aws_environment(tmp_path: Pat
     hex_ = digest.split(":")[1]
     assert seaweed.read(bucket, f"registry/blobs/sha256/{hex_[:2]}/{hex_}") == b"in the bucket"
     assert not (tmp_path / "data" / "blobs").exists()
+
+
+def test_a_store_that_goes_away_is_503_and_health_says_so(tmp_path: Path) -> None:
+    seaweed = SeaweedFS(tmp_path / "seaweed").start()
+    server = None
+    try:
+        bucket = seaweed.new_bucket()
+        server = MoorageServer(
+            tmp_path / "data",
+            tmp_path / "log",
+            storage="filesystem",
+            env=seaweed.settings_env(bucket),
+        ).start()
+        digest = push_blob(server, "away/blob", b"stored on S3")
+        url = f"{server.url}/v2/away/blob/blobs/{digest}"
+        assert requests.get(f"{server.url}/health", timeout=10).json()["storage_driver"] == "s3"
+
+        seaweed.stop()
+        gone = requests.get(url, timeout=30)
+        assert gone.status_code == 503 and error_code(gone) == "UNKNOWN", gone.text
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["storage"].startswith("error: unreachable")
+
+        seaweed.start()  # the same ports and data
+        assert requests.get(url, timeout=30).content == b"stored on S3"
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        if server is not None:
+            server.stop()
+        seaweed.stop()

@@ -65,6 +65,8 @@ MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 MAX_PARTS = 10_000  # S3's most parts in one upload
 MAX_COPY = 5 * 1024 * 1024 * 1024  # S3's largest single CopyObject
 _READ_BLOCK = 1 << 20
+# How long a failed S3 request keeps /health at 503 unless one succeeds.
+HEALTH_WINDOW = 30.0
 _HASH_BLOCK = 4 << 20
 
 
@@ -265,7 +267,6 @@ class S3BlobStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._settler = Settler()
         self._hash_pool = ThreadPoolExecutor(hash_threads, thread_name_prefix="s3-hash")
-        self._last_error: str | None = None
 
     async def hash_in_thread(self, hasher: Hasher, data: memoryview) -> None:
         await asyncio.get_running_loop().run_in_executor(self._hash_pool, hasher.update, data)
@@ -673,7 +674,7 @@ class S3BlobStore:
     # -- the store itself --------------------------------------------------
 
     def health(self) -> StoreHealth:
-        error = self.client.last_error
+        error = self.client.recent_error(HEALTH_WINDOW)
         return StoreHealth(
             error is None,
             {

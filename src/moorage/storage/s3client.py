@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -230,9 +231,10 @@ class S3Client:
             self._host += f":{port}"
         self.bucket = bucket
         self.endpoint = str(base)
-        # The last failure of the store itself (unreachable, refused, 5xx),
-        # cleared by the next success: what /health reports.
+        # The last failure of the store itself (unreachable, refused, 5xx) and
+        # when it happened (monotonic), cleared by the next success.
         self.last_error: str | None = None
+        self.last_error_at = 0.0
         self._signer = SigV4(credentials, region)
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout)
@@ -248,6 +250,18 @@ class S3Client:
                 skip_auto_headers=("Content-Type",),
             )
         return self._session
+
+    def _failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.last_error_at = time.monotonic()
+
+    def recent_error(self, window: float) -> str | None:
+        """The last failure if no request has succeeded since and it is less
+        than ``window`` seconds old. Older ones expire: a registry that
+        reports itself unhealthy gets no traffic that could clear it."""
+        if self.last_error is not None and time.monotonic() - self.last_error_at < window:
+            return self.last_error
+        return None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -295,7 +309,7 @@ class S3Client:
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 if attempt >= _ATTEMPTS:
                     reason = str(exc) or type(exc).__name__
-                    self.last_error = f"unreachable: {reason}"
+                    self._failed(f"unreachable: {reason}")
                     raise S3Error(0, "Unreachable", reason, key) from exc
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
@@ -311,7 +325,7 @@ class S3Client:
                     continue
                 error = _error(response.status, payload if method != "HEAD" else b"", key)
                 if response.status >= 500 or response.status == 403:
-                    self.last_error = f"{error.code or response.status}"
+                    self._failed(f"{error.code or response.status}")
                 raise error
             finally:
                 response.release()
