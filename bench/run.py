@@ -825,6 +825,7 @@ MODULE_PARTS = {
     "kube": ("bench.kube", "kubernetes: apply, copy to 500 namespaces, controller, diagnose"),
     "flood": ("bench.flood", "a failed sign-in flood from one address, a client elsewhere"),
     "enforce": ("bench.enforce", "image enforcement: admission latency, cache hits and misses"),
+    "s3": ("bench.s3", "on S3 (SeaweedFS): Moorage beside Distribution 2.8 and 3.1.2's S3 drivers"),
 }
 
 

@@ -13,9 +13,15 @@ COSIGN_VERSION="v2.6.5"
 # (a139cc4) and of every commit whose conformance/ tree equals it; the newest
 # pre-redesign version it serves is the v1.1.0 one below. See docs/conformance.md.
 CONFORMANCE_VERSION="v0.0.0-20231101194043-f2182352d4cc"
+# SeaweedFS: the real S3 server the S3 driver's tests and benchmark run against
+# (`weed mini`: master, volume, filer and S3 gateway in one process).
+SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"
+SEAWEEDFS_TAG="${SEAWEEDFS_VERSION##*-}"
+# CNCF Distribution v3, the current peer the S3 benchmark compares against.
+DISTRIBUTION_VERSION="v3.1.2"
 DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg)
 
-mkdir -p "$TOOLS/bin"
+mkdir -p "$TOOLS/bin" "$TOOLS/build"
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -58,5 +64,25 @@ if [ ! -x "$TOOLS/bin/conformance-$CONFORMANCE_VERSION.test" ]; then
   )
 fi
 ln -sf "conformance-$CONFORMANCE_VERSION.test" "$TOOLS/bin/conformance.test"
+
+if [ ! -x "$TOOLS/bin/weed-$SEAWEEDFS_TAG" ]; then
+  echo "building SeaweedFS $SEAWEEDFS_VERSION (about five minutes, once)"
+  weed_work="$(mktemp -d)"
+  (
+    cd "$weed_work"
+    go mod init moorage.local/seaweedfs >/dev/null 2>&1
+    go get "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" >/dev/null
+    go build -o "$TOOLS/build/weed" github.com/seaweedfs/seaweedfs/weed
+  )
+  rm -rf "$weed_work"
+  mv "$TOOLS/build/weed" "$TOOLS/bin/weed-$SEAWEEDFS_TAG"
+fi
+ln -sf "weed-$SEAWEEDFS_TAG" "$TOOLS/bin/weed"
+
+if [ ! -x "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION" ]; then
+  echo "building CNCF Distribution $DISTRIBUTION_VERSION"
+  GOBIN="$TOOLS/build" go install "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
+  mv "$TOOLS/build/registry" "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION"
+fi
 
 echo "test tools ready in $TOOLS/bin"

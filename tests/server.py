@@ -52,11 +52,25 @@ def tls_init(directory: Path, *extra: str) -> Path:
     return directory
 
 
+def test_storage() -> str:
+    """The blob store servers start on: ``MOORAGE_TEST_STORAGE`` (``filesystem``,
+    the default, or ``s3``), so the registry's test files can run on either."""
+    storage = os.environ.get("MOORAGE_TEST_STORAGE") or "filesystem"
+    if storage not in ("filesystem", "s3"):
+        raise RuntimeError(f"MOORAGE_TEST_STORAGE must be filesystem or s3, not {storage!r}")
+    return storage
+
+
 class MoorageServer:
     """``tls``: a directory as ``moorage tls init`` writes it (ca.crt,
     server.crt, server.key); the server then speaks only HTTPS. Without
     server.crt there, ``extra_args`` name the certificates and the directory
-    only gives the CA."""
+    only gives the CA.
+
+    ``storage``: "filesystem" or "s3" (default: ``MOORAGE_TEST_STORAGE``, else
+    filesystem). On S3 the server gets a bucket of its own on the test
+    session's SeaweedFS (``tests/seaweed.py``), or ``bucket`` (replicas share
+    one); ``s3_env`` adds settings such as ``MOORAGE_S3_REDIRECT``."""
 
     def __init__(
         self,
@@ -66,7 +80,18 @@ class MoorageServer:
         auth: str = "none",
         env: dict[str, str] | None = None,
         tls: Path | None = None,
+        storage: str | None = None,
+        s3_env: dict[str, str] | None = None,
+        bucket: str | None = None,
     ) -> None:
+        self.storage = storage or test_storage()
+        self.bucket: str | None = None
+        if self.storage == "s3":
+            from tests.seaweed import shared_seaweed
+
+            seaweed = shared_seaweed()
+            self.bucket = bucket or seaweed.new_bucket()
+            env = {**seaweed.settings_env(self.bucket), **(s3_env or {}), **(env or {})}
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = extra_args
@@ -181,10 +206,24 @@ class MoorageServer:
     # -- what is on disk and in the database, for "nothing changed" checks --
 
     def blob_files(self) -> set[str]:
+        """Every stored blob, as ``algorithm:hex`` (files, or objects on S3)."""
+        if self.bucket is not None:
+            from tests.seaweed import shared_seaweed
+
+            keys = shared_seaweed().keys(self.bucket, "blobs/")
+            return {f"{k.split('/')[1]}:{k.split('/')[3]}" for k in keys if k.count("/") == 3}
         root = self.data_dir / "blobs"
         return {f"{p.parent.parent.name}:{p.name}" for p in root.glob("*/*/*") if p.is_file()}
 
     def upload_files(self) -> set[str]:
+        """The uploads with staged bytes: files, or objects and multipart
+        uploads under uploads/<id>/ on S3."""
+        if self.bucket is not None:
+            from tests.seaweed import shared_seaweed
+
+            seaweed = shared_seaweed()
+            keys = [*seaweed.keys(self.bucket, "uploads/"), *seaweed.multipart_keys(self.bucket)]
+            return {k.split("/")[1] for k in keys if k.startswith("uploads/")}
         return {p.name for p in (self.data_dir / "uploads").iterdir()}
 
     def db_rows(self) -> dict[str, list[tuple[object, ...]]]:

@@ -18,15 +18,24 @@ import requests
 
 from tests.helpers import error_code, push_blob, put_manifest, simple_manifest
 from tests.oci_layout import sha256
+from tests.seaweed import shared_seaweed
 from tests.server import MoorageServer
 
 CHUNK = 8 * 1024 * 1024
 
 
-def assert_store_consistent(registry: MoorageServer) -> None:
-    """Every published blob hashes to its name and every blob row has its file."""
-    root = registry.data_dir / "blobs"
+def stored_blobs(registry: MoorageServer) -> dict[str, int]:
+    """Every published blob, checked to hash to its name (files, or S3 objects)."""
     files = {}
+    if registry.bucket is not None:
+        seaweed = shared_seaweed()
+        for key, size in seaweed.keys(registry.bucket, "blobs/").items():
+            _, algorithm, shard, name = key.split("/")
+            data = seaweed.read(registry.bucket, key)
+            assert hashlib.new(algorithm, data).hexdigest() == name == shard + name[2:], key
+            files[f"{algorithm}:{name}"] = size
+        return files
+    root = registry.data_dir / "blobs"
     for path in root.glob("*/*/*"):
         algorithm = path.parent.parent.name
         digest = hashlib.new(algorithm)
@@ -36,6 +45,12 @@ def assert_store_consistent(registry: MoorageServer) -> None:
         assert digest.hexdigest() == path.name, f"{path} is corrupt"
         files[f"{algorithm}:{path.name}"] = path.stat().st_size
     assert not [p for p in root.rglob("*") if p.is_file() and len(p.name) < 64], "stray files"
+    return files
+
+
+def assert_store_consistent(registry: MoorageServer) -> None:
+    """Every published blob hashes to its name and every blob row has its bytes."""
+    files = stored_blobs(registry)
     con = sqlite3.connect(registry.data_dir / "metadata.db")
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

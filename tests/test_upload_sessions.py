@@ -134,11 +134,11 @@ def test_removing_a_namespace_ends_its_uploads_and_its_tokens(server: MoorageSer
     headers = bearer(server, US, ADMIN_KEY, "repository:contested/app:pull,push")
     upload = Upload(server, "contested/app", headers)
     assert upload.patch() == 202
-    staged = server.data_dir / "uploads" / upload.location.rsplit("/", 1)[1]
-    assert staged.exists()
+    upload_id = upload.location.rsplit("/", 1)[1]
+    assert upload_id in server.upload_files()  # staged bytes, on disk or in the bucket
 
     admin.call("DELETE", "/cr/us-south/namespaces/contested", expect=204)
-    assert not staged.exists()
+    assert upload_id not in server.upload_files()
     import sqlite3
 
     con = sqlite3.connect(server.data_dir / "metadata.db")

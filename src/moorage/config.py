@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,19 @@ class Settings:
     body_timeout: float = 60.0  # a request body that stops arriving
     max_connections: int = 0  # 0: derived from the open-file limit
     max_connections_per_client: int = 256  # 0: no limit (e.g. behind a proxy)
+    # Blob storage: "filesystem" (blobs/ and uploads/ in data_dir) or "s3".
+    storage_driver: str = "filesystem"
+    s3_endpoint: str | None = None  # http(s)://host[:port]
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = field(default=None, repr=False)
+    s3_session_token: str | None = field(default=None, repr=False)
+    s3_path_style: bool = True  # bucket in the path (SeaweedFS, MinIO); false: in the host name
+    s3_prefix: str = ""  # keys live under this prefix in the bucket
+    s3_part_size: int = 10 * 1024 * 1024  # multipart part size; at least 5 MiB
+    s3_redirect: bool = False  # blob GETs answered with 307 to a presigned URL
+    s3_redirect_expiry: int = 1200  # seconds a presigned URL is good for
 
     @property
     def data_path(self) -> Path:
@@ -90,6 +103,17 @@ _FILE_KEYS = {
     ("iam", "service_id_limit"): "service_id_limit",
     ("iam", "admin_email"): "admin_email",
     ("storage", "data"): "data_dir",
+    ("storage", "driver"): "storage_driver",
+    ("storage.s3", "endpoint"): "s3_endpoint",
+    ("storage.s3", "region"): "s3_region",
+    ("storage.s3", "bucket"): "s3_bucket",
+    ("storage.s3", "access_key"): "s3_access_key",
+    ("storage.s3", "secret_key"): "s3_secret_key",
+    ("storage.s3", "path_style"): "s3_path_style",
+    ("storage.s3", "prefix"): "s3_prefix",
+    ("storage.s3", "part_size"): "s3_part_size",
+    ("storage.s3", "redirect"): "s3_redirect",
+    ("storage.s3", "redirect_expiry"): "s3_redirect_expiry",
     ("database", "url"): "database_url",
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
@@ -110,6 +134,21 @@ _ENV_KEYS = {
     "MOORAGE_TLS_KEY": "tls_key",
     "MOORAGE_TLS_CERTS_DIR": "tls_certs_dir",
     "MOORAGE_ALLOW_INSECURE_HTTP": "allow_insecure_http",
+    "MOORAGE_STORAGE_DRIVER": "storage_driver",
+    "MOORAGE_S3_ENDPOINT": "s3_endpoint",
+    "MOORAGE_S3_REGION": "s3_region",
+    "MOORAGE_S3_BUCKET": "s3_bucket",
+    "MOORAGE_S3_ACCESS_KEY": "s3_access_key",
+    "MOORAGE_S3_SECRET_KEY": "s3_secret_key",
+    "MOORAGE_S3_PATH_STYLE": "s3_path_style",
+    "MOORAGE_S3_PREFIX": "s3_prefix",
+    "MOORAGE_S3_REDIRECT": "s3_redirect",
+}
+# The AWS tools' own variables, used when nothing above names the credentials.
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "s3_access_key",
+    "AWS_SECRET_ACCESS_KEY": "s3_secret_key",
+    "AWS_SESSION_TOKEN": "s3_session_token",
 }
 
 
@@ -184,14 +223,21 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             document = tomllib.loads(config_file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
-        for (section, key), field in _FILE_KEYS.items():
-            if key in document.get(section, {}):
-                values[field] = _coerce(field, document[section][key])
+        for (section, key), name in _FILE_KEYS.items():
+            table: Any = document
+            for part in section.split("."):
+                table = table.get(part, {}) if isinstance(table, dict) else {}
+            if isinstance(table, dict) and key in table:
+                values[name] = _coerce(name, table[key])
         if "regions" in document:
             values["regions"] = _regions(document["regions"])
-    for variable, field in _ENV_KEYS.items():
+    for variable, name in _ENV_KEYS.items():
         if os.environ.get(variable):
-            values[field] = _coerce(field, os.environ[variable])
+            values[name] = _coerce(name, os.environ[variable])
+    if not values.get("s3_access_key") and not values.get("s3_secret_key"):
+        for variable, name in _AWS_ENV.items():
+            if os.environ.get(variable):
+                values[name] = os.environ[variable]
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("public_url"):
         values["public_url"] = _public_url(values["public_url"])
@@ -211,4 +257,56 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("token_lifetime must be between 5 and 3600 seconds")
     if settings.max_manifest_bytes < 4 * 1024 * 1024:
         raise ConfigError("max_manifest_bytes must be at least 4 MiB (4194304)")
+    if settings.storage_driver not in ("filesystem", "s3"):
+        raise ConfigError(
+            f"unknown storage driver {settings.storage_driver!r}: use 'filesystem' or 's3'"
+        )
+    if settings.storage_driver == "s3":
+        settings = _check_s3(settings)
     return settings
+
+
+_ENDPOINT = re.compile(r"https?://[^/?#@\s]+/?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+
+
+def _check_s3(settings: Settings) -> Settings:
+    """What [storage.s3] must hold for driver = "s3", each problem in one line."""
+    if not settings.s3_endpoint:
+        raise ConfigError(
+            'storage driver "s3" needs [storage.s3] endpoint (or MOORAGE_S3_ENDPOINT), '
+            "e.g. https://s3.us-east-1.amazonaws.com"
+        )
+    if not _ENDPOINT.fullmatch(settings.s3_endpoint):
+        raise ConfigError(
+            f"storage.s3 endpoint must look like http(s)://host[:port], not "
+            f"{settings.s3_endpoint!r}"
+        )
+    if not settings.s3_bucket:
+        raise ConfigError('storage driver "s3" needs [storage.s3] bucket (or MOORAGE_S3_BUCKET)')
+    if not _BUCKET.fullmatch(settings.s3_bucket):
+        raise ConfigError(
+            f"storage.s3 bucket {settings.s3_bucket!r} is not a valid bucket name "
+            "(3 to 63 lower-case letters, digits, dots and hyphens)"
+        )
+    if not settings.s3_access_key or not settings.s3_secret_key:
+        raise ConfigError(
+            "storage.s3 needs access_key and secret_key (or MOORAGE_S3_ACCESS_KEY and "
+            "MOORAGE_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    if not settings.s3_region:
+        raise ConfigError("storage.s3 region must not be empty")
+    if not MIN_PART_SIZE <= settings.s3_part_size <= MAX_PART_SIZE:
+        raise ConfigError("storage.s3 part_size must be between 5 MiB (5242880) and 5 GiB")
+    if not 1 <= settings.s3_redirect_expiry <= 7 * 86400:
+        raise ConfigError("storage.s3 redirect_expiry must be between 1 second and 7 days")
+    prefix = settings.s3_prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ConfigError(f"storage.s3 prefix {settings.s3_prefix!r} is not a clean key prefix")
+    return dataclasses.replace(
+        settings,
+        s3_endpoint=settings.s3_endpoint.rstrip("/"),
+        s3_prefix=f"{prefix}/" if prefix else "",
+    )

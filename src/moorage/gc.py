@@ -6,13 +6,16 @@ same content racing with a delete could otherwise lose the bytes."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from moorage.config import Settings
+from moorage.config import ConfigError, Settings
 from moorage.datadir import restrict_umask
+from moorage.metadata import MetadataStore
 from moorage.oci.digest import parse_digest
 from moorage.server import open_registry
+from moorage.storage import BlobStore, StorageError
 
 
 @dataclass
@@ -36,34 +39,61 @@ def collect_garbage(
     settings: Settings, grace_seconds: int, dry_run: bool, upload_max_age: int = 7 * 86400
 ) -> GcReport:
     restrict_umask()
+    return asyncio.run(_collect(settings, grace_seconds, dry_run, upload_max_age))
+
+
+async def _collect(
+    settings: Settings, grace_seconds: int, dry_run: bool, upload_max_age: int
+) -> GcReport:
     parts = open_registry(settings)
-    metadata = parts.metadata
     store = parts.blobs.store
+    try:
+        await store.check()
+    except StorageError as exc:
+        await store.close()
+        raise ConfigError(f"storage: {exc}") from None
+    try:
+        return await _sweep_all(parts.metadata, store, grace_seconds, dry_run, upload_max_age)
+    finally:
+        await store.close()
+
+
+async def _sweep_all(
+    metadata: MetadataStore,
+    store: BlobStore,
+    grace_seconds: int,
+    dry_run: bool,
+    upload_max_age: int,
+) -> GcReport:
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
     report = GcReport(dry_run=dry_run)
     for value in metadata.unreferenced_blobs(cutoff):
         digest = parse_digest(value)
-        size = store.blob_size(digest) or 0
+        size = await store.stat(digest) or 0
         if dry_run or metadata.forget_blob(value):
             if not dry_run:
-                store.delete_blob(digest)
+                await store.delete(digest)
             report.deleted.append(value)
             report.freed_bytes += size
     recorded = metadata.all_blobs()
-    for digest, size in store.iter_blobs():
+    async for digest, size in store.walk():
         # Bytes published just before a crash, whose row was never written.
         if str(digest) not in recorded:
             report.orphan_files.append(str(digest))
             report.freed_bytes += size
             if not dry_run:
-                store.delete_blob(digest)
+                await store.delete(digest)
     # Upload sessions abandoned by their clients (Distribution purges after a week too).
     upload_cutoff = datetime.now(UTC) - timedelta(seconds=upload_max_age)
-    for upload_id, created in metadata.list_uploads().items():
+    sessions = metadata.list_uploads()
+    for upload_id, created in sessions.items():
         if created.replace(tzinfo=created.tzinfo or UTC) < upload_cutoff:
             report.stale_uploads.append(upload_id)
-            report.freed_bytes += store.upload_size(upload_id) or 0
             if not dry_run:
                 metadata.delete_upload(upload_id)
-                store.discard_upload(upload_id)
+                await store.discard_upload(upload_id)
+    # Staged bytes of no session (the registry is stopped: none is in flight).
+    live = set(sessions) - set(report.stale_uploads)
+    swept = await store.sweep(live, datetime.now(UTC), dry_run)
+    report.freed_bytes += swept.freed_bytes
     return report

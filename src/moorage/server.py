@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -39,9 +38,12 @@ from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, 
 from moorage.metadata.iam_store import IamStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
+from moorage.registry.blobs import MetadataLedger
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
-from moorage.storage import FilesystemBlobStore
+from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
+from moorage.storage.s3 import S3BlobStore
+from moorage.storage.s3client import S3Client, S3Credentials
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
 log = logging.getLogger("moorage")
@@ -73,7 +75,7 @@ def open_registry(settings: Settings) -> Components:
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
     upgrade(engine)
     metadata = MetadataStore(engine)
-    store = FilesystemBlobStore(data)
+    store = open_store(settings, metadata)
     regions = regions_of(settings)
     keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
     iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
@@ -86,6 +88,33 @@ def open_registry(settings: Settings) -> Components:
         NamespaceService(metadata, store),
         SignatureService(metadata, store, manifests),
         regions,
+    )
+
+
+def open_store(settings: Settings, metadata: MetadataStore) -> BlobStore:
+    """The configured blob store, its upload offsets kept in ``metadata``. No
+    connection is made here: the S3 client opens its own on first use, in the
+    event loop that serves."""
+    ledger = MetadataLedger(metadata)
+    if settings.storage_driver != "s3":
+        return FilesystemBlobStore(settings.data_path, ledger)
+    assert settings.s3_endpoint and settings.s3_bucket  # load_settings checked
+    client = S3Client(
+        settings.s3_endpoint,
+        settings.s3_region,
+        settings.s3_bucket,
+        S3Credentials(
+            settings.s3_access_key or "", settings.s3_secret_key or "", settings.s3_session_token
+        ),
+        path_style=settings.s3_path_style,
+    )
+    return S3BlobStore(
+        client,
+        ledger,
+        prefix=settings.s3_prefix,
+        part_size=settings.s3_part_size,
+        redirect=settings.s3_redirect,
+        redirect_expiry=settings.s3_redirect_expiry,
     )
 
 
@@ -107,10 +136,9 @@ def _bootstrap(iam: IamService, settings: Settings) -> None:
 
 def create_app(settings: Settings) -> RegistryApp:
     parts = open_registry(settings)
-    report = parts.blobs.reconcile()
-    log.info("uploads after restart: %s", report)
     data = settings.data_path
     metadata = parts.metadata
+    store = parts.blobs.store
 
     def health() -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -120,10 +148,11 @@ def create_app(settings: Settings) -> RegistryApp:
             checks["database"] = "ok"
         except Exception as exc:  # health must report, not raise
             checks["database"] = f"error: {type(exc).__name__}"
-        usage = shutil.disk_usage(data)
-        checks["storage"] = "ok" if os.access(data, os.W_OK) else "error: not writable"
-        checks["storage_free_bytes"] = usage.free
-        ok = checks["database"] == "ok" and checks["storage"] == "ok"
+        if not os.access(data, os.W_OK):
+            checks["database"] = "error: data directory not writable"
+        stored = store.health()
+        checks.update(stored.detail)
+        ok = checks["database"] == "ok" and stored.ok
         return {"status": "ok" if ok else "error", **checks}
 
     if settings.auth == "none":
@@ -256,6 +285,7 @@ async def _serve(
         shutdown_timeout=settings.shutdown_timeout,
         **handler_args,
     )
+    await _open_storage(settings, registry)
     await runner.setup()
     assert runner.server is not None
     limits = Limits(
@@ -301,4 +331,18 @@ async def _serve(
     if registry.inflight:
         log.warning("%d requests still in flight; their uploads stay resumable", registry.inflight)
     await runner.cleanup()
+    # Cut uploads finish saving what arrived; connections close.
+    await registry.blobs.store.close()
     log.info("stopped")
+
+
+async def _open_storage(settings: Settings, registry: RegistryApp) -> None:
+    """Reach the blob store once (a wrong endpoint, bucket or key is one line
+    and exit status 2), then clear crash leftovers from its staging area."""
+    try:
+        await registry.blobs.store.check()
+    except StorageError as exc:
+        await registry.blobs.store.close()
+        raise ConfigError(f"storage: {exc}") from None
+    report = await registry.blobs.reconcile()
+    log.info("storage: %s driver; uploads after restart: %s", settings.storage_driver, report)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from moorage.http.access import CATALOG, DELETE, PULL, PUSH, AccessPolicy, Identity
@@ -30,6 +30,7 @@ from moorage.registry import (
 )
 from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
 from moorage.registry.signatures import SignatureService
+from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
 
 log = logging.getLogger("moorage.http")
 
@@ -47,7 +48,7 @@ class Response:
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
-    file: str | None = None  # a blob served with sendfile; Range is honoured there
+    blob: BlobSource | None = None  # a blob's bytes: a file (sendfile) or a stream; Range honoured
 
 
 def json_response(status: int, payload: Any, headers: Headers | None = None) -> Response:
@@ -78,6 +79,57 @@ class EncryptedFileResponse(web.FileResponse):
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None
         return await self._sendfile_fallback(writer, fobj, offset, count)
+
+
+class BlobStreamResponse(web.StreamResponse):
+    """A blob streamed from the store (S3 without redirects): one byte range
+    honoured as aiohttp's FileResponse does (206, or 416 with ``bytes */size``),
+    HEAD answered from the size alone, the bytes read only for a GET."""
+
+    def __init__(self, source: ByteStream, headers: Headers) -> None:
+        super().__init__(status=200, headers=headers)
+        self.source = source
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return await super().prepare(request)
+        size = self.source.size
+        start, count = 0, size
+        try:
+            rng = request.http_range
+        except ValueError:
+            return await self._unsatisfiable(request, size)
+        if rng.start is not None:
+            if rng.start < 0 and rng.stop is None:  # the last -start bytes
+                start = max(0, size + rng.start)
+                count = size - start
+            else:
+                start = rng.start
+                count = min(rng.stop if rng.stop is not None else size, size) - start
+            if start >= size:
+                return await self._unsatisfiable(request, size)
+            self.set_status(206)
+            self.headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{start + count - 1}/{size}"
+        self.headers[hdrs.ACCEPT_RANGES] = "bytes"
+        self.content_length = count
+        writer = await super().prepare(request)
+        if request.method == "HEAD" or count == 0:
+            return writer
+        reader = self.source.read(start, count)
+        try:
+            async for chunk in reader:
+                await self.write(chunk)
+        finally:
+            await reader.aclose()  # a client gone mid-blob frees the store's connection
+        return writer
+
+    async def _unsatisfiable(
+        self, request: web.BaseRequest, size: int
+    ) -> AbstractStreamWriter | None:
+        self.headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
+        self.set_status(416)
+        self.content_length = 0
+        return await super().prepare(request)
 
 
 @dataclass(frozen=True)
@@ -318,9 +370,12 @@ class RegistryApp:
 
     def _render(self, response: Response) -> web.StreamResponse:
         headers = [*self.base_headers, *response.headers]
-        if response.file is not None:
+        blob = response.blob
+        if isinstance(blob, LocalFile):
             # aiohttp's FileResponse uses os.sendfile and answers Range and HEAD itself.
-            return self.file_response(response.file, status=response.status, headers=headers)
+            return self.file_response(blob.path, status=response.status, headers=headers)
+        if isinstance(blob, ByteStream):
+            return BlobStreamResponse(blob, headers)
         return web.Response(status=response.status, headers=headers, body=response.body)
 
     # -- base, health, tokens ---------------------------------------------
@@ -351,13 +406,21 @@ class RegistryApp:
     # -- blobs -------------------------------------------------------------
 
     async def get_blob(self, call: Call) -> Response:
-        blob = self.blobs.get(call.repo, call.params["digest"])
-        headers: Headers = [
-            ("docker-content-digest", str(blob.digest)),
+        # A HEAD is answered here even when GETs are redirected: a presigned URL
+        # is good for one method only.
+        redirect = call.request.method == "GET"
+        blob = await self.blobs.get(call.repo, call.params["digest"], redirect)
+        headers: Headers = [("docker-content-digest", str(blob.digest))]
+        if isinstance(blob.source, Redirect):
+            headers.append(("location", blob.source.url))
+            return Response(307, headers)
+        headers += [
             ("content-type", "application/octet-stream"),
             ("cache-control", "max-age=31536000"),
         ]
-        return Response(200, headers, file=blob.path)
+        if isinstance(blob.source, ByteStream):
+            headers.append(("etag", f'"{blob.digest}"'))
+        return Response(200, headers, blob=blob.source)
 
     async def delete_blob(self, call: Call) -> Response:
         digest = self.blobs.delete(call.repo, call.params["digest"], call.identity.account)
@@ -391,7 +454,7 @@ class RegistryApp:
                     source_repo = RepoRef(call.target.region.name, source)
                 except RegistryError:
                     source_repo = None
-            mounted = self.blobs.mount(call.repo, mount, source_repo, call.identity.account)
+            mounted = await self.blobs.mount(call.repo, mount, source_repo, call.identity.account)
             if mounted is not None:
                 return self._blob_created(call.name, str(mounted))
         digest = request.query("digest")
@@ -401,7 +464,9 @@ class RegistryApp:
                 call.repo, digest, body, request.content_length, call.identity.account
             )
             return self._blob_created(call.name, str(stored))
-        upload = self.blobs.start_upload(call.repo, call.identity.subject, call.identity.account)
+        upload = await self.blobs.start_upload(
+            call.repo, call.identity.subject, call.identity.account
+        )
         return Response(202, self._upload_headers(call.name, upload.upload_id, upload.size))
 
     async def upload_status(self, call: Call) -> Response:
@@ -433,7 +498,7 @@ class RegistryApp:
         return self._blob_created(call.name, str(digest))
 
     async def cancel_upload(self, call: Call) -> Response:
-        self.blobs.cancel(call.repo, call.params["upload"])
+        await self.blobs.cancel(call.repo, call.params["upload"])
         return Response(204)
 
     # -- manifests ---------------------------------------------------------

@@ -511,7 +511,7 @@ class ManagementApi:
         """Remove a namespace with everything in it, in one transaction."""
         region, name = self._region(c), c.path("name")
         await self._require(c.principal, roles.MANAGE_NAMESPACES, region, name)
-        await self._run(self.namespace_service.remove, c.principal.account_id, region, name)
+        await self.namespace_service.remove(c.principal.account_id, region, name)
 
     async def list_signers(self, c: ApiCall) -> Any:
         """The keys a namespace trusts to sign its images."""
@@ -595,7 +595,7 @@ class ManagementApi:
         repo, reference, namespace = self._image(region, c.query("image"))
         await self._may(c.principal, roles.PULL, region, namespace)
         manifest = await self._run(self.manifests.get, repo, reference, [])
-        signatures = await self._run(self.signatures.of_image, repo, manifest.digest)
+        signatures = await self.signatures.of_image(repo, manifest.digest)
         return {
             "repository": repo.name,
             "reference": reference,

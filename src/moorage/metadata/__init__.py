@@ -13,6 +13,7 @@ from moorage.metadata.store import (
     SignerRecord,
     StoredManifest,
     StoredSignature,
+    UploadSession,
     create_metadata_engine,
     sqlite_url,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "SignerRecord",
     "StoredManifest",
     "StoredSignature",
+    "UploadSession",
     "create_metadata_engine",
     "sqlite_url",
     "upgrade",

@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -110,7 +111,12 @@ class Tag(Base):
 
 
 class Upload(Base):
-    """An open upload session; its bytes are staged in the blob store."""
+    """An open upload session; its bytes are staged in the blob store, and
+    where it stands is here, so any replica can continue it: ``offset`` (the
+    bytes received, where the next chunk starts), ``version`` (moves on with
+    each save; the conditional UPDATE on it decides which of two writers
+    wins), ``next_part`` (S3 part numbers handed out so far) and ``state``
+    (the storage driver's own JSON: S3's parts with their ETags and sizes)."""
 
     __tablename__ = "uploads"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -118,6 +124,10 @@ class Upload(Base):
     repository: Mapped[str] = mapped_column(String(255))
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # who started it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_part: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    state: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SimpleSignature(Base):

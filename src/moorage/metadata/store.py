@@ -75,6 +75,13 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+@dataclass(frozen=True)
+class UploadSession:
+    repo: RepoRef
+    owner: str | None  # who started it
+    offset: int  # bytes received so far
+
+
 class NamespaceChanged(LookupError):
     """The namespace a write was authorised for no longer belongs to that account
     (removed, perhaps claimed by another) by the time the write commits."""
@@ -390,13 +397,50 @@ class MetadataStore:
                 )
             )
 
-    def upload_session(self, upload_id: str) -> tuple[RepoRef, str | None] | None:
-        """The repository an upload belongs to, and who started it."""
+    def upload_session(self, upload_id: str) -> UploadSession | None:
+        """The repository an upload belongs to, who started it and its offset."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(Upload.region, Upload.repository, Upload.owner).where(Upload.id == upload_id)
+                select(Upload.region, Upload.repository, Upload.owner, Upload.offset).where(
+                    Upload.id == upload_id
+                )
             ).first()
-        return None if row is None else (RepoRef(row[0], row[1]), row[2])
+        return None if row is None else UploadSession(RepoRef(row[0], row[1]), row[2], row[3])
+
+    def upload_progress(self, upload_id: str) -> tuple[int, int, str | None] | None:
+        """An upload's offset, version and storage state."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Upload.offset, Upload.version, Upload.state).where(Upload.id == upload_id)
+            ).first()
+        return None if row is None else (int(row[0]), int(row[1]), row[2])
+
+    def save_upload_progress(
+        self, upload_id: str, version: int, offset: int, state: str | None
+    ) -> bool:
+        """One conditional UPDATE: only the writer that read ``version`` last
+        gets to move it on, whichever process it runs in."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.version == version)
+                .values(offset=offset, state=state, version=version + 1)
+            )
+            return bool(result.rowcount)
+
+    def reserve_upload_parts(self, upload_id: str, count: int) -> int | None:
+        """``count`` part numbers nobody else gets: the increment and the read
+        of its result are one transaction, under the row's write lock."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(Upload)
+                .where(Upload.id == upload_id)
+                .values(next_part=Upload.next_part + count)
+            )
+            if not result.rowcount:
+                return None
+            end = conn.scalar(select(Upload.next_part).where(Upload.id == upload_id))
+            return None if end is None else int(end) - count
 
     def delete_upload(self, upload_id: str) -> None:
         with self.engine.begin() as conn:

@@ -2,16 +2,19 @@
 
 Bytes go to the blob store; the link that makes a blob visible in a
 repository is written to metadata only after the store has verified and
-published the content."""
+published the content. An upload's offset lives in its metadata row, which
+the store advances through :class:`MetadataLedger`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from moorage.metadata import MetadataStore, NamespaceChanged, RepoRef
 from moorage.oci.digest import Digest, DigestError, parse_digest
@@ -23,14 +26,19 @@ from moorage.registry.errors import (
     NamespaceGone,
     RangeInvalid,
     SizeInvalid,
+    StorageUnavailable,
     Unsupported,
 )
 from moorage.storage import (
+    BlobSource,
     BlobStore,
     DigestMismatch,
     OffsetMismatch,
+    StorageError,
     TruncatedBody,
     UploadMissing,
+    UploadRecord,
+    UploadTooLarge,
 )
 
 log = logging.getLogger("moorage.registry")
@@ -67,13 +75,48 @@ def range_header(size: int) -> str:
 class BlobHandle:
     digest: Digest
     size: int
-    path: str | None
+    source: BlobSource
 
 
 @dataclass(frozen=True)
 class UploadState:
     upload_id: str
     size: int
+
+
+# How old staged bytes without a session must be before start-up removes
+# them: younger ones may be a monolithic upload in flight on another replica.
+STAGING_GRACE = timedelta(hours=1)
+
+
+class MetadataLedger:
+    """The blob store's view of the ``uploads`` rows (storage's UploadLedger),
+    over the metadata store, whose calls block: each runs on a worker thread."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self.metadata = metadata
+
+    async def load(self, upload_id: str) -> UploadRecord | None:
+        row = await asyncio.to_thread(self.metadata.upload_progress, upload_id)
+        return None if row is None else UploadRecord(*row)
+
+    async def save(self, upload_id: str, version: int, offset: int, state: str | None) -> bool:
+        return await asyncio.to_thread(
+            self.metadata.save_upload_progress, upload_id, version, offset, state
+        )
+
+    async def reserve(self, upload_id: str, count: int) -> int | None:
+        return await asyncio.to_thread(self.metadata.reserve_upload_parts, upload_id, count)
+
+
+@asynccontextmanager
+async def _backend() -> AsyncIterator[None]:
+    """The store's own failures are the registry's 503, not a crash."""
+    try:
+        yield
+    except StorageError as exc:
+        log.error("blob store: %s", exc)
+        raise StorageUnavailable(f"the blob store failed: {exc}") from exc
 
 
 class BlobService:
@@ -83,12 +126,29 @@ class BlobService:
 
     # -- reads and deletes -------------------------------------------------
 
-    def get(self, repo: RepoRef, digest_value: str) -> BlobHandle:
+    async def get(self, repo: RepoRef, digest_value: str, redirect: bool = True) -> BlobHandle:
+        """A blob linked in ``repo`` and how to serve it; ``redirect`` false
+        asks the store for the bytes rather than a redirect (HEAD)."""
         digest = require_digest(digest_value)
         size = self.metadata.linked_blob_size(repo, str(digest))
-        if size is None or self.store.blob_size(digest) is None:
+        source = None
+        if size is not None:
+            async with _backend():
+                source = await self.store.open(digest, redirect)
+        if source is None:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
-        return BlobHandle(digest, size, self.store.local_path(digest))
+        return BlobHandle(digest, size or 0, source)
+
+    async def read_small(self, repo: RepoRef, digest_value: str, limit: int) -> bytes | None:
+        """A small blob linked in ``repo`` (a signature payload), or None."""
+        try:
+            digest = parse_digest(digest_value)
+        except DigestError:
+            return None
+        if self.metadata.linked_blob_size(repo, str(digest)) is None:
+            return None
+        async with _backend():
+            return await self.store.read_small(digest, limit)
 
     def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
         """Unlink a blob from one repository; the bytes go when garbage collection runs.
@@ -103,20 +163,21 @@ class BlobService:
 
     # -- uploads -----------------------------------------------------------
 
-    def start_upload(
+    async def start_upload(
         self, repo: RepoRef, owner: str | None = None, account: str | None = None
     ) -> UploadState:
         upload_id = uuid.uuid4().hex
-        self.store.create_upload(upload_id)
+        async with _backend():
+            await self.store.create_upload(upload_id)
         try:
             with namespace_checked():
                 self.metadata.create_upload(upload_id, repo, owner, account)
         except BaseException:
-            self.store.discard_upload(upload_id)
+            await self.store.discard_upload(upload_id)
             raise
         return UploadState(upload_id, 0)
 
-    def mount(
+    async def mount(
         self,
         repo: RepoRef,
         digest_value: str,
@@ -130,8 +191,9 @@ class BlobService:
             return None
         if not source_repo or source_repo == repo:
             return None
-        if self.store.blob_size(digest) is None:
-            return None
+        async with _backend():
+            if await self.store.stat(digest) is None:
+                return None
         with namespace_checked():
             mounted = self.metadata.mount_blob(repo, str(digest), source_repo, account)
         if mounted is None:
@@ -148,30 +210,22 @@ class BlobService:
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
-        upload_id = uuid.uuid4().hex
-        self.store.create_upload(upload_id)
-        try:
-            await self._append(upload_id, body, length)
-            await self._commit(upload_id, digest)
-        finally:
-            self.store.discard_upload(upload_id)
+        size = await self._put(digest, body, length)
         with namespace_checked():
-            self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+            self.metadata.record_blob(repo, str(digest), size, account)
         return digest
 
     def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
         """Who started an upload session of ``repo``, for authorization bound to it."""
         session = self.metadata.upload_session(upload_id)
-        return session[1] if session is not None and session[0] == repo else None
+        return session.owner if session is not None and session.repo == repo else None
 
     def _session(self, repo: RepoRef, upload_id: str) -> int:
+        """The session's offset, from its row: the same on every replica."""
         session = self.metadata.upload_session(upload_id)
-        if session is None or session[0] != repo:
+        if session is None or session.repo != repo:
             raise BlobUploadUnknown("blob upload unknown to registry")
-        size = self.store.upload_size(upload_id)
-        if size is None:
-            raise BlobUploadUnknown("blob upload unknown to registry")
-        return size
+        return session.offset
 
     def status(self, repo: RepoRef, upload_id: str) -> UploadState:
         return UploadState(upload_id, self._session(repo, upload_id))
@@ -224,28 +278,35 @@ class BlobService:
     ) -> Digest:
         size = self._session(repo, upload_id)
         digest = require_digest(digest_value)
-        if body is not None:
-            expected, offset = self._check_range(size, content_range, length)
-            await self._append(upload_id, body, expected, offset)
         try:
-            await self._commit(upload_id, digest)
+            if body is not None and size == 0:
+                # Nothing staged yet and the digest known before the bytes: the
+                # store writes the blob straight to its place (S3: no copy).
+                expected, _ = self._check_range(size, content_range, length)
+                committed = await self._put(digest, body, expected)
+            else:
+                if body is not None:
+                    expected, offset = self._check_range(size, content_range, length)
+                    await self._append(upload_id, body, expected, offset)
+                committed = await self._commit(upload_id, digest)
         except (DigestInvalid, BlobUploadInvalid):
-            self._end_session(upload_id)
+            await self._end_session(upload_id)
             raise
         try:
             with namespace_checked():
-                self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+                self.metadata.record_blob(repo, str(digest), committed, account)
         finally:
-            self._end_session(upload_id)
+            await self._end_session(upload_id)
         return digest
 
-    def cancel(self, repo: RepoRef, upload_id: str) -> None:
+    async def cancel(self, repo: RepoRef, upload_id: str) -> None:
         self._session(repo, upload_id)
-        self._end_session(upload_id)
+        await self._end_session(upload_id)
 
-    def _end_session(self, upload_id: str) -> None:
+    async def _end_session(self, upload_id: str) -> None:
         self.metadata.delete_upload(upload_id)
-        self.store.discard_upload(upload_id)
+        async with _backend():
+            await self.store.discard_upload(upload_id)
 
     async def _append(
         self,
@@ -255,7 +316,8 @@ class BlobService:
         offset: int | None = None,
     ) -> int:
         try:
-            return await self.store.append(upload_id, body, expected, offset)
+            async with _backend():
+                return await self.store.append(upload_id, body, expected, offset)
         except UploadMissing as exc:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
         except OffsetMismatch as exc:
@@ -266,38 +328,49 @@ class BlobService:
             ) from exc
         except TruncatedBody as exc:
             raise SizeInvalid(str(exc)) from exc
+        except UploadTooLarge as exc:
+            raise BlobUploadInvalid(str(exc)) from exc
 
-    async def _commit(self, upload_id: str, digest: Digest) -> None:
+    async def _put(self, digest: Digest, body: AsyncIterable[bytes], expected: int | None) -> int:
         try:
-            await self.store.commit(upload_id, digest)
+            async with _backend():
+                return await self.store.put(digest, body, expected)
+        except TruncatedBody as exc:
+            raise SizeInvalid(str(exc)) from exc
+        except UploadTooLarge as exc:
+            raise BlobUploadInvalid(str(exc)) from exc
+        except DigestMismatch as exc:
+            raise _digest_invalid(digest, exc) from exc
+
+    async def _commit(self, upload_id: str, digest: Digest) -> int:
+        try:
+            async with _backend():
+                return await self.store.commit(upload_id, digest)
         except UploadMissing as exc:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
         except DigestMismatch as exc:
-            raise DigestInvalid(
-                "provided digest did not match uploaded content",
-                detail={"digest": str(digest), "reason": str(exc)},
+            raise _digest_invalid(digest, exc) from exc
+        except OffsetMismatch as exc:  # a chunk saved while the commit read the upload
+            raise RangeInvalid(
+                "the upload changed while it was being committed",
+                headers={"Range": range_header(exc.size)},
             ) from exc
-
-    def _committed_size(self, digest: Digest) -> int:
-        size = self.store.blob_size(digest)
-        if size is None:  # pragma: no cover - the store just published it
-            raise BlobUnknown("blob vanished after commit")
-        return size
 
     # -- crash recovery ----------------------------------------------------
 
-    def reconcile(self) -> dict[str, int]:
-        """Make uploads consistent after a crash: sessions without staged bytes are
-        forgotten, staged bytes without a session are deleted. Sessions with both
-        stay resumable."""
-        sessions = set(self.metadata.list_uploads())
-        staged = set(self.store.iter_uploads())
-        for upload_id in sessions - staged:
-            self.metadata.delete_upload(upload_id)
-        for upload_id in staged - sessions:
-            self.store.discard_upload(upload_id)
-        return {
-            "resumable": len(sessions & staged),
-            "forgotten_sessions": len(sessions - staged),
-            "deleted_staging": len(staged - sessions),
-        }
+    async def reconcile(self, grace: timedelta = STAGING_GRACE) -> dict[str, int]:
+        """Remove staged bytes no session names, once older than ``grace`` (a
+        crash's leftovers; younger ones may be another replica's request in
+        flight). Sessions themselves stay: their offsets are in the database,
+        so every one of them is resumable on any replica."""
+        sessions = self.metadata.list_uploads()
+        async with _backend():
+            swept = await self.store.sweep(set(sessions), datetime.now(UTC) - grace)
+        return {"sessions": len(sessions), "deleted_staging": len(swept.removed)}
+
+
+def _digest_invalid(digest: Digest, exc: DigestMismatch) -> DigestInvalid:
+    return DigestInvalid(
+        "provided digest did not match uploaded content",
+        detail={"digest": str(digest), "reason": str(exc)},
+    )

@@ -124,3 +124,10 @@ class SignatureInvalid(RegistryError):
 
     code = "SIGNATURE_INVALID"
     status = 400
+
+
+class StorageUnavailable(RegistryError):
+    """The blob store's backend failed (unreachable, refused, full): try again later."""
+
+    code = "UNKNOWN"
+    status = 503

@@ -4,6 +4,7 @@ it held."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from moorage.metadata import MetadataStore
@@ -42,13 +43,13 @@ class NamespaceService:
             self._owners[key] = (owner, now)
         return owner
 
-    def remove(self, account_id: str, region: str, name: str) -> None:
+    async def remove(self, account_id: str, region: str, name: str) -> None:
         """One transaction removes the namespace, its repositories and its upload
         sessions; then the sessions' staged bytes go. If the process dies in
         between, start-up reconciliation deletes bytes that have no session."""
-        uploads = self.metadata.remove_namespace(account_id, region, name)
+        uploads = await asyncio.to_thread(self.metadata.remove_namespace, account_id, region, name)
         self._owners.pop((region, name), None)
         if uploads is None:
             raise NameUnknown(f"namespace {name!r} not found in {region}")
         for upload_id in uploads:
-            self.store.discard_upload(upload_id)
+            await self.store.discard_upload(upload_id)

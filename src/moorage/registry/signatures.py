@@ -9,12 +9,14 @@ A signature that vouches for another manifest never counts as this one's."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -61,11 +63,11 @@ class SignatureService:
 
     # -- listing -----------------------------------------------------------
 
-    def _blob(self, repo: RepoRef, digest: str, limit: int) -> bytes | None:
+    async def _blob(self, repo: RepoRef, digest: str, limit: int) -> bytes | None:
         if self.metadata.linked_blob_size(repo, digest) is None:
             return None
         try:
-            return self.store.read_small(parse_digest(digest), limit)
+            return await self.store.read_small(parse_digest(digest), limit)
         except ValueError:
             return None
 
@@ -77,13 +79,27 @@ class SignatureService:
             return None
         return document if isinstance(document, dict) else None
 
-    def of_image(self, repo: RepoRef, digest_value: str) -> list[SignatureInfo]:
+    async def of_image(self, repo: RepoRef, digest_value: str) -> list[SignatureInfo]:
         """Every signature stored for a manifest of ``repo``, each checked against
-        the namespace's signers where one can be."""
+        the namespace's signers where one can be. The checks block (database,
+        gpg), so they run on a worker thread; the blobs they read come from the
+        store on the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def read(digest: str) -> bytes | None:
+            future = asyncio.run_coroutine_threadsafe(
+                self._blob(repo, digest, cosign.MAX_PAYLOAD), loop
+            )
+            return future.result()
+
+        return await asyncio.to_thread(self._of_image, repo, digest_value, read)
+
+    def _of_image(
+        self, repo: RepoRef, digest_value: str, read: Callable[[str], bytes | None]
+    ) -> list[SignatureInfo]:
         digest = str(require_digest(digest_value))
         signers = self.metadata.signers(repo.region, repo.name.split("/", 1)[0])
         found: list[SignatureInfo] = []
-        read = lambda d: self._blob(repo, d, cosign.MAX_PAYLOAD)  # noqa: E731
         tag = cosign.signature_tag(digest)
         document = self._manifest_json(repo, tag)
         if document is not None:
@@ -107,7 +123,7 @@ class SignatureService:
             elif ref.artifact_type == notation.ARTIFACT_TYPE:
                 layers = document.get("layers") or [{}]
                 layer = layers[0] if isinstance(layers[0], dict) else {}
-                envelope = self._blob(repo, str(layer.get("digest")), cosign.MAX_PAYLOAD) or b""
+                envelope = read(str(layer.get("digest"))) or b""
                 who = notation.identity(str(layer.get("mediaType")), envelope)
                 found.append(SignatureInfo("notation", f"referrer {ref.digest}", who))
         for stored in (self.metadata.simple_signatures(repo, digest) or [])[:MAX_SIGNATURES]:

@@ -1,22 +1,45 @@
 """Blob storage: the content-addressed store and the upload staging area.
 
-Drivers implement :class:`BlobStore`. Only the registry services call them;
-storage knows nothing about repositories, tags or HTTP."""
+Drivers implement :class:`BlobStore` (contracts in ``base.py``). Only the
+registry services call them; storage knows nothing about repositories, tags
+or HTTP."""
 
 from moorage.storage.base import (
+    BlobMissing,
+    BlobSource,
     BlobStore,
+    ByteStream,
     DigestMismatch,
+    LocalFile,
     OffsetMismatch,
+    Redirect,
+    StorageError,
+    StoreHealth,
+    SweepReport,
     TruncatedBody,
+    UploadLedger,
     UploadMissing,
+    UploadRecord,
+    UploadTooLarge,
 )
 from moorage.storage.filesystem import FilesystemBlobStore
 
 __all__ = [
+    "BlobMissing",
+    "BlobSource",
     "BlobStore",
+    "ByteStream",
     "DigestMismatch",
     "FilesystemBlobStore",
+    "LocalFile",
     "OffsetMismatch",
+    "Redirect",
+    "StorageError",
+    "StoreHealth",
+    "SweepReport",
     "TruncatedBody",
+    "UploadLedger",
     "UploadMissing",
+    "UploadRecord",
+    "UploadTooLarge",
 ]

@@ -1,0 +1,245 @@
+"""A real S3 server for the tests: SeaweedFS (``weed mini``) on free loopback
+ports in a temporary directory, with one identity configured so that it
+checks every request's signature."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from moorage.storage.s3client import S3Client, S3Credentials, S3Error
+
+T = TypeVar("T")
+ACCESS_KEY = "moorage-test"
+SECRET_KEY = "moorage-test-secret-0123456789"
+REGION = "us-east-1"
+# Ports SeaweedFS listens on: master, volume, filer, S3 and admin, each with
+# its gRPC port. Chosen below the kernel's ephemeral range (32768 and up), so
+# an outgoing connection cannot take one between our check and weed's bind.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def _free_low_ports(count: int) -> list[int]:
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(20000, 32000)
+        if port in chosen:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("SeaweedFS (weed) is not installed: run `make test`, which builds it")
+    return found
+
+
+class SeaweedFS:
+    """``weed mini`` in ``directory``; ``endpoint`` is its S3 gateway."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ports = dict(zip(_PORT_FLAGS, _free_low_ports(len(_PORT_FLAGS)), strict=True))
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "weed.log"
+
+    def start(self, timeout: float = 60) -> SeaweedFS:
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-admin.port.legacy=0",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
+        if len(str(self.directory)) < 80:  # unix socket paths are short
+            args += [
+                f"-s3.localSocket={self.directory / 's3.sock'}",
+                f"-filer.localSocket={self.directory / 'filer.sock'}",
+            ]
+        env = {
+            **os.environ,
+            # With an identity, SeaweedFS checks signatures (and refuses others).
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+        env.pop("AWS_CA_BUNDLE", None)
+        self.process = subprocess.Popen(
+            args,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited early; see {self.log_path}")
+            if self._answers():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS's S3 gateway did not answer; see {self.log_path}")
+
+    def _answers(self) -> bool:
+        """The S3 gateway answers a signed request (for a bucket that is not there)."""
+        try:
+            run(self._probe())
+            return True
+        except (S3Error, OSError):
+            return False
+
+    async def _probe(self) -> None:
+        client = self.client("probe-" + uuid.uuid4().hex[:8])
+        try:
+            await client.head_bucket()
+        except S3Error as exc:
+            if exc.status != 404:
+                raise
+        finally:
+            await client.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+        # The admin server's socket has no flag to put it elsewhere.
+        admin_socket = Path(f"/tmp/seaweedfs-admin-grpc-{self.ports['admin.port.grpc']}.sock")
+        admin_socket.unlink(missing_ok=True)
+
+    def client(self, bucket: str) -> S3Client:
+        return S3Client(
+            self.endpoint, REGION, bucket, S3Credentials(ACCESS_KEY, SECRET_KEY), path_style=True
+        )
+
+    def new_bucket(self, name: str | None = None) -> str:
+        bucket = name or f"t-{uuid.uuid4().hex[:20]}"
+
+        async def make() -> None:
+            client = self.client(bucket)
+            try:
+                await client.create_bucket()
+            finally:
+                await client.close()
+
+        run(make())
+        return bucket
+
+    def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object under ``prefix`` with its size."""
+
+        async def listing() -> dict[str, int]:
+            client = self.client(bucket)
+            try:
+                return {o.key: o.size async for o in client.list_objects(prefix)}
+            finally:
+                await client.close()
+
+        return run(listing())
+
+    def multipart_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        async def listing() -> list[str]:
+            client = self.client(bucket)
+            try:
+                return [m.key async for m in client.list_multipart_uploads(prefix)]
+            finally:
+                await client.close()
+
+        return run(listing())
+
+    def read(self, bucket: str, key: str) -> bytes:
+        async def get() -> bytes:
+            client = self.client(bucket)
+            try:
+                return await client.get_bytes(key)
+            finally:
+                await client.close()
+
+        return run(get())
+
+    def settings_env(self, bucket: str) -> dict[str, str]:
+        """What ``moorage serve`` needs in its environment to use ``bucket``."""
+        return {
+            "MOORAGE_STORAGE_DRIVER": "s3",
+            "MOORAGE_S3_ENDPOINT": self.endpoint,
+            "MOORAGE_S3_REGION": REGION,
+            "MOORAGE_S3_BUCKET": bucket,
+            "MOORAGE_S3_ACCESS_KEY": ACCESS_KEY,
+            "MOORAGE_S3_SECRET_KEY": SECRET_KEY,
+        }
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    """Run a coroutine to completion from synchronous test code."""
+
+    async def main() -> T:
+        return await coroutine
+
+    return asyncio.run(main())
+
+
+_shared: SeaweedFS | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_seaweed() -> SeaweedFS:
+    """One SeaweedFS for the whole test session, started on first use and
+    stopped when the session ends; each user takes buckets of its own."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.process is None or _shared.process.poll() is not None:
+            directory = Path(tempfile.mkdtemp(prefix="moorage-seaweed-"))
+            _shared = SeaweedFS(directory).start()
+            atexit.register(_stop_shared, _shared)
+        return _shared
+
+
+def _stop_shared(instance: SeaweedFS) -> None:
+    instance.stop()
+    shutil.rmtree(instance.directory, ignore_errors=True)
