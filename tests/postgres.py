@@ -134,7 +134,9 @@ class PostgresServer:
     def stop(self) -> None:
         if self.data.exists():
             try:
-                self._run_as_user(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+                self._run_as_user(
+                    str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+                )
             except RuntimeError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)

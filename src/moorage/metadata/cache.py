@@ -24,7 +24,7 @@ class SharedCache(Generic[G, K, V]):
         self,
         healthy: Callable[[], bool],
         ttl: float,
-        max_entries: int,
+        max_weight: int,
         group_of_topic: Callable[[str], Callable[[G], bool] | G | None],
     ) -> None:
         """``group_of_topic(topic)`` names the group a change topic drops: a
@@ -32,16 +32,16 @@ class SharedCache(Generic[G, K, V]):
         when the topic is not this cache's."""
         self._healthy = healthy
         self.ttl = ttl
-        self.max_entries = max_entries
+        self.max_weight = max_weight  # entries, or bytes: whatever offers weigh
         self._group_of_topic = group_of_topic
-        self._groups: dict[G, dict[K, tuple[V, float]]] = {}
-        self._size = 0
+        self._groups: dict[G, dict[K, tuple[V, float, int]]] = {}
+        self._weight = 0
         self._generation = 0
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.max_entries > 0
+        return self.max_weight > 0
 
     def get(self, group: G, key: K) -> V | None:
         if not self._healthy():
@@ -57,32 +57,37 @@ class SharedCache(Generic[G, K, V]):
     def stamp(self) -> int:
         return self._generation
 
-    def offer(self, group: G, key: K, value: V, stamp: int) -> None:
-        if not self.enabled or not self._healthy():
+    def offer(self, group: G, key: K, value: V, stamp: int, weight: int = 1) -> None:
+        if not self.enabled or weight > self.max_weight or not self._healthy():
             return
         with self._lock:
             if stamp != self._generation:
                 return  # a change arrived while the value was being read
-            if self._size >= self.max_entries:
-                self._groups.clear()
-                self._size = 0
+            if self._weight + weight > self.max_weight:
+                self._groups.clear()  # crude, and rare: the hot set fills it again
+                self._weight = 0
             entries = self._groups.setdefault(group, {})
-            if key not in entries:
-                self._size += 1
-            entries[key] = (value, time.monotonic() + self.ttl)
+            old = entries.get(key)
+            if old is not None:
+                self._weight -= old[2]
+            entries[key] = (value, time.monotonic() + self.ttl, weight)
+            self._weight += weight
+
+    def _pop(self, group: G) -> None:
+        entries = self._groups.pop(group, None)
+        if entries:
+            self._weight -= sum(e[2] for e in entries.values())
 
     def drop(self, group: G) -> None:
         with self._lock:
             self._generation += 1
-            entries = self._groups.pop(group, None)
-            if entries:
-                self._size -= len(entries)
+            self._pop(group)
 
     def clear(self) -> None:
         with self._lock:
             self._generation += 1
             self._groups.clear()
-            self._size = 0
+            self._weight = 0
 
     def changed(self, topic: str | None) -> None:
         """A change feed subscriber."""
@@ -96,6 +101,6 @@ class SharedCache(Generic[G, K, V]):
             with self._lock:
                 self._generation += 1
                 for group in [g for g in self._groups if target(g)]:
-                    self._size -= len(self._groups.pop(group))
+                    self._pop(group)
             return
         self.drop(target)

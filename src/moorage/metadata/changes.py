@@ -21,9 +21,9 @@ nothing cached before or during the gap survives it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -144,7 +144,8 @@ class SqliteProcessFeed(_Watcher):
                     while not self._stop.is_set():
                         cursor = raw.cursor()
                         cursor.execute("PRAGMA data_version")
-                        version = int(cursor.fetchone()[0])
+                        row = cursor.fetchone()
+                        version = int(row[0]) if row else 0
                         cursor.close()
                         if version != last:
                             if last is not None:
@@ -230,10 +231,8 @@ class PostgresFeed(_Watcher):
             finally:
                 self._healthy = self._healthy and not self._stop.is_set()
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         conn.close()  # type: ignore[attr-defined]
-                    except Exception:
-                        pass
 
 
 def feed_for(engine: Engine, processes_share_sqlite: bool) -> LocalFeed:
@@ -243,7 +242,3 @@ def feed_for(engine: Engine, processes_share_sqlite: bool) -> LocalFeed:
     if processes_share_sqlite:
         return SqliteProcessFeed(engine)
     return LocalFeed()
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from moorage.metadata.changes import ChangeFeed, LocalFeed, namespace_topic, repository_topic
-from moorage.metadata.database import create_metadata_engine, upsert, writer
+from moorage.metadata.database import upsert, writer
 from moorage.metadata.iam_models import Namespace
 from moorage.metadata.models import (
     Blob,

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from moorage.metadata import MetadataStore, NamespaceChanged, RepoRef
+from moorage.metadata import DatabaseThreads, MetadataStore, NamespaceChanged, RepoRef
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
@@ -77,46 +77,53 @@ class UploadState:
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, metadata: MetadataStore) -> None:
+    """The methods the HTTP layer calls are coroutines: the metadata they read
+    and write (blocking database calls) runs on the database threads, the
+    bytes on the blob store's own."""
+
+    def __init__(
+        self, store: BlobStore, metadata: MetadataStore, db: DatabaseThreads | None = None
+    ) -> None:
         self.store = store
         self.metadata = metadata
+        self.db = db or DatabaseThreads(4)
 
     # -- reads and deletes -------------------------------------------------
 
-    def get(self, repo: RepoRef, digest_value: str) -> BlobHandle:
+    async def get(self, repo: RepoRef, digest_value: str) -> BlobHandle:
         digest = require_digest(digest_value)
-        size = self.metadata.linked_blob_size(repo, str(digest))
+        size = await self.db.run(self.metadata.linked_blob_size, repo, str(digest))
         if size is None or self.store.blob_size(digest) is None:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return BlobHandle(digest, size, self.store.local_path(digest))
 
-    def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
+    async def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
         """Unlink a blob from one repository; the bytes go when garbage collection runs.
         ``account`` (here and below) is the account the caller was authorised as the
         namespace's owner: the write commits only if it still is."""
         digest = require_digest(digest_value)
         with namespace_checked():
-            unlinked = self.metadata.unlink_blob(repo, str(digest), account)
+            unlinked = await self.db.run(self.metadata.unlink_blob, repo, str(digest), account)
         if not unlinked:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return digest
 
     # -- uploads -----------------------------------------------------------
 
-    def start_upload(
+    async def start_upload(
         self, repo: RepoRef, owner: str | None = None, account: str | None = None
     ) -> UploadState:
         upload_id = uuid.uuid4().hex
         self.store.create_upload(upload_id)
         try:
             with namespace_checked():
-                self.metadata.create_upload(upload_id, repo, owner, account)
+                await self.db.run(self.metadata.create_upload, upload_id, repo, owner, account)
         except BaseException:
             self.store.discard_upload(upload_id)
             raise
         return UploadState(upload_id, 0)
 
-    def mount(
+    async def mount(
         self,
         repo: RepoRef,
         digest_value: str,
@@ -133,7 +140,9 @@ class BlobService:
         if self.store.blob_size(digest) is None:
             return None
         with namespace_checked():
-            mounted = self.metadata.mount_blob(repo, str(digest), source_repo, account)
+            mounted = await self.db.run(
+                self.metadata.mount_blob, repo, str(digest), source_repo, account
+            )
         if mounted is None:
             return None
         return digest
@@ -156,16 +165,18 @@ class BlobService:
         finally:
             self.store.discard_upload(upload_id)
         with namespace_checked():
-            self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+            await self.db.run(
+                self.metadata.record_blob, repo, str(digest), self._committed_size(digest), account
+            )
         return digest
 
-    def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
+    async def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
         """Who started an upload session of ``repo``, for authorization bound to it."""
-        session = self.metadata.upload_session(upload_id)
+        session = await self.db.run(self.metadata.upload_session, upload_id)
         return session[1] if session is not None and session[0] == repo else None
 
-    def _session(self, repo: RepoRef, upload_id: str) -> int:
-        session = self.metadata.upload_session(upload_id)
+    async def _session(self, repo: RepoRef, upload_id: str) -> int:
+        session = await self.db.run(self.metadata.upload_session, upload_id)
         if session is None or session[0] != repo:
             raise BlobUploadUnknown("blob upload unknown to registry")
         size = self.store.upload_size(upload_id)
@@ -173,8 +184,8 @@ class BlobService:
             raise BlobUploadUnknown("blob upload unknown to registry")
         return size
 
-    def status(self, repo: RepoRef, upload_id: str) -> UploadState:
-        return UploadState(upload_id, self._session(repo, upload_id))
+    async def status(self, repo: RepoRef, upload_id: str) -> UploadState:
+        return UploadState(upload_id, await self._session(repo, upload_id))
 
     def _check_range(
         self, size: int, content_range: str | None, length: int | None
@@ -208,7 +219,7 @@ class BlobService:
         content_range: str | None,
         length: int | None,
     ) -> UploadState:
-        size = self._session(repo, upload_id)
+        size = await self._session(repo, upload_id)
         expected, offset = self._check_range(size, content_range, length)
         return UploadState(upload_id, await self._append(upload_id, body, expected, offset))
 
@@ -222,7 +233,7 @@ class BlobService:
         length: int | None,
         account: str | None = None,
     ) -> Digest:
-        size = self._session(repo, upload_id)
+        size = await self._session(repo, upload_id)
         digest = require_digest(digest_value)
         if body is not None:
             expected, offset = self._check_range(size, content_range, length)
@@ -230,21 +241,27 @@ class BlobService:
         try:
             await self._commit(upload_id, digest)
         except (DigestInvalid, BlobUploadInvalid):
-            self._end_session(upload_id)
+            await self._end_session(upload_id)
             raise
         try:
             with namespace_checked():
-                self.metadata.record_blob(repo, str(digest), self._committed_size(digest), account)
+                await self.db.run(
+                    self.metadata.record_blob,
+                    repo,
+                    str(digest),
+                    self._committed_size(digest),
+                    account,
+                )
         finally:
-            self._end_session(upload_id)
+            await self._end_session(upload_id)
         return digest
 
-    def cancel(self, repo: RepoRef, upload_id: str) -> None:
-        self._session(repo, upload_id)
-        self._end_session(upload_id)
+    async def cancel(self, repo: RepoRef, upload_id: str) -> None:
+        await self._session(repo, upload_id)
+        await self._end_session(upload_id)
 
-    def _end_session(self, upload_id: str) -> None:
-        self.metadata.delete_upload(upload_id)
+    async def _end_session(self, upload_id: str) -> None:
+        await self.db.run(self.metadata.delete_upload, upload_id)
         self.store.discard_upload(upload_id)
 
     async def _append(
@@ -286,18 +303,30 @@ class BlobService:
 
     # -- crash recovery ----------------------------------------------------
 
-    def reconcile(self) -> dict[str, int]:
+    def reconcile(self, grace: float = 0.0) -> dict[str, int]:
         """Make uploads consistent after a crash: sessions without staged bytes are
         forgotten, staged bytes without a session are deleted. Sessions with both
-        stay resumable."""
+        stay resumable.
+
+        A new upload's bytes are staged a moment before its session is recorded,
+        so where other processes serve the same store while this one starts
+        (replicas), ``grace`` spares staged bytes younger than that many seconds.
+        Sessions are recorded after their bytes and forgotten before them, so a
+        session without bytes is a crash's leftover whatever its age."""
         sessions = set(self.metadata.list_uploads())
         staged = set(self.store.iter_uploads())
+        age_of = getattr(self.store, "upload_age", None)
+        orphans = [
+            u
+            for u in staged - sessions
+            if not grace or age_of is None or (age_of(u) or 0.0) >= grace
+        ]
         for upload_id in sessions - staged:
             self.metadata.delete_upload(upload_id)
-        for upload_id in staged - sessions:
+        for upload_id in orphans:
             self.store.discard_upload(upload_id)
         return {
             "resumable": len(sessions & staged),
             "forgotten_sessions": len(sessions - staged),
-            "deleted_staging": len(staged - sessions),
+            "deleted_staging": len(orphans),
         }

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -161,6 +162,13 @@ class FilesystemBlobStore:
     def upload_size(self, upload_id: str) -> int | None:
         try:
             return self._upload_path(upload_id).stat().st_size
+        except (FileNotFoundError, UploadMissing):
+            return None
+
+    def upload_age(self, upload_id: str) -> float | None:
+        """Seconds since the upload's bytes last changed."""
+        try:
+            return time.time() - self._upload_path(upload_id).stat().st_mtime
         except (FileNotFoundError, UploadMissing):
             return None
 
