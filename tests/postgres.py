@@ -9,6 +9,7 @@ module gets a database of its own."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import pwd
@@ -50,10 +51,7 @@ class PostgresServer:
         self._lock = threading.Lock()
 
     def _run_as_user(self, *args: str) -> None:
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", self.user, "--", *args]
-        else:
-            cmd = list(args)
+        cmd = ["runuser", "-u", self.user, "--", *args] if os.geteuid() == 0 else list(args)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed: {result.stdout}{result.stderr}")
@@ -133,12 +131,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.data.exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._run_as_user(
                     str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
                 )
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
