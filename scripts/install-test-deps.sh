@@ -13,7 +13,10 @@ COSIGN_VERSION="v2.6.5"
 # (a139cc4) and of every commit whose conformance/ tree equals it; the newest
 # pre-redesign version it serves is the v1.1.0 one below. See docs/conformance.md.
 CONFORMANCE_VERSION="v0.0.0-20231101194043-f2182352d4cc"
-DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg)
+# PostgreSQL, HAProxy and Redis: the replica tests start their own, as an unprivileged
+# user where needed (no service manager runs them).
+DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg
+  postgresql haproxy redis-server)
 
 mkdir -p "$TOOLS/bin"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import time
@@ -196,6 +197,10 @@ class FilesystemBlobStore:
                 raise UploadMissing(upload_id) from None
             hasher: Hasher | None = None
             try:
+                # Other processes (workers, replicas on a shared directory) may
+                # append to the same upload: the offset check and the append hold
+                # the file's lock, as they hold the in-process lock above.
+                await self._flock(fd)
                 start = os.fstat(fd).st_size
                 if offset is not None and offset != start:
                     raise OffsetMismatch(start)
@@ -217,20 +222,34 @@ class FilesystemBlobStore:
             self._hashers[upload_id] = (hasher, start + written)
             return start + written
 
+    async def _flock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await self._off_loop(fcntl.flock, fd, fcntl.LOCK_EX)
+
     async def commit(self, upload_id: str, digest: Digest) -> int:
         path = self._upload_path(upload_id)
         async with self._lock(upload_id):
             try:
-                size = path.stat().st_size
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 raise UploadMissing(upload_id) from None
-            if digest.algorithm == _STAGING_ALGORITHM:
-                actual = (await self._running_hash(upload_id, path, size)).hexdigest()
-            else:
-                actual = (await self._off_loop(_hash_file, path, digest.algorithm))[0].hexdigest()
-            if actual != digest.hex:
-                raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
-            await self._off_loop(self._publish, path, digest)
+            try:
+                await self._flock(fd)  # no append of another process under the hash
+                size = os.fstat(fd).st_size
+                if digest.algorithm == _STAGING_ALGORITHM:
+                    actual = (await self._running_hash(upload_id, path, size)).hexdigest()
+                else:
+                    hashed = await self._off_loop(_hash_file, path, digest.algorithm)
+                    actual = hashed[0].hexdigest()
+                if actual != digest.hex:
+                    raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
+                if not os.path.exists(path):  # committed meanwhile by another process
+                    raise UploadMissing(upload_id)
+                await self._off_loop(self._publish, path, digest)
+            finally:
+                os.close(fd)
         self._forget(upload_id)
         return size
 
