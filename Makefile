@@ -28,8 +28,14 @@ test-deps: $(STAMP)
 	bash scripts/install-test-deps.sh
 	bash scripts/install-kube.sh
 
+# The suite runs twice: on the embedded SQLite, then with every server the
+# tests start on PostgreSQL (tests/postgres.py starts one). The replica and
+# database tests use PostgreSQL (and SQLite) themselves, so they run once.
 test: test-deps lint
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+	MOORAGE_TEST_DATABASE=postgres MOORAGE_TEST_ARTIFACTS=test-artifacts/postgres \
+	  PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest \
+	  --ignore=tests/test_replicas.py --ignore=tests/test_metadata_databases.py $(PYTEST_ARGS)
 
 bench: test-deps
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/python bench/run.py $(BENCH_ARGS)
