@@ -34,7 +34,7 @@ from moorage.config import ConfigError, Settings
 from moorage.datadir import prepare_data_dir, restrict_umask
 from moorage.http import RegistryApp
 from moorage.http.access import Identity, OpenAccess, TokenAccess
-from moorage.http.access_log import JsonAccessLogger
+from moorage.http.access_log import DirectWriter, JsonAccessLogger, write_directly
 from moorage.http.listener import GuardedSite, Limits, Listener
 from moorage.http.management import ManagementApi
 from moorage.http.token_endpoint import TokenEndpoint
@@ -75,6 +75,7 @@ def configure_logging(level: str, access_log: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("moorage.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    write_directly(DirectWriter(sys.stderr) if access_log else None)
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,17 @@ class SharedCache(Generic[G, K, V]):
                     self._pop(group)
             return
         self.drop(target)
+
+
+def repository_group(topic: str) -> tuple[str, str] | Callable[[tuple[str, str]], bool] | None:
+    """For caches grouped by repository (region, name): which groups a change
+    drops. One repository, or every repository of a removed namespace."""
+    kind, _, rest = topic.partition(":")
+    region, _, name = rest.partition(":")
+    if kind == "repo":
+        return (region, name)
+    if kind == "ns":
+        return lambda group: (
+            group[0] == region and (group[1] == name or group[1].startswith(name + "/"))
+        )
+    return None

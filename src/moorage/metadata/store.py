@@ -311,7 +311,8 @@ class MetadataStore:
             return int(size)
 
     def unlink_blob(self, repo: RepoRef, digest: str, account: str | None = None) -> bool:
-        with self._write() as (conn, _):
+        with self._write() as (conn, topics):
+            topics.append(repository_topic(repo.region, repo.name))
             self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from moorage.metadata import DatabaseThreads, MetadataStore, NamespaceChanged, RepoRef
+from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
@@ -35,6 +36,8 @@ from moorage.storage import (
 
 log = logging.getLogger("moorage.registry")
 
+# How long a blob link is trusted from memory at most (see SharedCache).
+LINK_TTL = 60.0
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
@@ -86,13 +89,29 @@ class BlobService:
     ) -> None:
         self.store = store
         self.metadata = metadata
-        self.db = db or DatabaseThreads(4)
+        self.db = db or DatabaseThreads()
+        changes = metadata.changes
+        # Which blobs each repository links, and their sizes: a link changes only
+        # by an unlink or a namespace's removal, which drop it in every process.
+        self._links: SharedCache[tuple[str, str], str, int] = SharedCache(
+            lambda: changes.healthy, LINK_TTL, 100_000, repository_group
+        )
+        changes.subscribe(self._links.changed)
 
     # -- reads and deletes -------------------------------------------------
 
+    def _linked_size(self, repo: RepoRef, digest: str) -> int | None:
+        stamp = self._links.stamp()
+        size = self.metadata.linked_blob_size(repo, digest)
+        if size is not None:
+            self._links.offer((repo.region, repo.name), digest, size, stamp)
+        return size
+
     async def get(self, repo: RepoRef, digest_value: str) -> BlobHandle:
         digest = require_digest(digest_value)
-        size = await self.db.run(self.metadata.linked_blob_size, repo, str(digest))
+        size = self._links.get((repo.region, repo.name), str(digest))
+        if size is None:
+            size = await self.db.run(self._linked_size, repo, str(digest))
         if size is None or self.store.blob_size(digest) is None:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return BlobHandle(digest, size, self.store.local_path(digest))

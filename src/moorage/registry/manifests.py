@@ -6,12 +6,11 @@ repository, and it is stored byte-exact with its tag in one transaction."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from moorage.metadata import ImageRow, MetadataStore, NewManifest, RepoRef, StoredManifest
-from moorage.metadata.cache import SharedCache
+from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import digest_bytes
 from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
@@ -34,20 +33,6 @@ DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 # repository's tags or manifests drops its entries at once (in every process,
 # through the change feed), so this bounds only a change the feed missed.
 CACHE_TTL = 60.0
-
-
-def _repository_group(topic: str) -> tuple[str, str] | Callable[[tuple[str, str]], bool] | None:
-    """Which cached repositories a change drops: one repository, or every
-    repository of a removed namespace."""
-    kind, _, rest = topic.partition(":")
-    region, _, name = rest.partition(":")
-    if kind == "repo":
-        return (region, name)
-    if kind == "ns":
-        return lambda group: (
-            group[0] == region and (group[1] == name or group[1].startswith(name + "/"))
-        )
-    return None
 
 
 class ManifestTooLarge(RegistryError):
@@ -93,7 +78,7 @@ class ManifestService:
         self.max_manifest_bytes = max_manifest_bytes
         changes = metadata.changes
         self._cache: SharedCache[tuple[str, str], str, StoredManifest] = SharedCache(
-            lambda: changes.healthy, CACHE_TTL, cache_bytes, _repository_group
+            lambda: changes.healthy, CACHE_TTL, cache_bytes, repository_group
         )
         changes.subscribe(self._cache.changed)
 
