@@ -824,6 +824,12 @@ def render(
 MODULE_PARTS = {
     "kube": ("bench.kube", "kubernetes: apply, copy to 500 namespaces, controller, diagnose"),
     "flood": ("bench.flood", "a failed sign-in flood from one address, a client elsewhere"),
+    "offloop": (
+        "bench.offloop",
+        "manifest GET latency while a 1 GiB push commits and sign-ins run",
+    ),
+    "workers": ("bench.workers", "manifest GET: --workers 1 and 2 against Distribution v3.1.2"),
+    "replicas": ("bench.replicas", "1, 2 and 3 replicas behind HAProxy over PostgreSQL"),
 }
 
 

@@ -151,9 +151,13 @@ class Replicas:
         self.proxy = HaProxy(directory / "haproxy", [s.port for s in self.servers])
 
     def start(self) -> Replicas:
-        for server in self.servers:
-            server.start()
-        self.proxy.start()
+        try:
+            for server in self.servers:
+                server.start()
+            self.proxy.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

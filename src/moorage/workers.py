@@ -16,12 +16,13 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable
 
-from moorage.config import Settings
+from moorage.config import ConfigError, Settings
 
 log = logging.getLogger("moorage")
 
@@ -77,7 +78,20 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
 
+    def _check_port(self) -> None:
+        """Workers share the port through SO_REUSEPORT, which would as gladly share
+        it with another server already there: make sure none is."""
+        host = self.settings.host or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, self.settings.port))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{self.settings.port}: {exc}") from exc
+
     def run(self) -> int:
+        self._check_port()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._forward)
         for number in range(self.settings.workers):
