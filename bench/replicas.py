@@ -114,8 +114,7 @@ class Replica:
 
 def run(rounds: int = 3, seconds: int = 10) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="moorage-replicas-"))
-    postgres = PostgresServer(scratch / "pg").start()
-    (scratch / "pg").mkdir(exist_ok=True)
+    postgres = PostgresServer().start()
     url = postgres.create_database("bench")
     secret = scratch / "secret"
     secret.write_text(base64.b64encode(os.urandom(32)).decode())
