@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -37,13 +38,18 @@ def _basic(user: str, secret: str) -> str:
 
 
 class Configured(MoorageWithTokens):
-    """Moorage with tokens and a configuration file."""
+    """Moorage with tokens and a configuration file, from this tree or another
+    build (``binary``)."""
 
     config: Path | None = None
+    binary: str | None = None
 
     def command(self) -> list[str]:
         extra = ["--config", str(self.config)] if self.config else []
-        return [*super().command(), *extra]
+        command = [*super().command(), *extra]
+        if self.binary:
+            command[0] = self.binary
+        return command
 
 
 class Phase:
@@ -79,9 +85,12 @@ def manifest_latencies(
     return latencies
 
 
-def run_config(name: str, cache_bytes: int, rounds: int, scratch: Path) -> dict[str, list[float]]:
+def run_config(
+    name: str, cache_bytes: int, rounds: int, scratch: Path, binary: str | None = None
+) -> dict[str, list[float]]:
     ensure_region_hosts()
     server = Configured("Moorage", free_port(), scratch / name)
+    server.binary = binary
     server.config = scratch / f"{name}.toml"
     server.config.write_text(f"[registry]\nmanifest_cache_bytes = {cache_bytes}\n")
     blob, digest = big_file(GIB)
@@ -172,13 +181,30 @@ def run_config(name: str, cache_bytes: int, rounds: int, scratch: Path) -> dict[
 
 
 def run(rounds: int = 3) -> dict[str, Any]:
+    """``MOORAGE_BENCH_BASELINE``: the ``moorage`` of an earlier build (e.g. the
+    commit before this work) to measure the same way, for comparison."""
     scratch = Path(tempfile.mkdtemp(prefix="moorage-offloop-"))
+    baseline = os.environ.get("MOORAGE_BENCH_BASELINE")
+    before = (
+        {
+            f"before: {baseline_label()} (database calls on the loop)": run_config(
+                "baseline", 0, rounds, scratch, baseline
+            )
+        }
+        if baseline
+        else {}
+    )
     return {
+        **before,
         "manifest cache on (default)": run_config("cached", 32 << 20, rounds, scratch),
         "manifest cache off (every GET reads the database)": run_config(
             "uncached", 0, rounds, scratch
         ),
     }
+
+
+def baseline_label() -> str:
+    return os.environ.get("MOORAGE_BENCH_BASELINE_LABEL", "the earlier build")
 
 
 def render(results: dict[str, Any]) -> list[str]:
