@@ -33,7 +33,7 @@ test-deps: $(STAMP)
 # database tests use PostgreSQL (and SQLite) themselves, so they run once.
 test: test-deps lint
 	PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
-	MOORAGE_TEST_DATABASE=postgres MOORAGE_TEST_ARTIFACTS=test-artifacts/postgres \
+	MOORAGE_TEST_DATABASE=postgres MOORAGE_TEST_ARTIFACTS=$(CURDIR)/test-artifacts/postgres \
 	  PATH="$(MOORAGE_TOOLS)/bin:$$PATH" $(BIN)/pytest \
 	  --ignore=tests/test_replicas.py --ignore=tests/test_metadata_databases.py $(PYTEST_ARGS)
 

@@ -711,7 +711,8 @@ class MetadataStore:
             .order_by(Repository.name, Tag.name)
         )
         with self.engine.connect() as conn:
-            return [ImageRow(*row) for row in conn.execute(stmt)]
+            # PostgreSQL sums BIGINT as NUMERIC: back to an int, as SQLite gives it.
+            return [ImageRow(*row[:-1], int(row[-1])) for row in conn.execute(stmt)]
 
     def remove_namespace(self, account_id: str, region: str, namespace: str) -> list[str] | None:
         """Remove a namespace an account owns and everything it held, in one
