@@ -712,7 +712,10 @@ class MetadataStore:
         )
         with self.engine.connect() as conn:
             # PostgreSQL sums BIGINT as NUMERIC: back to an int, as SQLite gives it.
-            return [ImageRow(*row[:-1], int(row[-1])) for row in conn.execute(stmt)]
+            return [
+                ImageRow(repo, namespace, tag, digest, media_type, created, int(size))
+                for repo, namespace, tag, digest, media_type, created, size in conn.execute(stmt)
+            ]
 
     def remove_namespace(self, account_id: str, region: str, namespace: str) -> list[str] | None:
         """Remove a namespace an account owns and everything it held, in one
