@@ -21,6 +21,7 @@ from moorage.kube.registry_check import CredentialChecker, RegistryCheck
 from moorage.kube.workflows import apply_cluster_pull_secrets, copy_pull_secrets
 from moorage.kube.workloads import BY_KIND
 from tests.conftest import require_tool
+from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY
 from tests.kube import KubeCluster, api_client, make_namespace
 from tests.registry_recorder import TOKEN, Recorder, self_signed
@@ -224,8 +225,16 @@ def test_moorage_images_are_checked_through_the_api_only(
     pod_with(api, "own", "app", f"{host}/team-none/app:1", ["own-us-localhost"])
     before = len(requests_to_moorage(registry))
     finding = check_pod(api, management, "own", "app")
-    asked = requests_to_moorage(registry)[before:]
-    assert ("POST", "/api/v1/cr/pull-check") in asked
+    # A request's log line is written after its reply: wait for the pull check's.
+    asked = wait_for(
+        lambda: (
+            (got := requests_to_moorage(registry)[before:])
+            and ("POST", "/api/v1/cr/pull-check") in got
+            and got
+        ),
+        10,
+        "the pull check in the access log",
+    )
     assert all(path.startswith("/api/v1/") for _, path in asked), asked  # no /oauth/token, /v2/
     assert finding.verdict == "denied"
 

@@ -168,6 +168,8 @@ class SignIn:
             return "registry tokens work only on their region's legacy domain"
         if way is Way.MANAGEMENT and attempt.username == REFRESH_TOKEN_USER:
             return "refresh tokens do not sign in to the management API"
+        if "\x00" in attempt.username:
+            return "invalid credentials"
         if attempt.is_password and "@" not in attempt.username:
             return "sign in as iamapikey with an API key, or with an email and password"
         return None
