@@ -826,6 +826,12 @@ MODULE_PARTS = {
     "flood": ("bench.flood", "a failed sign-in flood from one address, a client elsewhere"),
     "enforce": ("bench.enforce", "image enforcement: admission latency, cache hits and misses"),
     "s3": ("bench.s3", "on S3 (SeaweedFS): Moorage beside Distribution 2.8 and 3.1.2's S3 drivers"),
+    "offloop": (
+        "bench.offloop",
+        "manifest GET latency while a 1 GiB push commits and sign-ins run",
+    ),
+    "workers": ("bench.workers", "manifest GET: --workers 1 and 2 against Distribution v3.1.2"),
+    "replicas": ("bench.replicas", "1, 2 and 3 replicas behind HAProxy over PostgreSQL"),
 }
 
 

@@ -19,7 +19,10 @@ SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"
 SEAWEEDFS_TAG="${SEAWEEDFS_VERSION##*-}"
 # CNCF Distribution v3, the current peer the S3 benchmark compares against.
 DISTRIBUTION_VERSION="v3.1.2"
-DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg)
+# PostgreSQL, HAProxy and Redis: the replica tests start their own, as an unprivileged
+# user where needed (no service manager runs them).
+DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg
+  postgresql haproxy redis-server)
 
 mkdir -p "$TOOLS/bin" "$TOOLS/build"
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.server import ROOT, MoorageServer
 
-ARTIFACTS = Path(os.environ.get("MOORAGE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("MOORAGE_TEST_ARTIFACTS", ROOT / "test-artifacts")).resolve()
 
 
 @pytest.fixture

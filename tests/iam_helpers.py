@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import requests
 
 from tests.oci_layout import OCI_MANIFEST, Image, sha256
-from tests.server import MoorageServer
+from tests.server import MoorageServer, table_rows
 
 ADMIN_KEY = "moorage-test-administrator-key-0123456789abcdef"
 
@@ -114,14 +113,9 @@ def push_image_with(
 
 
 def all_rows(registry: MoorageServer) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of every table: for checking that a refused request changed nothing."""
-    con = sqlite3.connect(registry.data_dir / "metadata.db")
-    try:
-        tables = [
-            name
-            for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if name != "alembic_version"
-        ]
-        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
-    finally:
-        con.close()
+    """Every row of every table: for checking that a refused request changed
+    nothing. Failed sign-ins are counted in a table of their own on a shared
+    database (that is what throttling is), so that one is left out."""
+    rows = table_rows(registry.database_url)
+    rows.pop("signin_failures", None)
+    return rows

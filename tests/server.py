@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 MOORAGE = Path(sys.executable).with_name("moorage")
@@ -38,6 +39,25 @@ def ensure_region_hosts() -> None:
     if "registry.au-syd.localhost" not in hosts.read_text():
         with hosts.open("a") as f:
             f.write(f"\n127.0.0.1 {REGION_HOSTS}\n")
+
+
+def database_for(data_dir: Path, env: dict[str, str]) -> str:
+    """The metadata database of the installation in ``data_dir``: its SQLite
+    file, or with ``MOORAGE_TEST_DATABASE=postgres`` a PostgreSQL database of
+    its own (the same one whenever that data directory is served again), with
+    a server secret kept beside the data directory, as a replica would be
+    given one. ``env`` is filled with what the server needs for it."""
+    from tests.postgres import cluster, use_postgres
+
+    if not use_postgres():
+        return f"sqlite:///{data_dir / 'metadata.db'}"
+    url = cluster().database_for(str(data_dir.resolve()))
+    secret = data_dir.parent / f"{data_dir.name}.secret"
+    if not secret.exists():
+        secret.write_text(base64.b64encode(os.urandom(32)).decode())
+    env.setdefault("MOORAGE_DATABASE_URL", url)
+    env.setdefault("MOORAGE_SECRET_FILE", str(secret))
+    return url
 
 
 def tls_init(directory: Path, *extra: str) -> Path:
@@ -96,11 +116,12 @@ class MoorageServer:
         self.log_path = log_path
         self.extra_args = extra_args
         self.auth = auth
-        self.env = env or {}
+        self.env = dict(env or {})
         self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.stdout_path = log_path.with_suffix(".stdout")
+        self.database_url = self.env.get("MOORAGE_DATABASE_URL") or database_for(data_dir, self.env)
 
     @property
     def scheme(self) -> str:
@@ -227,22 +248,51 @@ class MoorageServer:
         return {p.name for p in (self.data_dir / "uploads").iterdir()}
 
     def db_rows(self) -> dict[str, list[tuple[object, ...]]]:
-        con = sqlite3.connect(self.data_dir / "metadata.db")
-        try:
-            tables = [
-                "repositories",
-                "blobs",
-                "repository_blobs",
-                "manifests",
-                "tags",
-                "uploads",
-                "manifest_references",
-            ]
-            return {
-                t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables
-            }
-        finally:
-            con.close()
+        tables = [
+            "repositories",
+            "blobs",
+            "repository_blobs",
+            "manifests",
+            "tags",
+            "uploads",
+            "manifest_references",
+        ]
+        return table_rows(self.database_url, tables)
+
+    def query(self, sql: str, **params: object) -> list[tuple[object, ...]]:
+        """Rows of one SQL query on this server's metadata database."""
+        return query(self.database_url, sql, **params)
 
     def snapshot(self) -> tuple[set[str], set[str], dict[str, list[tuple[object, ...]]]]:
         return self.blob_files(), self.upload_files(), self.db_rows()
+
+
+def _engine(url: str) -> sa.Engine:
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def query(url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def table_rows(url: str, tables: list[str] | None = None) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of ``tables`` (default: every table but Alembic's), sorted."""
+    engine = _engine(url)
+    try:
+        names = tables or [
+            t for t in sa.inspect(engine).get_table_names() if t != "alembic_version"
+        ]
+        with engine.connect() as conn:
+            return {
+                t: sorted(
+                    (tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{t}"'))), key=repr
+                )
+                for t in names
+            }
+    finally:
+        engine.dispose()

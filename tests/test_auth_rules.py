@@ -16,10 +16,22 @@ from moorage.regions import MalformedHost, RegionMap, UnknownDomain
 from tests.helpers import wait_for
 
 
+def key_ring(tmp_path: Path, rotate_after: float = 3600, retain: float = 3600) -> KeyRing:
+    """A key ring over a database of its own in ``tmp_path`` (the same database
+    for every call with the same path: another process's view)."""
+    from moorage.iam.secrets import SecretKeeper
+    from moorage.metadata import create_metadata_engine, sqlite_url, upgrade
+    from moorage.metadata.shared_store import SigningKeyStore
+
+    engine = create_metadata_engine(sqlite_url(tmp_path))
+    upgrade(engine)
+    return KeyRing(SigningKeyStore(engine), SecretKeeper(b"k" * 32), rotate_after, retain)
+
+
 def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     import jwt
 
-    ring = KeyRing(tmp_path / "keys", rotate_after=3600, retain=3600)
+    ring = key_ring(tmp_path)
     first = ring.current()
     token = jwt.encode({"sub": "x"}, first.private, algorithm="ES256", headers={"kid": first.kid})
     assert ring.current() is first  # not due yet
@@ -31,8 +43,8 @@ def test_key_rotation_keeps_old_keys_for_verification(tmp_path: Path) -> None:
     assert second.kid != first.kid
     assert {k["kid"] for k in ring.jwks()["keys"]} == {first.kid, second.kid}
     assert jwt.decode(token, ring.public_key(first.kid), algorithms=["ES256"])["sub"] == "x"
-    # Another process sharing the directory learns the new key on first sight.
-    other = KeyRing(tmp_path / "keys", rotate_after=3600, retain=3600)
+    # Another process sharing the database learns the new key on first sight.
+    other = key_ring(tmp_path)
     assert other.public_key(second.kid) is not None
 
     ring.retain = 0.0
@@ -136,7 +148,7 @@ def test_rejected_tokens_never_echo_the_token(tmp_path: Path) -> None:
 
     from moorage.auth.tokens import TokenService
 
-    ring = KeyRing(tmp_path / "keys", rotate_after=3600, retain=3600)
+    ring = key_ring(tmp_path)
     key = ring.current()
     service = TokenService(ring, iam=None)  # type: ignore[arg-type]  # verify needs no IAM
     now = int(time.time())

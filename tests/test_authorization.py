@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, all_rows, bearer, push_image_with
 from tests.oci_layout import make_image
 from tests.server import MoorageServer, ensure_region_hosts
@@ -337,15 +338,18 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
             f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
         ).encode()
 
-    # The server answers 100 Continue only once its handler runs, which then goes
-    # straight on to the append: the first PATCH holds the upload, having written
-    # nothing yet, when the second one arrives for the same range.
+    # The first PATCH is appending (its first MiB is in the staged file, so it
+    # holds the upload) when the second one arrives for the same range. (Waiting
+    # for the bytes, not for 100 Continue: the handler reads the session from
+    # the database on a worker thread before it takes the upload.)
+    staged = server.data_dir / "uploads" / location.rsplit("/", 1)[1]
     one = _raw(server, patch_head())
     assert b"100 Continue" in _read_until(one, b"\r\n\r\n")
-    one.sendall(first[: 256 << 10])
+    one.sendall(first[: 3 << 19])
+    wait_for(lambda: staged.stat().st_size >= 1 << 20, 30, "the first chunk's first MiB")
     two = _raw(server, patch_head())
     assert b"100 Continue" in _read_until(two, b"\r\n\r\n")
-    one.sendall(first[256 << 10 :])
+    one.sendall(first[3 << 19 :])
     first_reply = _read_until(one, b"\r\n\r\n")
     two.sendall(second)
     second_reply = _read_until(two, b"\r\n\r\n")

@@ -139,16 +139,8 @@ def test_removing_a_namespace_ends_its_uploads_and_its_tokens(server: MoorageSer
 
     admin.call("DELETE", "/cr/us-south/namespaces/contested", expect=204)
     assert upload_id not in server.upload_files()
-    import sqlite3
-
-    con = sqlite3.connect(server.data_dir / "metadata.db")
-    try:
-        assert not con.execute(
-            "SELECT * FROM uploads WHERE repository LIKE 'contested%'"
-        ).fetchall()
-        assert not con.execute("SELECT * FROM repositories WHERE namespace='contested'").fetchall()
-    finally:
-        con.close()
+    assert not server.query("SELECT * FROM uploads WHERE repository LIKE 'contested%'")
+    assert not server.query("SELECT * FROM repositories WHERE namespace='contested'")
 
     # Another account claims the name; the first account's session and token are void.
     created = admin.call(

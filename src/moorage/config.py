@@ -61,10 +61,28 @@ class Settings:
     s3_part_size: int = 10 * 1024 * 1024  # multipart part size; at least 5 MiB
     s3_redirect: bool = False  # blob GETs answered with 307 to a presigned URL
     s3_redirect_expiry: int = 1200  # seconds a presigned URL is good for
+    # Processes serving one port (SO_REUSEPORT), each with its own event loop.
+    workers: int = 1
+    # The server secret (API key digests, sealed registry tokens and signing
+    # keys): a file, or the value itself (base64 of at least 32 bytes). Required
+    # with PostgreSQL, where every replica must have the same one; by default
+    # SQLite installations keep theirs in <data>/secrets/server.key.
+    secret_file: str | None = None
+    secret: str | None = None
+    # Sign-in throttling counted in Redis rather than in the database.
+    redis_url: str | None = None
+    # Manifests kept in memory (bytes of content); 0 turns the cache off.
+    manifest_cache_bytes: int = 32 * 1024 * 1024
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    @property
+    def shared_database(self) -> bool:
+        """Whether the metadata database is a server other installations' processes
+        may share (PostgreSQL), rather than a file in the data directory."""
+        return bool(self.database_url) and not str(self.database_url).startswith("sqlite")
 
     @property
     def tls(self) -> bool:
@@ -97,6 +115,11 @@ _FILE_KEYS = {
     ("server", "body_timeout"): "body_timeout",
     ("server", "max_connections"): "max_connections",
     ("server", "max_connections_per_client"): "max_connections_per_client",
+    ("server", "workers"): "workers",
+    ("server", "secret_file"): "secret_file",
+    ("server", "secret"): "secret",
+    ("auth", "redis_url"): "redis_url",
+    ("registry", "manifest_cache_bytes"): "manifest_cache_bytes",
     ("auth", "token_lifetime"): "token_lifetime",
     ("auth", "key_rotation"): "key_rotation",
     ("auth", "refresh_lifetime"): "refresh_lifetime",
@@ -143,6 +166,10 @@ _ENV_KEYS = {
     "MOORAGE_S3_PATH_STYLE": "s3_path_style",
     "MOORAGE_S3_PREFIX": "s3_prefix",
     "MOORAGE_S3_REDIRECT": "s3_redirect",
+    "MOORAGE_WORKERS": "workers",
+    "MOORAGE_SECRET_FILE": "secret_file",
+    "MOORAGE_SECRET": "secret",
+    "MOORAGE_REDIS_URL": "redis_url",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {
@@ -255,6 +282,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("refresh_lifetime must be between 300 seconds and 7 days")
     if not 5 <= settings.token_lifetime <= 3600:
         raise ConfigError("token_lifetime must be between 5 and 3600 seconds")
+    if not 1 <= settings.workers <= 256:
+        raise ConfigError("workers must be between 1 and 256")
+    if settings.manifest_cache_bytes < 0:
+        raise ConfigError("manifest_cache_bytes must be 0 or more")
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
     if settings.max_manifest_bytes < 4 * 1024 * 1024:
         raise ConfigError("max_manifest_bytes must be at least 4 MiB (4194304)")
     if settings.storage_driver not in ("filesystem", "s3"):

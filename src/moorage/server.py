@@ -16,26 +16,47 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from moorage.auth.keys import KeyRing
 from moorage.auth.pullcheck import PullCheck
-from moorage.auth.ratelimit import FailureLimiter
+from moorage.auth.ratelimit import (
+    DatabaseThrottle,
+    FailureLimiter,
+    MemoryThrottle,
+    RedisThrottle,
+    Throttle,
+)
 from moorage.auth.signin import SignIn
 from moorage.auth.tokens import TokenService, principal_of
 from moorage.config import ConfigError, Settings
 from moorage.datadir import prepare_data_dir, restrict_umask
 from moorage.http import RegistryApp
 from moorage.http.access import Identity, OpenAccess, TokenAccess
-from moorage.http.access_log import JsonAccessLogger
+from moorage.http.access_log import DirectWriter, JsonAccessLogger, write_directly
 from moorage.http.listener import GuardedSite, Limits, Listener
 from moorage.http.management import ManagementApi
 from moorage.http.token_endpoint import TokenEndpoint
 from moorage.iam.roles import PULL
-from moorage.iam.secrets import PRESERVE_NOTICE, SecretKeeper, load_or_create_key
+from moorage.iam.secrets import (
+    PRESERVE_NOTICE,
+    SecretError,
+    SecretKeeper,
+    configured_secret,
+    load_or_create_key,
+)
 from moorage.iam.service import IamService
-from moorage.metadata import MetadataStore, create_metadata_engine, sqlite_url, upgrade
+from moorage.metadata import (
+    DatabaseThreads,
+    MetadataStore,
+    create_metadata_engine,
+    sqlite_url,
+    upgrade,
+)
+from moorage.metadata.changes import feed_for
+from moorage.metadata.database import installation_lock
 from moorage.metadata.iam_store import IamStore
+from moorage.metadata.shared_store import FailureStore, InstallationStore, SigningKeyStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.registry.blobs import MetadataLedger
@@ -56,6 +77,7 @@ def configure_logging(level: str, access_log: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("moorage.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    write_directly(DirectWriter(sys.stderr) if access_log else None)
 
 
 @dataclass(frozen=True)
@@ -67,35 +89,85 @@ class Components:
     namespaces: NamespaceService
     signatures: SignatureService
     regions: RegionMap
+    keeper: SecretKeeper
+    db: DatabaseThreads
 
 
-def open_registry(settings: Settings) -> Components:
+def server_secret(settings: Settings) -> bytes:
+    """The server secret: from configuration when given; otherwise, for an
+    installation on SQLite, the one in its data directory (made on first
+    start). A PostgreSQL-backed server without one is refused: replicas that
+    each made their own would silently disagree on every API key."""
+    try:
+        configured = configured_secret(settings.secret_file, settings.secret)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from exc
+    if configured is not None:
+        return configured
+    if settings.shared_database:
+        raise ConfigError(
+            "a server on a shared database needs the installation's server secret, the same "
+            "on every replica: set [server] secret_file (or MOORAGE_SECRET_FILE) to a file "
+            "holding base64 of 32 random bytes (openssl rand -base64 32), or MOORAGE_SECRET "
+            "to the value; when moving an installation from SQLite, use its "
+            "<data>/secrets/server.key (base64 < server.key)"
+        )
+    return load_or_create_key(settings.data_path / "secrets" / "server.key")
+
+
+def _check_secret(engine: Engine, keeper: SecretKeeper) -> None:
+    """The first server to start records the secret's check value; later ones
+    (restarts, replicas) must show the same, or their API keys, registry tokens
+    and signing keys would not open."""
+    stored = InstallationStore(engine).setdefault("secret_check", keeper.check_value)
+    if stored != keeper.check_value:
+        raise ConfigError(
+            "this database was set up with another server secret: give every replica the "
+            "installation's secret ([server] secret_file or MOORAGE_SECRET)"
+        )
+
+
+def open_registry(
+    settings: Settings, *, prepare: bool = True, processes_share_sqlite: bool = False
+) -> Components:
+    """Every service over the configured database and data directory.
+    ``prepare`` migrates the schema and checks the secret first (under the
+    installation's start-up lock); a worker whose supervisor did it skips it."""
     data = settings.data_path
     prepare_data_dir(data)
     engine = create_metadata_engine(settings.database_url or sqlite_url(data))
-    upgrade(engine)
-    metadata = MetadataStore(engine)
-    store = open_store(settings, metadata)
+    keeper = SecretKeeper(server_secret(settings))
+    if prepare:
+        with installation_lock(engine, data):
+            upgrade(engine)
+            _check_secret(engine, keeper)
+    changes = feed_for(engine, processes_share_sqlite)
+    db = DatabaseThreads()
+    metadata = MetadataStore(engine, changes)
+    store = open_store(settings, metadata, db)
     regions = regions_of(settings)
-    keeper = SecretKeeper(load_or_create_key(data / "secrets" / "server.key"))
     iam = IamService(IamStore(engine), keeper, tuple(regions.regions), settings.service_id_limit)
-    manifests = ManifestService(metadata, settings.max_manifest_bytes)
+    manifests = ManifestService(
+        metadata, settings.max_manifest_bytes, settings.manifest_cache_bytes
+    )
     return Components(
-        BlobService(store, metadata),
+        BlobService(store, metadata, db),
         manifests,
         metadata,
         iam,
-        NamespaceService(metadata, store),
+        NamespaceService(metadata, store, db=db),
         SignatureService(metadata, store, manifests),
         regions,
+        keeper,
+        db,
     )
 
 
-def open_store(settings: Settings, metadata: MetadataStore) -> BlobStore:
+def open_store(settings: Settings, metadata: MetadataStore, db: DatabaseThreads) -> BlobStore:
     """The configured blob store, its upload offsets kept in ``metadata``. No
     connection is made here: the S3 client opens its own on first use, in the
     event loop that serves."""
-    ledger = MetadataLedger(metadata)
+    ledger = MetadataLedger(metadata, db)
     if settings.storage_driver != "s3":
         return FilesystemBlobStore(settings.data_path, ledger)
     assert settings.s3_endpoint and settings.s3_bucket  # load_settings checked
@@ -134,20 +206,61 @@ def _bootstrap(iam: IamService, settings: Settings) -> None:
         sys.stdout.flush()
 
 
-def create_app(settings: Settings) -> RegistryApp:
+def _key_ring(parts: Components, settings: Settings) -> KeyRing:
+    return KeyRing(
+        SigningKeyStore(parts.metadata.engine, parts.metadata.changes),
+        parts.keeper,
+        rotate_after=settings.key_rotation,
+        retain=2 * 86400,
+    )
+
+
+def prepare_installation(settings: Settings) -> None:
+    """What one process does before any serves: the schema, the secret's
+    check, the first account, signing keys from an older data directory, and
+    the uploads a crash left behind. Under the start-up lock, so replicas
+    starting together do it one after another."""
     parts = open_registry(settings)
+    engine = parts.metadata.engine
+    with installation_lock(engine, settings.data_path):
+        if settings.auth != "none":
+            _bootstrap(parts.iam, settings)
+            ring = _key_ring(parts, settings)
+            imported = ring.import_directory(settings.data_path / "keys")
+            if imported:
+                log.info("moved %d signing keys from the data directory to the database", imported)
+    engine.dispose()
+
+
+def create_app(
+    settings: Settings, *, prepared: bool = False, processes_share_sqlite: bool = False
+) -> RegistryApp:
+    """The application of one serving process. ``prepared``: a supervisor
+    already ran ``prepare_installation``. Each process sweeps its store's
+    staging area when it starts serving (``_open_storage``)."""
+    if not prepared:
+        prepare_installation(settings)
+    parts = open_registry(settings, prepare=False, processes_share_sqlite=processes_share_sqlite)
     data = settings.data_path
     metadata = parts.metadata
     store = parts.blobs.store
+    db = parts.db
+    metadata.changes.start()
+    cleanups = [metadata.changes.stop, db.shutdown, metadata.engine.dispose]
 
-    def health() -> dict[str, Any]:
+    def check_database() -> None:
+        with metadata.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def health() -> dict[str, Any]:
         checks: dict[str, Any] = {}
         try:
-            with metadata.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            await asyncio.wait_for(db.run(check_database), timeout=10)
             checks["database"] = "ok"
         except Exception as exc:  # health must report, not raise
             checks["database"] = f"error: {type(exc).__name__}"
+        if not metadata.changes.healthy:
+            checks["change_feed"] = "reconnecting (caches off)"
         if not os.access(data, os.W_OK):
             checks["database"] = "error: data directory not writable"
         stored = store.health()
@@ -162,7 +275,7 @@ def create_app(settings: Settings) -> RegistryApp:
             settings.host,
             settings.port,
         )
-        return RegistryApp(
+        app = RegistryApp(
             parts.blobs,
             parts.manifests,
             OpenAccess(),
@@ -170,30 +283,36 @@ def create_app(settings: Settings) -> RegistryApp:
             parts.regions,
             encrypted=settings.tls,
             signatures=parts.signatures,
+            db=db,
         )
+        app.cleanups.extend(cleanups)
+        return app
 
-    _bootstrap(parts.iam, settings)
-    keys = KeyRing(data / "keys", rotate_after=settings.key_rotation, retain=2 * 86400)
+    keys = _key_ring(parts, settings)
     tokens = TokenService(
         keys,
         parts.iam,
         lifetime=settings.token_lifetime,
         refresh_lifetime=settings.refresh_lifetime,
+        db=db,
     )
+    # Keys first: a token cache emptied because keys changed refills against the new ones.
+    metadata.changes.subscribe(keys.changed)
+    metadata.changes.subscribe(tokens.changed)
     iam = parts.iam
-    signin = SignIn(iam, FailureLimiter(), refresh=tokens.principal_from_refresh)
+    signin = SignIn(iam, throttle_for(settings, parts), refresh=tokens.principal_from_refresh)
 
     async def catalog_scope(identity: Identity, region: str) -> list[str]:
         principal = principal_of(identity.claims or {})
         if principal is None:
             return []
-        allowed = await asyncio.to_thread(iam.namespaces_allowing, principal, region, PULL)
+        allowed = await db.run(iam.namespaces_allowing, principal, region, PULL)
         return [n.name for n in allowed]
 
-    return RegistryApp(
+    app = RegistryApp(
         parts.blobs,
         parts.manifests,
-        TokenAccess(tokens, PublicUrl(settings.public_url_template), parts.namespaces.owner),
+        TokenAccess(tokens, PublicUrl(settings.public_url_template), parts.namespaces.owner_async),
         health,
         parts.regions,
         token_endpoint=TokenEndpoint(tokens, signin),
@@ -210,7 +329,20 @@ def create_app(settings: Settings) -> RegistryApp:
         ),
         encrypted=settings.tls,
         signatures=parts.signatures,
+        db=db,
     )
+    app.cleanups.extend(cleanups)
+    return app
+
+
+def throttle_for(settings: Settings, parts: Components) -> Throttle:
+    """Where failed sign-ins are counted: Redis when configured; the database
+    when processes or replicas share it; else this process's memory."""
+    if settings.redis_url:
+        return RedisThrottle(settings.redis_url)
+    if settings.shared_database or settings.workers > 1:
+        return DatabaseThrottle(FailureStore(parts.metadata.engine), parts.db.run)
+    return MemoryThrottle(FailureLimiter())
 
 
 def regions_of(settings: Settings) -> RegionMap:
@@ -257,7 +389,26 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.access_log)
     check_transport(settings)
     certificates = server_certificates(settings, regions_of(settings))
+    if settings.workers > 1:
+        from moorage.workers import Supervisor
+
+        prepare_installation(settings)
+        sys.exit(Supervisor(settings, _worker).run())
     asyncio.run(_serve(settings, create_app(settings), certificates))
+
+
+def _worker(settings: Settings) -> None:
+    """One of ``--workers`` processes: its own event loop, database connections
+    and caches, on the shared port."""
+    try:
+        certificates = server_certificates(settings, regions_of(settings))
+        app = create_app(
+            settings, prepared=True, processes_share_sqlite=not settings.shared_database
+        )
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from exc
+    asyncio.run(_serve(settings, app, certificates, reuse_port=True))
 
 
 async def _reload(certificates: ServerCertificates) -> None:
@@ -273,7 +424,10 @@ async def _reload(certificates: ServerCertificates) -> None:
 
 
 async def _serve(
-    settings: Settings, registry: RegistryApp, certificates: ServerCertificates | None = None
+    settings: Settings,
+    registry: RegistryApp,
+    certificates: ServerCertificates | None = None,
+    reuse_port: bool = False,
 ) -> None:
     handler_args: dict[str, Any] = {
         "access_log": logging.getLogger("moorage.access"),
@@ -296,7 +450,7 @@ async def _serve(
         max_connections_per_client=settings.max_connections_per_client,
     )
     listener = Listener(runner.server, limits, handler_args, certificates)
-    site = GuardedSite(runner, listener, settings.host, settings.port)
+    site = GuardedSite(runner, listener, settings.host, settings.port, reuse_port=reuse_port)
     await site.start()
     log.info(
         "moorage serving on %s, data in %s; at most %d connections, %s per client",
@@ -333,6 +487,8 @@ async def _serve(
     await runner.cleanup()
     # Cut uploads finish saving what arrived; connections close.
     await registry.blobs.store.close()
+    for cleanup in registry.cleanups:
+        cleanup()
     log.info("stopped")
 
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
-from moorage.auth.ratelimit import FailureLimiter
+from moorage.auth.ratelimit import FailureLimiter, MemoryThrottle, Throttle
 from moorage.iam.service import IamService, Principal, normalize_identity
 
 log = logging.getLogger("moorage.auth")
@@ -107,13 +107,16 @@ class SignIn:
     def __init__(
         self,
         iam: IamService,
-        limiter: FailureLimiter,
+        limiter: FailureLimiter | Throttle,
         refresh: Callable[[str, str], Principal | None] | None = None,
         hashing_threads: int = 2,
         tarpit: float = 1.0,
     ) -> None:
         self.iam = iam
-        self.limiter = limiter
+        # A bare FailureLimiter counts in this process's memory.
+        self.limiter: Throttle = (
+            MemoryThrottle(limiter) if isinstance(limiter, FailureLimiter) else limiter
+        )
         self.refresh = refresh
         # A throttled attempt is answered only after this pause: a flood from one
         # address then costs the server a sleeping coroutine per connection, not
@@ -135,7 +138,8 @@ class SignIn:
         tokens; ``audience`` the domain's service, for refresh tokens."""
         attempt = Attempt(normalize_identity(username), secret)
         keys = attempt.throttle_keys(client)
-        wait = self.limiter.reserve(*keys)
+        reservation = await self.limiter.reserve(*keys)
+        wait = reservation.wait
         if wait > 0:
             await asyncio.sleep(min(wait, self.tarpit))
             raise SignInFailed(429, "too many failed sign-ins; try again later", wait)
@@ -149,7 +153,7 @@ class SignIn:
         if principal is None:
             log.info("failed sign-in (%s) from %s as %s", way.value, client, attempt.loggable)
             raise SignInFailed(401, problem or "invalid credentials")
-        self.limiter.forgive(*keys)
+        await self.limiter.forgive(reservation)
         return principal
 
     @staticmethod
@@ -164,6 +168,8 @@ class SignIn:
             return "registry tokens work only on their region's legacy domain"
         if way is Way.MANAGEMENT and attempt.username == REFRESH_TOKEN_USER:
             return "refresh tokens do not sign in to the management API"
+        if "\x00" in attempt.username:
+            return "invalid credentials"
         if attempt.is_password and "@" not in attempt.username:
             return "sign in as iamapikey with an API key, or with an email and password"
         return None

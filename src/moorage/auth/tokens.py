@@ -19,6 +19,8 @@ import jwt
 from moorage.auth.keys import KeyRing
 from moorage.iam.roles import DELETE, LIST, PULL, PUSH, REGISTRY
 from moorage.iam.service import IamService, Principal
+from moorage.metadata.changes import KEYS_TOPIC
+from moorage.metadata.database import DatabaseThreads
 from moorage.metadata.iam_store import SubjectKind
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import Target
@@ -70,14 +72,23 @@ class TokenService:
         iam: IamService,
         lifetime: int = 300,
         refresh_lifetime: int = 86_400,
+        db: DatabaseThreads | None = None,
     ) -> None:
         self.keys = keys
         self.iam = iam
         self.lifetime = lifetime
         self.refresh_lifetime = refresh_lifetime
+        self.db = db or DatabaseThreads(2)
         # Clients reuse a token for every request of a pull or push; checking its
-        # ES256 signature once, not per request, more than doubles the rate.
+        # ES256 signature once, not per request, more than doubles the rate. An
+        # entry lives until its token expires, or until signing keys change
+        # anywhere (a retired key's tokens must stop working).
         self._verified: dict[str, dict[str, Any]] = {}
+
+    def changed(self, topic: str | None) -> None:
+        """A change feed subscriber (after the key ring's): keys were rotated or retired."""
+        if topic is None or topic == KEYS_TOPIC:
+            self._verified = {}
 
     # -- decisions -----------------------------------------------------------
 
@@ -189,10 +200,35 @@ class TokenService:
 
     # -- verifying -----------------------------------------------------------
 
-    def verify(self, token: str, audience: str, *, allow_expired: bool = False) -> dict[str, Any]:
+    def _cached(self, token: str, audience: str, allow_expired: bool) -> dict[str, Any] | None:
         cached = self._verified.get(token)
         fresh = cached is not None and (allow_expired or cached["exp"] + LEEWAY > time.time())
         if cached is not None and fresh and cached.get("aud") == audience:
+            return cached
+        return None
+
+    async def verify_async(
+        self, token: str, audience: str, *, allow_expired: bool = False
+    ) -> dict[str, Any]:
+        """``verify`` for the event loop: a key this process has not heard of
+        yet (made by another replica a moment ago) is looked up in a worker
+        thread, never on the loop."""
+        cached = self._cached(token, audience, allow_expired)
+        if cached is not None:
+            return cached
+        try:
+            kid = str(jwt.get_unverified_header(token).get("kid", ""))
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(type(exc).__name__) from exc
+        if not self.keys.knows(kid):
+            await self.db.run(self.keys.fetch, kid)
+        return self.verify(token, audience, allow_expired=allow_expired)
+
+    def verify(self, token: str, audience: str, *, allow_expired: bool = False) -> dict[str, Any]:
+        """The claims of a valid token, or InvalidToken. Blocks on the key
+        store when the token names a key this process does not know."""
+        cached = self._cached(token, audience, allow_expired)
+        if cached is not None:
             return cached
         claims = self._verify(token, audience, allow_expired)
         if not allow_expired:

@@ -98,6 +98,13 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Processes serving the port, each with its own event loop [default: 1]",
+        ),
+    ] = None,
 ) -> None:
     """Start the registry."""
     from moorage.server import serve as run
@@ -113,6 +120,7 @@ def serve(
             tls_key=str(tls_key) if tls_key else None,
             tls_certs_dir=str(tls_certs_dir) if tls_certs_dir else None,
             allow_insecure_http=insecure_http,
+            workers=workers,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -7,9 +7,8 @@ server says so in its log."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,10 +68,11 @@ class OpenAccess:
 
 
 class TokenAccess:
-    """``owner_of(region, namespace)`` is the account that owns a namespace now. A
-    token's grant on a repository holds only while one of the accounts it was
-    issued for still owns the namespace: a namespace removed, and perhaps claimed
-    by another account, voids every earlier grant on it."""
+    """``owner_of(region, namespace)`` is the account that owns a namespace now
+    (awaited: it may read the database, off the event loop). A token's grant on
+    a repository holds only while one of the accounts it was issued for still
+    owns the namespace: a namespace removed, and perhaps claimed by another
+    account, voids every earlier grant on it."""
 
     binds_uploads = True
 
@@ -80,7 +80,7 @@ class TokenAccess:
         self,
         tokens: TokenService,
         public_url: PublicUrl,
-        owner_of: Callable[[str, str], str | None],
+        owner_of: Callable[[str, str], Awaitable[str | None]],
     ) -> None:
         self.tokens = tokens
         self.public_url = public_url
@@ -128,9 +128,9 @@ class TokenAccess:
         token = token.strip()
         expired = False
         try:
-            claims = self.tokens.verify(token, target.service)
+            claims = await self.tokens.verify_async(token, target.service)
         except InvalidToken:
-            session_claims = self._session_token(token, target, session_owner)
+            session_claims = await self._session_token(token, target, session_owner)
             if session_claims is None:
                 raise self.challenge(
                     request, target, repository, actions, "invalid_token"
@@ -140,7 +140,7 @@ class TokenAccess:
             raise self.challenge(request, target, repository, actions, "invalid_token")
         account = None
         if repository is not None:
-            owner = self.owner_of(target.region.name, repository.split("/", 1)[0])
+            owner = await self.owner_of(target.region.name, repository.split("/", 1)[0])
             public = target.region.is_global and owner is not None and set(actions) <= {PULL}
             if not public:
                 if owner is None or owner not in (claims.get("accts") or ()):
@@ -155,7 +155,7 @@ class TokenAccess:
             repository is not None
             and session_owner is not None
             and claims.get("sub") == session_owner
-            and await asyncio.to_thread(
+            and await self.tokens.db.run(
                 self.tokens.reauthorize, claims, target, repository, actions
             )
         ):
@@ -168,7 +168,7 @@ class TokenAccess:
             "invalid_token" if expired else "insufficient_scope",
         )
 
-    def _session_token(
+    async def _session_token(
         self, token: str, target: Target, session_owner: str | None
     ) -> dict[str, Any] | None:
         """An expired token's claims, still good for finishing its owner's upload
@@ -176,7 +176,7 @@ class TokenAccess:
         if session_owner is None:
             return None
         try:
-            claims = self.tokens.verify(token, target.service, allow_expired=True)
+            claims = await self.tokens.verify_async(token, target.service, allow_expired=True)
         except InvalidToken:
             return None
         if claims.get("sub") != session_owner or claims["exp"] < time.time() - UPLOAD_GRACE:

@@ -18,6 +18,7 @@ from moorage.http.access_log import REPOSITORY_KEY
 from moorage.http.management import ManagementApi
 from moorage.http.request import Request
 from moorage.http.token_endpoint import TokenEndpoint
+from moorage.metadata import DatabaseThreads
 from moorage.oci.names import NameError_, validate_name
 from moorage.regions import MalformedHost, RegionMap, Target, UnknownDomain
 from moorage.registry import (
@@ -166,14 +167,19 @@ CatalogScope = Callable[[Identity, str], Awaitable[list[str]]]
 class RegistryApp:
     """The registry's HTTP application. ``health`` returns what /health serves;
     ``catalog_scope(identity, region)`` names the namespaces whose repositories
-    the catalog may show the caller: those it may pull from."""
+    the catalog may show the caller: those it may pull from.
+
+    Nothing here waits on the database on the event loop: blob and upload
+    calls are the blob service's coroutines, manifest, listing and signature
+    calls run on the database threads (``db``), and a manifest in the
+    manifest cache is answered from memory without leaving the loop."""
 
     def __init__(
         self,
         blobs: BlobService,
         manifests: ManifestService,
         access: AccessPolicy,
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[], Awaitable[dict[str, Any]]],
         regions: RegionMap,
         token_endpoint: TokenEndpoint | None = None,
         jwks: Callable[[], dict[str, Any]] | None = None,
@@ -181,7 +187,9 @@ class RegistryApp:
         management: ManagementApi | None = None,
         encrypted: bool = False,
         signatures: SignatureService | None = None,
+        db: DatabaseThreads | None = None,
     ) -> None:
+        self.db = db or blobs.db
         self.management = management
         self.signatures = signatures
         # Every reply says the signature extension is here: clients read it off the
@@ -203,6 +211,8 @@ class RegistryApp:
         self.catalog_scope = catalog_scope
         self.routes = self._routes()
         self.inflight = 0
+        # Called once the server has stopped (change feed, threads, connections).
+        self.cleanups: list[Callable[[], None]] = []
 
     def _routes(self) -> list[Route]:
         name = r"(?P<name>.+?)"
@@ -283,13 +293,13 @@ class RegistryApp:
             try:
                 self.regions.resolve(request.headers.get("Host"))
             except (MalformedHost, UnknownDomain) as exc:
-                return self._host_refused(request, exc)
+                return await self._host_refused(request, exc)
             response: web.StreamResponse = await handler(request)
             return response
 
         return checked
 
-    def _host_refused(
+    async def _host_refused(
         self, raw: web.Request, error: MalformedHost | UnknownDomain
     ) -> web.StreamResponse:
         """Before anything else: the Host header must name a domain this
@@ -297,7 +307,7 @@ class RegistryApp:
         answers with or logs a Host it did not recognise."""
         if isinstance(error, UnknownDomain) and raw.path == "/health" and raw.method == "GET":
             # Load balancers probe by address; the report names no host.
-            return self._render(self._health(self.inflight))
+            return self._render(await self._health(self.inflight))
         status, message = (
             (400, str(error))
             if isinstance(error, MalformedHost)
@@ -312,7 +322,7 @@ class RegistryApp:
         try:
             target = self.regions.resolve(raw.headers.get("Host"))
         except (MalformedHost, UnknownDomain) as exc:
-            return self._host_refused(raw, exc)
+            return await self._host_refused(raw, exc)
         request = Request(raw)
         repository: str | None = None
         self.inflight += 1
@@ -326,7 +336,7 @@ class RegistryApp:
             else:
                 owner = None
                 if "upload" in params and repository is not None and self.access.binds_uploads:
-                    owner = self.blobs.session_owner(
+                    owner = await self.blobs.session_owner(
                         RepoRef(target.region.name, repository), params["upload"]
                     )
                 identity = await self.access.check(request, target, repository, actions, owner)
@@ -384,10 +394,10 @@ class RegistryApp:
         return json_response(200, {})
 
     async def get_health(self, call: Call) -> Response:
-        return self._health(self.inflight - 1)  # not counting this request
+        return await self._health(self.inflight - 1)  # not counting this request
 
-    def _health(self, inflight: int) -> Response:
-        report = self.health()
+    async def _health(self, inflight: int) -> Response:
+        report = await self.health()
         report["inflight_requests"] = inflight
         return json_response(200 if report.get("status") == "ok" else 503, report)
 
@@ -423,7 +433,7 @@ class RegistryApp:
         return Response(200, headers, blob=blob.source)
 
     async def delete_blob(self, call: Call) -> Response:
-        digest = self.blobs.delete(call.repo, call.params["digest"], call.identity.account)
+        digest = await self.blobs.delete(call.repo, call.params["digest"], call.identity.account)
         return Response(202, [("docker-content-digest", str(digest))])
 
     @staticmethod
@@ -470,7 +480,7 @@ class RegistryApp:
         return Response(202, self._upload_headers(call.name, upload.upload_id, upload.size))
 
     async def upload_status(self, call: Call) -> Response:
-        upload = self.blobs.status(call.repo, call.params["upload"])
+        upload = await self.blobs.status(call.repo, call.params["upload"])
         return Response(204, self._upload_headers(call.name, upload.upload_id, upload.size))
 
     async def patch_upload(self, call: Call) -> Response:
@@ -504,9 +514,10 @@ class RegistryApp:
     # -- manifests ---------------------------------------------------------
 
     async def get_manifest(self, call: Call) -> Response:
-        manifest = self.manifests.get(
-            call.repo, call.params["ref"], call.request.header_values("accept")
-        )
+        accept = call.request.header_values("accept")
+        manifest = self.manifests.cached(call.repo, call.params["ref"], accept)
+        if manifest is None:
+            manifest = await self.db.run(self.manifests.get, call.repo, call.params["ref"], accept)
         headers: Headers = [
             ("content-type", manifest.media_type),
             ("docker-content-digest", manifest.digest),
@@ -520,7 +531,8 @@ class RegistryApp:
         body = await request.read(self.manifests.max_manifest_bytes)
         if body is None:
             raise self.manifests.too_large()
-        result = self.manifests.put(
+        result = await self.db.run(
+            self.manifests.put,
             call.repo,
             call.params["ref"],
             body,
@@ -536,14 +548,16 @@ class RegistryApp:
         return Response(201, headers)
 
     async def delete_manifest(self, call: Call) -> Response:
-        self.manifests.delete(call.repo, call.params["ref"], call.identity.account)
+        await self.db.run(
+            self.manifests.delete, call.repo, call.params["ref"], call.identity.account
+        )
         return Response(202)
 
     # -- listings ----------------------------------------------------------
 
     async def tags(self, call: Call) -> Response:
         limit = _page_size(call.request.query("n"), None)
-        page = self.manifests.tags(call.repo, limit, call.request.query("last"))
+        page = await self.db.run(self.manifests.tags, call.repo, limit, call.request.query("last"))
         return json_response(
             200,
             {"name": call.name, "tags": page.items},
@@ -557,7 +571,9 @@ class RegistryApp:
         if not call.identity.unrestricted:
             scope = self.catalog_scope
             namespaces = await scope(call.identity, region) if scope is not None else []
-        page = self.manifests.catalog(region, limit, call.request.query("last"), namespaces)
+        page = await self.db.run(
+            self.manifests.catalog, region, limit, call.request.query("last"), namespaces
+        )
         return json_response(200, {"repositories": page.items}, _link("/v2/_catalog", page, limit))
 
     # -- the signature extension -------------------------------------------
@@ -568,15 +584,21 @@ class RegistryApp:
         return self.signatures
 
     async def get_signatures(self, call: Call) -> Response:
-        listed = self._signature_service().extension_list(call.repo, call.params["digest"])
+        listed = await self.db.run(
+            self._signature_service().extension_list, call.repo, call.params["digest"]
+        )
         return json_response(200, {"signatures": listed})
 
     async def put_signature(self, call: Call) -> Response:
         body = await call.request.read(SIGNATURE_BODY_LIMIT)
         if body is None:
             raise SizeInvalid(f"a signature body is at most {SIGNATURE_BODY_LIMIT} bytes")
-        self._signature_service().extension_put(
-            call.repo, call.params["digest"], body, call.identity.account
+        await self.db.run(
+            self._signature_service().extension_put,
+            call.repo,
+            call.params["digest"],
+            body,
+            call.identity.account,
         )
         return Response(201)
 
@@ -584,14 +606,20 @@ class RegistryApp:
         name = call.request.query("name")
         if not name:
             raise RegistryError("name the signature to delete: ?name=<digest>@<id>", status=400)
-        self._signature_service().extension_delete(
-            call.repo, call.params["digest"], name, call.identity.account
+        await self.db.run(
+            self._signature_service().extension_delete,
+            call.repo,
+            call.params["digest"],
+            name,
+            call.identity.account,
         )
         return Response(202)
 
     async def referrers(self, call: Call) -> Response:
         artifact_type = call.request.query("artifactType")
-        body = self.manifests.referrers(call.repo, call.params["digest"], artifact_type)
+        body = await self.db.run(
+            self.manifests.referrers, call.repo, call.params["digest"], artifact_type
+        )
         headers: Headers = [("content-type", "application/vnd.oci.image.index.v1+json")]
         if artifact_type is not None:
             headers.append(("oci-filters-applied", "artifactType"))

@@ -333,15 +333,24 @@ class _GuardedHandler(RequestHandler):
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections go through a Listener."""
 
-    __slots__ = ("_host", "_listener", "_port")
+    __slots__ = ("_host", "_listener", "_port", "_reuse_port")
 
     def __init__(
-        self, runner: web.BaseRunner, listener: Listener, host: str, port: int, backlog: int = 1024
+        self,
+        runner: web.BaseRunner,
+        listener: Listener,
+        host: str,
+        port: int,
+        backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._listener = listener
         self._host = host
         self._port = port
+        # Several processes (``--workers``) each bind the port; the kernel
+        # spreads new connections over them.
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -352,7 +361,11 @@ class GuardedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._listener.protocol, self._host, self._port, backlog=self._backlog
+            self._listener.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Email = Annotated[str, Field(min_length=3, max_length=254)]
@@ -16,8 +16,24 @@ Secret = Annotated[str, Field(min_length=1, max_length=4096)]
 Optional = Annotated[str | None, Field(default=None, max_length=1000)]
 
 
+def _no_nul(value: object) -> object:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    # No text the database keeps may hold a NUL: PostgreSQL refuses it (SQLite
+    # took it), and no name, description or email needs one.
+    @field_validator("*")
+    @classmethod
+    def _text_without_nul(cls, value: object) -> object:
+        return _no_nul(value)
 
 
 class AccountCreate(Body):

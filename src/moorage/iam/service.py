@@ -179,12 +179,7 @@ class IamService:
         API key."""
         account_id = f"acct-{uuid.uuid4().hex}"
         tx.insert_account(account_id, name, _now())
-        found = tx.identity_by_email(admin_email)
-        if found is None:
-            user_id = f"User-{uuid.uuid4()}"
-            tx.insert_identity(user_id, admin_email, new_salt(), _now())
-        else:
-            user_id = found[0].id
+        user_id, _ = tx.ensure_identity(f"User-{uuid.uuid4()}", admin_email, new_salt(), _now())
         tx.add_member(account_id, user_id, NO_PASSWORD, _now())
         for service in SERVICES:
             tx.insert_policy(
@@ -234,26 +229,25 @@ class IamService:
         with self.store.read() as tx:
             found = tx.identity_by_email(email)
         salt = found[1] if found is not None else new_salt()
-        password_hash = hash_password(password, salt)  # scrypt, before the transaction
-        with self.store.write() as tx:
-            existing = tx.identity_by_email(email)
-            if existing is None:
-                user_id = f"User-{uuid.uuid4()}"
-                try:
-                    tx.insert_identity(user_id, email, salt, _now())
-                except Duplicate:
-                    raise Conflict(f"{email} was added at the same time; try again") from None
-            elif existing[1] != salt:  # pragma: no cover - created between our reads
-                raise Conflict(f"{email} was added at the same time; try again")
-            else:
-                user_id = existing[0].id
-            try:
-                tx.add_member(account_id, user_id, password_hash, _now())
-            except Duplicate:
-                raise Conflict(f"{email} is already a member of this account") from None
-            member = tx.member(account_id, user_id)
-        assert member is not None
-        return member
+        for _ in range(3):
+            password_hash = hash_password(password, salt)  # scrypt, before the transaction
+            with self.store.write() as tx:
+                # Created unless it exists, also when another account (another
+                # replica) invites the same person at this moment.
+                user_id, actual_salt = tx.ensure_identity(
+                    f"User-{uuid.uuid4()}", email, salt, _now()
+                )
+                if actual_salt == salt:
+                    try:
+                        tx.add_member(account_id, user_id, password_hash, _now())
+                    except Duplicate:
+                        raise Conflict(f"{email} is already a member of this account") from None
+                    member = tx.member(account_id, user_id)
+                    assert member is not None
+                    return member
+            # The identity appeared under another salt since we looked: hash again.
+            salt = actual_salt
+        raise Conflict(f"{email} is changing at this moment; try again")  # pragma: no cover
 
     def users(self, account_id: str) -> list[UserRecord]:
         with self.store.read() as tx:
@@ -566,7 +560,10 @@ class IamService:
             duplicate = tx.identical_policy(policy)
             if duplicate:
                 raise Conflict(f"an identical policy already exists: {duplicate}")
-            tx.insert_policy(policy)
+            try:
+                tx.insert_policy(policy)
+            except Duplicate:  # created at this moment by another writer
+                raise Conflict("an identical policy already exists") from None
         return policy
 
     def policies(self, account_id: str, kind: SubjectKind, subject_id: str) -> list[PolicyRecord]:

@@ -1,6 +1,7 @@
 """Registry metadata: repositories, blob links, manifests, tags and uploads,
 in SQLite by default and in any database SQLAlchemy 2 supports."""
 
+from moorage.metadata.database import DatabaseThreads, create_metadata_engine
 from moorage.metadata.migrate import upgrade
 from moorage.metadata.store import (
     ImageRow,
@@ -14,11 +15,11 @@ from moorage.metadata.store import (
     StoredManifest,
     StoredSignature,
     UploadSession,
-    create_metadata_engine,
     sqlite_url,
 )
 
 __all__ = [
+    "DatabaseThreads",
     "ImageRow",
     "MetadataStore",
     "NamespaceChanged",

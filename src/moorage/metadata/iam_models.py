@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from moorage.metadata.models import Base
@@ -79,7 +88,21 @@ class ApiKey(Base):
 
 class Policy(Base):
     __tablename__ = "policies"
-    __table_args__ = (Index("ix_policies_subject", "subject_kind", "subject_id"),)
+    __table_args__ = (
+        Index("ix_policies_subject", "subject_kind", "subject_id"),
+        # No two identical policies, even created at once by two replicas.
+        Index(
+            "uq_policies_identical",
+            "account_id",
+            "subject_kind",
+            "subject_id",
+            "roles",
+            "service_name",
+            text("coalesce(region, '')"),
+            text("coalesce(resource, '')"),
+            unique=True,
+        ),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True

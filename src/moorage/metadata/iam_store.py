@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from moorage.metadata.database import upsert, writer
 from moorage.metadata.iam_models import (
     Account,
     AccountMember,
@@ -199,6 +200,18 @@ class IamTx:
 
     def insert_identity(self, user_id: str, email: str, salt: str, at: datetime) -> None:
         self._insert(User(id=user_id, email=email, salt=salt, created_at=at))
+
+    def ensure_identity(self, user_id: str, email: str, salt: str, at: datetime) -> tuple[str, str]:
+        """The identity of ``email`` (its ID and salt), created with these values
+        unless it exists, also when another writer creates it at this moment."""
+        conn = self.s.connection()
+        conn.execute(
+            upsert(conn, User)
+            .values(id=user_id, email=email, salt=salt, created_at=at)
+            .on_conflict_do_nothing(index_elements=["email"])
+        )
+        row = self.s.execute(select(User.id, User.salt).where(User.email == email)).one()
+        return str(row[0]), str(row[1])
 
     def delete_identity(self, user_id: str) -> None:
         self.s.execute(delete(User).where(User.id == user_id))
@@ -523,10 +536,11 @@ class IamStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = writer(engine)
 
     @contextmanager
     def write(self) -> Iterator[IamTx]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield IamTx(session)
 
     @contextmanager

@@ -7,7 +7,8 @@ transaction."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,18 +18,18 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from moorage.metadata.changes import ChangeFeed, LocalFeed, namespace_topic, repository_topic
+from moorage.metadata.database import upsert, writer
 from moorage.metadata.iam_models import Namespace
 from moorage.metadata.models import (
     Blob,
@@ -94,13 +95,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _inserted_id(result: CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    if key is None:  # pragma: no cover - every table here has a primary key
-        raise RuntimeError("insert returned no primary key")
-    return int(key[0])
-
-
 class RepoRef(NamedTuple):
     """A repository: its region and its name within that region."""
 
@@ -155,24 +149,6 @@ class Referrer:
     annotations: dict[str, str] | None
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    # WAL lets readers run beside the single writer; FULL fsyncs each commit
-    # so an acknowledged push survives power loss, not only a process crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def create_metadata_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'metadata.db'}"
 
@@ -199,14 +175,34 @@ _LINKED_BLOB_SIZE = (
 
 
 class MetadataStore:
-    """Every method is one transaction. A write that takes ``account`` commits
+    """Every method is one transaction, and blocks: call it from a worker
+    thread, never on the event loop. A write that takes ``account`` commits
     only if the repository's namespace still belongs to that account, checked
     inside the same transaction (on PostgreSQL under a share lock on the
-    namespace row, which a removal must wait for); None skips the check (open
-    access, where namespaces are not required)."""
+    namespace row, which a removal must wait for; on SQLite under the write
+    lock every write transaction takes first); None skips the check (open
+    access, where namespaces are not required).
 
-    def __init__(self, engine: Engine) -> None:
+    Rows that two writers (threads, processes, replicas) may create at once
+    are created with ``INSERT ... ON CONFLICT``, never by a look-up followed by
+    an insert. A write that changes what caches hold (a tag, a manifest, a
+    namespace) announces it on ``changes`` inside its transaction."""
+
+    def __init__(self, engine: Engine, changes: ChangeFeed | None = None) -> None:
         self.engine = engine
+        self.changes: ChangeFeed = changes or LocalFeed()
+        self._writer = writer(engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Connection, list[str]]]:
+        """A write transaction, and the list of change topics it announces."""
+        topics: list[str] = []
+        with self._writer.begin() as conn:
+            yield conn, topics
+            if topics:
+                self.changes.announce(conn, topics)
+        if topics:
+            self.changes.delivered(topics)
 
     @staticmethod
     def _check_account(conn: Connection, repo: RepoRef, account: str | None) -> None:
@@ -236,12 +232,15 @@ class MetadataStore:
         if repo_id is not None:
             return repo_id
         namespace = repo.name.split("/", 1)[0]
-        result = conn.execute(
-            insert(Repository).values(
-                region=repo.region, name=repo.name, namespace=namespace, created_at=_now()
-            )
+        conn.execute(
+            upsert(conn, Repository)
+            .values(region=repo.region, name=repo.name, namespace=namespace, created_at=_now())
+            .on_conflict_do_nothing(index_elements=["region", "name"])
         )
-        return _inserted_id(result)
+        repo_id = MetadataStore._repository_id(conn, repo)
+        if repo_id is None:  # pragma: no cover - inserted or found just above
+            raise RuntimeError(f"repository {repo.name} vanished while being created")
+        return repo_id
 
     @staticmethod
     def _repository_id(conn: Connection, repo: RepoRef) -> int | None:
@@ -289,32 +288,29 @@ class MetadataStore:
         self, repo: RepoRef, digest: str, size: int, account: str | None = None
     ) -> None:
         """Record a committed blob and link it into ``repo``, idempotently."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
-            if conn.scalar(select(Blob.size).where(Blob.digest == digest)) is None:
-                conn.execute(insert(Blob).values(digest=digest, size=size, created_at=_now()))
+            conn.execute(
+                upsert(conn, Blob)
+                .values(digest=digest, size=size, created_at=_now())
+                .on_conflict_do_nothing(index_elements=["digest"])
+            )
             self._link(conn, repo_id, digest)
 
     @staticmethod
     def _link(conn: Connection, repo_id: int, digest: str) -> None:
-        exists = conn.scalar(
-            select(RepositoryBlob.digest).where(
-                RepositoryBlob.repository_id == repo_id, RepositoryBlob.digest == digest
-            )
+        conn.execute(
+            upsert(conn, RepositoryBlob)
+            .values(repository_id=repo_id, digest=digest, created_at=_now())
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
         )
-        if exists is None:
-            conn.execute(
-                insert(RepositoryBlob).values(
-                    repository_id=repo_id, digest=digest, created_at=_now()
-                )
-            )
 
     def mount_blob(
         self, repo: RepoRef, digest: str, source_repo: RepoRef, account: str | None = None
     ) -> int | None:
         """Link a blob that ``source_repo`` holds into ``repo``; its size, or None."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             size = conn.scalar(_LINKED_BLOB_SIZE, _p(source_repo, digest=digest))
             if size is None:
@@ -323,7 +319,8 @@ class MetadataStore:
             return int(size)
 
     def unlink_blob(self, repo: RepoRef, digest: str, account: str | None = None) -> bool:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, topics):
+            topics.append(repository_topic(repo.region, repo.name))
             self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
@@ -369,7 +366,7 @@ class MetadataStore:
 
     def forget_blob(self, digest: str) -> bool:
         """Drop a blob row, unless a repository linked it meanwhile."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             linked = conn.scalar(
                 select(func.count())
                 .select_from(RepositoryBlob)
@@ -385,7 +382,7 @@ class MetadataStore:
     def create_upload(
         self, upload_id: str, repo: RepoRef, owner: str | None, account: str | None = None
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             conn.execute(
                 insert(Upload).values(
@@ -420,7 +417,7 @@ class MetadataStore:
     ) -> bool:
         """One conditional UPDATE: only the writer that read ``version`` last
         gets to move it on, whichever process it runs in."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             result = conn.execute(
                 update(Upload)
                 .where(Upload.id == upload_id, Upload.version == version)
@@ -431,7 +428,7 @@ class MetadataStore:
     def reserve_upload_parts(self, upload_id: str, count: int) -> int | None:
         """``count`` part numbers nobody else gets: the increment and the read
         of its result are one transaction, under the row's write lock."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             result = conn.execute(
                 update(Upload)
                 .where(Upload.id == upload_id)
@@ -443,7 +440,7 @@ class MetadataStore:
             return None if end is None else int(end) - count
 
     def delete_upload(self, upload_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             conn.execute(delete(Upload).where(Upload.id == upload_id))
 
     def list_uploads(self) -> dict[str, datetime]:
@@ -473,9 +470,12 @@ class MetadataStore:
         return None if value is None else int(value)
 
     @staticmethod
-    def _insert_manifest(conn: Connection, repo_id: int, manifest: NewManifest) -> int:
-        result = conn.execute(
-            insert(Manifest).values(
+    def _insert_manifest(conn: Connection, repo_id: int, manifest: NewManifest) -> int | None:
+        """The new manifest's id, or None when the repository holds it already
+        (perhaps stored a moment ago by another writer)."""
+        manifest_id = conn.scalar(
+            upsert(conn, Manifest)
+            .values(
                 repository_id=repo_id,
                 digest=manifest.digest,
                 media_type=manifest.media_type,
@@ -486,8 +486,11 @@ class MetadataStore:
                 content=manifest.content,
                 created_at=_now(),
             )
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            .returning(Manifest.id)
         )
-        manifest_id = _inserted_id(result)
+        if manifest_id is None:
+            return None
         refs = [
             {"manifest_id": manifest_id, "digest": d, "kind": BLOB_REFERENCE}
             for d in dict.fromkeys(manifest.blob_digests)
@@ -497,45 +500,42 @@ class MetadataStore:
         ]
         if refs:
             conn.execute(insert(ManifestReference), refs)
-        return manifest_id
+        return int(manifest_id)
 
     def put_manifest(
         self, repo: RepoRef, manifest: NewManifest, tag: str | None, account: str | None = None
     ) -> None:
         """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, topics):
             self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
             manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
-                try:
-                    with conn.begin_nested():
-                        manifest_id = self._insert_manifest(conn, repo_id, manifest)
-                except IntegrityError:
-                    # Another writer (another process, on PostgreSQL) stored it first.
-                    manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
-                    if manifest_id is None:
-                        raise
+                manifest_id = self._insert_manifest(conn, repo_id, manifest)
+            if manifest_id is None:  # another writer stored it between the two statements
+                manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
+            if manifest_id is None:  # pragma: no cover - stored, then deleted meanwhile
+                raise RuntimeError(f"manifest {manifest.digest} vanished while being stored")
             if tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
+            topics.append(repository_topic(repo.region, repo.name))
 
     @staticmethod
     def _set_tag(conn: Connection, repo_id: int, tag: str, manifest_id: int) -> None:
-        updated = conn.execute(
-            update(Tag)
-            .where(Tag.repository_id == repo_id, Tag.name == tag)
-            .values(manifest_id=manifest_id, updated_at=_now())
-        )
-        if not updated.rowcount:
-            conn.execute(
-                insert(Tag).values(
-                    repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
-                )
+        now = _now()
+        conn.execute(
+            upsert(conn, Tag)
+            .values(repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=now)
+            .on_conflict_do_update(
+                index_elements=["repository_id", "name"],
+                set_={"manifest_id": manifest_id, "updated_at": now},
             )
+        )
 
     def delete_manifest(self, repo: RepoRef, digest: str, account: str | None = None) -> bool:
         """Delete a manifest and every tag naming it."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, topics):
+            topics.append(repository_topic(repo.region, repo.name))
             self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
@@ -581,7 +581,7 @@ class MetadataStore:
     ) -> bool:
         """Store a simple signature of a manifest the repository holds; False when it
         holds no such manifest. A name used before raises SignatureExists."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None or self._manifest_id(conn, repo_id, digest) is None:
@@ -621,7 +621,7 @@ class MetadataStore:
     def delete_simple_signature(
         self, repo: RepoRef, digest: str, name: str, account: str | None = None
     ) -> bool:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             repo_id = self._repository_id(conn, repo)
             if repo_id is None:
@@ -638,7 +638,7 @@ class MetadataStore:
     def add_signer(self, record: SignerRecord, account: str) -> None:
         """Add a signer to a namespace the account owns; a name used before raises
         SignatureExists."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, RepoRef(record.region, record.namespace), account)
             try:
                 with conn.begin_nested():
@@ -679,7 +679,7 @@ class MetadataStore:
         ]
 
     def delete_signer(self, region: str, namespace: str, name: str, account: str) -> bool:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, _):
             self._check_account(conn, RepoRef(region, namespace), account)
             result = conn.execute(
                 delete(Signer).where(
@@ -689,7 +689,8 @@ class MetadataStore:
             return bool(result.rowcount)
 
     def delete_tag(self, repo: RepoRef, tag: str, account: str | None = None) -> bool:
-        with self.engine.begin() as conn:
+        with self._write() as (conn, topics):
+            topics.append(repository_topic(repo.region, repo.name))
             self._check_account(conn, repo, account)
             result = conn.execute(
                 delete(Tag).where(Tag.repository_id == _repo_id, Tag.name == tag), _p(repo)
@@ -755,7 +756,11 @@ class MetadataStore:
             .order_by(Repository.name, Tag.name)
         )
         with self.engine.connect() as conn:
-            return [ImageRow(*row) for row in conn.execute(stmt)]
+            # PostgreSQL sums BIGINT as NUMERIC: back to an int, as SQLite gives it.
+            return [
+                ImageRow(repo, namespace, tag, digest, media_type, created, int(size))
+                for repo, namespace, tag, digest, media_type, created, size in conn.execute(stmt)
+            ]
 
     def remove_namespace(self, account_id: str, region: str, namespace: str) -> list[str] | None:
         """Remove a namespace an account owns and everything it held, in one
@@ -763,7 +768,8 @@ class MetadataStore:
         blob links and upload sessions. Returns the ids of the upload sessions it
         ended (their staged bytes are the blob store's to discard), or None when
         the account owns no such namespace. The blobs go at the next gc."""
-        with self.engine.begin() as conn:
+        with self._write() as (conn, topics):
+            topics.append(namespace_topic(region, namespace))
             removed = conn.execute(
                 delete(Namespace).where(
                     Namespace.account_id == account_id,

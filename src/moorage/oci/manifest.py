@@ -84,14 +84,19 @@ def _bare_media_type(content_type: str | None) -> str | None:
     return content_type.split(";", 1)[0].strip().lower() or None
 
 
+def _text(value: Any) -> bool:
+    """A string that may be stored as text (PostgreSQL refuses NUL characters)."""
+    return isinstance(value, str) and "\x00" not in value
+
+
 def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(value, dict):
         raise ManifestError(f"{where} must be a descriptor object")
     media_type = value.get("mediaType")
     digest = value.get("digest")
     size = value.get("size")
-    if not isinstance(media_type, str) or not media_type:
-        raise ManifestError(f"{where}.mediaType must be a non-empty string")
+    if not isinstance(media_type, str) or not media_type or "\x00" in media_type:
+        raise ManifestError(f"{where}.mediaType must be a non-empty string without NUL")
     if not isinstance(digest, str):
         raise ManifestError(f"{where}.digest must be a string")
     try:
@@ -101,8 +106,10 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"{where}.size must be a non-negative integer")
     artifact_type = value.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
-        raise ManifestError(f"{where}.artifactType must be a string")
+    if artifact_type is not None and (
+        not isinstance(artifact_type, str) or "\x00" in artifact_type
+    ):
+        raise ManifestError(f"{where}.artifactType must be a string without NUL")
     annotations = _annotations(value.get("annotations"), where)
     urls = value.get("urls") or []
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
@@ -157,8 +164,11 @@ def parse_manifest(body: bytes, content_type: str | None = None) -> ParsedManife
         raise ManifestError(f"unsupported manifest media type {media_type!r}", unsupported=True)
 
     artifact_type = doc.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
-        raise ManifestError("artifactType must be a string")
+    # Types are stored as text, which PostgreSQL keeps free of NUL characters.
+    if artifact_type is not None and (
+        not isinstance(artifact_type, str) or "\x00" in artifact_type
+    ):
+        raise ManifestError("artifactType must be a string without NUL")
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
     annotations = _annotations(doc.get("annotations"), "manifest")
 

@@ -7,7 +7,6 @@ the store advances through :class:`MetadataLedger`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import uuid
@@ -16,7 +15,8 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from moorage.metadata import MetadataStore, NamespaceChanged, RepoRef
+from moorage.metadata import DatabaseThreads, MetadataStore, NamespaceChanged, RepoRef
+from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
     BlobUnknown,
@@ -43,6 +43,8 @@ from moorage.storage import (
 
 log = logging.getLogger("moorage.registry")
 
+# How long a blob link is trusted from memory at most (see SharedCache).
+LINK_TTL = 60.0
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
@@ -91,22 +93,23 @@ STAGING_GRACE = timedelta(hours=1)
 
 class MetadataLedger:
     """The blob store's view of the ``uploads`` rows (storage's UploadLedger),
-    over the metadata store, whose calls block: each runs on a worker thread."""
+    over the metadata store, whose calls block: each runs on a database thread."""
 
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, db: DatabaseThreads) -> None:
         self.metadata = metadata
+        self.db = db
 
     async def load(self, upload_id: str) -> UploadRecord | None:
-        row = await asyncio.to_thread(self.metadata.upload_progress, upload_id)
+        row = await self.db.run(self.metadata.upload_progress, upload_id)
         return None if row is None else UploadRecord(*row)
 
     async def save(self, upload_id: str, version: int, offset: int, state: str | None) -> bool:
-        return await asyncio.to_thread(
+        return await self.db.run(
             self.metadata.save_upload_progress, upload_id, version, offset, state
         )
 
     async def reserve(self, upload_id: str, count: int) -> int | None:
-        return await asyncio.to_thread(self.metadata.reserve_upload_parts, upload_id, count)
+        return await self.db.run(self.metadata.reserve_upload_parts, upload_id, count)
 
 
 @asynccontextmanager
@@ -120,17 +123,44 @@ async def _backend() -> AsyncIterator[None]:
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, metadata: MetadataStore) -> None:
+    """The methods the HTTP layer calls are coroutines: the metadata they read
+    and write (blocking database calls) runs on the database threads, the
+    bytes in the blob store's own coroutines."""
+
+    def __init__(
+        self, store: BlobStore, metadata: MetadataStore, db: DatabaseThreads | None = None
+    ) -> None:
         self.store = store
         self.metadata = metadata
+        self.db = db or DatabaseThreads()
+        changes = metadata.changes
+        # Which blobs each repository links, and their sizes: a link changes only
+        # by an unlink or a namespace's removal, which drop it in every process.
+        self._links: SharedCache[tuple[str, str], str, int] = SharedCache(
+            lambda: changes.healthy, LINK_TTL, 100_000, repository_group
+        )
+        changes.subscribe(self._links.changed)
 
     # -- reads and deletes -------------------------------------------------
+
+    def _linked_size_now(self, repo: RepoRef, digest: str) -> int | None:
+        stamp = self._links.stamp()
+        size = self.metadata.linked_blob_size(repo, digest)
+        if size is not None:
+            self._links.offer((repo.region, repo.name), digest, size, stamp)
+        return size
+
+    async def _linked_size(self, repo: RepoRef, digest: str) -> int | None:
+        size = self._links.get((repo.region, repo.name), digest)
+        if size is None:
+            size = await self.db.run(self._linked_size_now, repo, digest)
+        return size
 
     async def get(self, repo: RepoRef, digest_value: str, redirect: bool = True) -> BlobHandle:
         """A blob linked in ``repo`` and how to serve it; ``redirect`` false
         asks the store for the bytes rather than a redirect (HEAD)."""
         digest = require_digest(digest_value)
-        size = self.metadata.linked_blob_size(repo, str(digest))
+        size = await self._linked_size(repo, str(digest))
         source = None
         if size is not None:
             async with _backend():
@@ -145,18 +175,18 @@ class BlobService:
             digest = parse_digest(digest_value)
         except DigestError:
             return None
-        if self.metadata.linked_blob_size(repo, str(digest)) is None:
+        if await self._linked_size(repo, str(digest)) is None:
             return None
         async with _backend():
             return await self.store.read_small(digest, limit)
 
-    def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
+    async def delete(self, repo: RepoRef, digest_value: str, account: str | None = None) -> Digest:
         """Unlink a blob from one repository; the bytes go when garbage collection runs.
         ``account`` (here and below) is the account the caller was authorised as the
         namespace's owner: the write commits only if it still is."""
         digest = require_digest(digest_value)
         with namespace_checked():
-            unlinked = self.metadata.unlink_blob(repo, str(digest), account)
+            unlinked = await self.db.run(self.metadata.unlink_blob, repo, str(digest), account)
         if not unlinked:
             raise BlobUnknown("blob unknown to registry", detail={"digest": str(digest)})
         return digest
@@ -171,7 +201,7 @@ class BlobService:
             await self.store.create_upload(upload_id)
         try:
             with namespace_checked():
-                self.metadata.create_upload(upload_id, repo, owner, account)
+                await self.db.run(self.metadata.create_upload, upload_id, repo, owner, account)
         except BaseException:
             await self.store.discard_upload(upload_id)
             raise
@@ -195,7 +225,9 @@ class BlobService:
             if await self.store.stat(digest) is None:
                 return None
         with namespace_checked():
-            mounted = self.metadata.mount_blob(repo, str(digest), source_repo, account)
+            mounted = await self.db.run(
+                self.metadata.mount_blob, repo, str(digest), source_repo, account
+            )
         if mounted is None:
             return None
         return digest
@@ -212,23 +244,23 @@ class BlobService:
         digest = require_digest(digest_value)
         size = await self._put(digest, body, length)
         with namespace_checked():
-            self.metadata.record_blob(repo, str(digest), size, account)
+            await self.db.run(self.metadata.record_blob, repo, str(digest), size, account)
         return digest
 
-    def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
+    async def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
         """Who started an upload session of ``repo``, for authorization bound to it."""
-        session = self.metadata.upload_session(upload_id)
+        session = await self.db.run(self.metadata.upload_session, upload_id)
         return session.owner if session is not None and session.repo == repo else None
 
-    def _session(self, repo: RepoRef, upload_id: str) -> int:
+    async def _session(self, repo: RepoRef, upload_id: str) -> int:
         """The session's offset, from its row: the same on every replica."""
-        session = self.metadata.upload_session(upload_id)
+        session = await self.db.run(self.metadata.upload_session, upload_id)
         if session is None or session.repo != repo:
             raise BlobUploadUnknown("blob upload unknown to registry")
         return session.offset
 
-    def status(self, repo: RepoRef, upload_id: str) -> UploadState:
-        return UploadState(upload_id, self._session(repo, upload_id))
+    async def status(self, repo: RepoRef, upload_id: str) -> UploadState:
+        return UploadState(upload_id, await self._session(repo, upload_id))
 
     def _check_range(
         self, size: int, content_range: str | None, length: int | None
@@ -262,7 +294,7 @@ class BlobService:
         content_range: str | None,
         length: int | None,
     ) -> UploadState:
-        size = self._session(repo, upload_id)
+        size = await self._session(repo, upload_id)
         expected, offset = self._check_range(size, content_range, length)
         return UploadState(upload_id, await self._append(upload_id, body, expected, offset))
 
@@ -276,7 +308,7 @@ class BlobService:
         length: int | None,
         account: str | None = None,
     ) -> Digest:
-        size = self._session(repo, upload_id)
+        size = await self._session(repo, upload_id)
         digest = require_digest(digest_value)
         try:
             if body is not None and size == 0:
@@ -294,17 +326,17 @@ class BlobService:
             raise
         try:
             with namespace_checked():
-                self.metadata.record_blob(repo, str(digest), committed, account)
+                await self.db.run(self.metadata.record_blob, repo, str(digest), committed, account)
         finally:
             await self._end_session(upload_id)
         return digest
 
     async def cancel(self, repo: RepoRef, upload_id: str) -> None:
-        self._session(repo, upload_id)
+        await self._session(repo, upload_id)
         await self._end_session(upload_id)
 
     async def _end_session(self, upload_id: str) -> None:
-        self.metadata.delete_upload(upload_id)
+        await self.db.run(self.metadata.delete_upload, upload_id)
         async with _backend():
             await self.store.discard_upload(upload_id)
 
@@ -363,7 +395,7 @@ class BlobService:
         crash's leftovers; younger ones may be another replica's request in
         flight). Sessions themselves stay: their offsets are in the database,
         so every one of them is resumable on any replica."""
-        sessions = self.metadata.list_uploads()
+        sessions = await self.db.run(self.metadata.list_uploads)
         async with _backend():
             swept = await self.store.sweep(set(sessions), datetime.now(UTC) - grace)
         return {"sessions": len(sessions), "deleted_staging": len(swept.removed)}

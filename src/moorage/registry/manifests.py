@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moorage.metadata import ImageRow, MetadataStore, NewManifest, RepoRef, StoredManifest
+from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import digest_bytes
 from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
@@ -26,6 +27,12 @@ from moorage.registry.errors import (
 )
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Manifests kept in memory, in bytes of content; 0 turns the cache off.
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+# How long a cached manifest is trusted at most: every write that changes a
+# repository's tags or manifests drops its entries at once (in every process,
+# through the change feed), so this bounds only a change the feed missed.
+CACHE_TTL = 60.0
 
 
 class ManifestTooLarge(RegistryError):
@@ -58,11 +65,22 @@ def _accepts(accept: list[str], media_type: str) -> bool:
 
 
 class ManifestService:
+    """Its methods block (the database): on an event loop, call them in a
+    worker thread, after ``cached`` found nothing."""
+
     def __init__(
-        self, metadata: MetadataStore, max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+        self,
+        metadata: MetadataStore,
+        max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.metadata = metadata
         self.max_manifest_bytes = max_manifest_bytes
+        changes = metadata.changes
+        self._cache: SharedCache[tuple[str, str], str, StoredManifest] = SharedCache(
+            lambda: changes.healthy, CACHE_TTL, cache_bytes, repository_group
+        )
+        changes.subscribe(self._cache.changed)
 
     def _reference(self, reference: str) -> bool:
         """Validate a reference; True when it is a digest."""
@@ -84,17 +102,36 @@ class ManifestService:
                 "manifest unknown to registry", detail={"reference": reference[:140]}
             ) from exc
 
+    def cached(self, repo: RepoRef, reference: str, accept: list[str]) -> StoredManifest | None:
+        """The manifest from memory, without blocking; None when it is not there."""
+        manifest = self._cache.get((repo.region, repo.name), reference)
+        if manifest is not None:
+            self._check_accept(manifest, reference, accept)
+        return manifest
+
     def get(self, repo: RepoRef, reference: str, accept: list[str]) -> StoredManifest:
-        by_digest = self._lookup_reference(reference)
-        manifest = self.metadata.get_manifest(repo, reference, by_digest=by_digest)
+        manifest = self._cache.get((repo.region, repo.name), reference)
         if manifest is None:
-            raise ManifestUnknown("manifest unknown to registry", detail={"reference": reference})
+            by_digest = self._lookup_reference(reference)
+            stamp = self._cache.stamp()
+            manifest = self.metadata.get_manifest(repo, reference, by_digest=by_digest)
+            if manifest is None:
+                raise ManifestUnknown(
+                    "manifest unknown to registry", detail={"reference": reference}
+                )
+            self._cache.offer(
+                (repo.region, repo.name), reference, manifest, stamp, len(manifest.content) + 256
+            )
+        self._check_accept(manifest, reference, accept)
+        return manifest
+
+    @staticmethod
+    def _check_accept(manifest: StoredManifest, reference: str, accept: list[str]) -> None:
         if not _accepts(accept, manifest.media_type):
             raise ManifestUnknown(
                 f"manifest is {manifest.media_type}, which the Accept header does not list",
                 detail={"reference": reference, "mediaType": manifest.media_type},
             )
-        return manifest
 
     def too_large(self) -> ManifestTooLarge:
         return ManifestTooLarge(f"manifest is larger than the {self.max_manifest_bytes}-byte limit")
