@@ -7,7 +7,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import requests
 import typer
 
 from tests.helpers import push_blob
@@ -61,46 +60,6 @@ def test_config_file_environment_and_flags_layer(tmp_path: Path) -> None:
         assert not (tmp_path / "from-file").exists()
     finally:
         server.stop()
-
-
-def test_gc_deletes_only_unlinked_blobs(registry: MoorageServer) -> None:
-    kept = push_blob(registry, "gc/keep", b"kept bytes")
-    open_upload = requests.post(f"{registry.url}/v2/gc/keep/blobs/uploads/", timeout=5)
-    upload_id = open_upload.headers["Location"].rsplit("/", 1)[1]
-    dropped = push_blob(registry, "gc/drop", b"dropped bytes")
-    shared = push_blob(registry, "gc/drop", b"shared bytes")
-    push_blob(registry, "gc/keep", b"shared bytes")
-    for digest in (dropped, shared):
-        assert (
-            requests.delete(f"{registry.url}/v2/gc/drop/blobs/{digest}", timeout=5).status_code
-            == 202
-        )
-    registry.stop()
-    orphan = registry.data_dir / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62)
-    orphan.parent.mkdir(exist_ok=True)
-    orphan.write_bytes(b"published just before a crash")
-
-    args = ("--data", str(registry.data_dir), "--grace-seconds", "0")
-    # gc opens the installation's database, wherever the server's is.
-    dry = moorage("gc", *args, "--dry-run", env=registry.env)
-    assert dry.returncode == 0
-    assert "would delete 1 unlinked blobs, 1 unrecorded files and 0 stale uploads" in dry.stdout
-    assert orphan.exists()
-
-    done = moorage("gc", *args, env=registry.env)
-    assert done.returncode == 0, done.stderr
-    files = registry.blob_files()
-    assert dropped not in files and not orphan.exists()
-    assert {kept, shared} <= files
-    assert upload_id in registry.upload_files(), "a fresh upload session is not stale"
-    stale = moorage("gc", *args, "--upload-max-age", "0", env=registry.env)
-    assert "0 unlinked blobs, 0 unrecorded files and 1 stale uploads" in stale.stdout
-    assert upload_id not in registry.upload_files()
-    registry.start()
-    assert (
-        requests.get(f"{registry.url}/v2/gc/keep/blobs/{shared}", timeout=5).content
-        == b"shared bytes"
-    )
 
 
 def test_help_reads_as_plain_sentences() -> None:

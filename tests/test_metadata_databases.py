@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ import sqlalchemy as sa
 from moorage.iam.errors import Conflict
 from moorage.iam.secrets import SecretKeeper
 from moorage.iam.service import SERVICE_ID, IamService
-from moorage.metadata import MetadataStore, NewManifest, RepoRef, create_metadata_engine, upgrade
+from moorage.metadata import (
+    BlobsUnlinked,
+    LinkRef,
+    MetadataStore,
+    NewManifest,
+    RepoRef,
+    create_metadata_engine,
+    upgrade,
+)
 from moorage.metadata.iam_store import IamStore
 from moorage.metadata.shared_store import FailureStore
 from tests.postgres import cluster
@@ -129,7 +137,9 @@ def test_racing_writers_create_each_row_once(engine: sa.Engine) -> None:
     blob = "sha256:" + "a" * 64
 
     def write(i: int) -> None:
-        store.record_blob(repo, blob, 10)
+        epoch = store.pin_blob(blob, 10)
+        assert epoch is not None
+        assert store.record_blob(repo, blob, 10, epoch=epoch)
         store.put_manifest(repo, manifest("sha256:" + "b" * 64), tag="latest")
         store.put_manifest(repo, manifest("sha256:" + "b" * 64), tag=f"t{i % 4}")
 
@@ -189,3 +199,144 @@ def test_parallel_reservations_never_pass_the_ceiling(engine: sa.Engine) -> None
     ids, blocked = store.reserve([("ip:x", 100), ("user:eve", 3)], now, 60.0)
     assert ids and not blocked
     assert store.prune(now + 61) == 2 * 3 + 0  # every row aged out (ip and user per attempt)
+
+
+def image(digest: str, blob: str) -> NewManifest:
+    return NewManifest(
+        digest=digest,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        artifact_type=None,
+        subject_digest=None,
+        annotations={},
+        content=b"{}",
+        blob_digests=[blob],
+        child_digests=[],
+    )
+
+
+def digest_of(kind: str, i: int) -> str:
+    return "sha256:" + f"{kind}{i:03d}".encode().hex().ljust(64, "0")
+
+
+def test_the_collector_and_writers_agree_through_the_blob_row(engine: sa.Engine) -> None:
+    """One blob through its life: pinned, linked, referenced, its image deleted,
+    its link dropped, marked, forgotten, pushed again."""
+    upgrade(engine)
+    store = MetadataStore(engine)
+    repo = RepoRef("us-south", "team/gc")
+    blob = digest_of("b", 0)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+
+    epoch = store.pin_blob(blob, 5)
+    assert epoch is not None
+    assert store.gc_mark_deleting(blob, hour_ago) is None, "pinned within the grace period"
+    assert store.record_blob(repo, blob, 5, epoch=epoch)
+    soon = datetime.now(UTC) + timedelta(seconds=1)  # a grace period that has passed
+    assert store.gc_unreferenced_blobs(soon) == []
+    assert store.gc_mark_deleting(blob, soon) is None, "linked"
+
+    store.put_manifest(repo, image(digest_of("m", 0), blob), tag="v1")
+    assert store.gc_stale_links(soon) == [], "a manifest of the repository references it"
+    assert store.delete_manifest(repo, digest_of("m", 0))
+    [link] = store.gc_stale_links(soon)
+    assert link.digest == blob and link.repository == "team/gc"
+    assert not store.gc_drop_link(link, hour_ago), "linked within the grace period"
+    assert store.gc_drop_link(link, soon)
+    with pytest.raises(BlobsUnlinked):
+        store.put_manifest(repo, image(digest_of("m", 1), blob), tag="v2")
+
+    assert store.gc_unreferenced_blobs(soon) == [(blob, 5)]
+    mark = store.gc_mark_deleting(blob, soon)
+    assert mark is not None
+    assert store.pin_blob(blob, 5) is None, "writers wait while the bytes are deleted"
+    assert not store.record_blob(repo, blob, 5, epoch=epoch), "the old pin is void"
+    store.gc_forget(blob, mark)
+    again = store.pin_blob(blob, 5)
+    assert again is not None and again != epoch
+    assert not store.record_blob(repo, blob, 5, epoch=epoch)
+    assert store.record_blob(repo, blob, 5, epoch=again)
+    assert store.gc_claim_orphan(blob, 5) is None, "bytes with a row are no orphan"
+
+
+@pytest.mark.parametrize("rounds", [12])
+def test_the_collector_racing_writers_never_both_win(engine: sa.Engine, rounds: int) -> None:
+    """The collector and a writer released together, many times over: a mount
+    and the mark of its blob, a pinned upload's link and the mark, a manifest
+    push and the drop of the link it needs. Either may win each race; never
+    both, which is the case that would lose bytes a client was told exist."""
+    upgrade(engine)
+    store = MetadataStore(engine)
+    source, target = RepoRef("us-south", "team/src"), RepoRef("us-south", "team/dst")
+    soon = lambda: datetime.now(UTC) + timedelta(seconds=5)  # noqa: E731
+
+    def linked(blob: str, repo: RepoRef) -> None:
+        epoch = store.pin_blob(blob, 3)
+        assert epoch is not None and store.record_blob(repo, blob, 3, epoch=epoch)
+
+    for i in range(rounds):
+        # A mount from a repository whose link the collector is dropping.
+        blob = digest_of("mo", i)
+        linked(blob, source)
+        [link] = [x for x in store.gc_stale_links(soon()) if x.digest == blob]
+
+        def collect(_: int, blob: str = blob, link: LinkRef = link) -> bool:
+            return store.gc_drop_link(link, soon()) and bool(store.gc_mark_deleting(blob, soon()))
+
+        def mount(_: int, blob: str = blob) -> bool:
+            return store.mount_blob(target, blob, source) is not None
+
+        marked, mounted = at_once(2, lambda j: (collect, mount)[j](j))
+        assert not (marked is True and mounted is True), "a mount of a blob being deleted"
+
+        # An upload pinned before the collector looked, linking as it marks.
+        blob = digest_of("up", i)
+        epoch = store.pin_blob(blob, 3)
+        assert epoch is not None
+
+        def mark(_: int, blob: str = blob) -> bool:
+            return store.gc_mark_deleting(blob, soon()) is not None
+
+        def record(_: int, blob: str = blob, epoch: str = epoch) -> bool:
+            return store.record_blob(target, blob, 3, epoch=epoch)
+
+        marked, recorded = at_once(2, lambda j: (mark, record)[j](j))
+        assert not (marked is True and recorded is True), "a link to a blob being deleted"
+
+        # A manifest push needing a link the collector finds stale.
+        blob = digest_of("pu", i)
+        linked(blob, target)
+        [link] = [x for x in store.gc_stale_links(soon()) if x.digest == blob]
+
+        def drop(_: int, link: LinkRef = link) -> bool:
+            return store.gc_drop_link(link, soon())
+
+        def push(_: int, blob: str = blob, i: int = i) -> bool:
+            try:
+                store.put_manifest(target, image(digest_of("pm", i), blob), tag=f"t{i}")
+            except BlobsUnlinked:
+                return False
+            return True
+
+        dropped, pushed = at_once(2, lambda j: (drop, push)[j](j))
+        assert not (dropped is True and pushed is True), "a manifest whose link was dropped"
+        assert isinstance(dropped, bool) and isinstance(pushed, bool), (dropped, pushed)
+    # Whoever won each race, nothing links a blob that is being deleted or gone.
+    with engine.connect() as conn:
+        states = conn.execute(
+            sa.text(
+                "SELECT l.digest, b.state FROM repository_blobs l "
+                "LEFT JOIN blobs b ON b.digest = l.digest"
+            )
+        ).all()
+    assert states and all(state == "live" for _, state in states), states
+
+
+def test_one_holder_at_a_time_has_the_collectors_lease(engine: sa.Engine) -> None:
+    upgrade(engine)
+    store = MetadataStore(engine)
+    assert store.take_lease("gc", "a", 60)
+    assert not store.take_lease("gc", "b", 60)
+    assert store.take_lease("gc", "a", 60), "the holder renews it"
+    store.release_lease("gc", "a")
+    assert store.take_lease("gc", "b", 0.0)
+    assert store.take_lease("gc", "a", 60), "an expired lease is taken over"

@@ -71,6 +71,13 @@ class Settings:
     secret: str | None = None
     # Sign-in throttling counted in Redis rather than in the database.
     redis_url: str | None = None
+    # Garbage collection while serving: a round every gc_interval seconds (0:
+    # never; `moorage gc` runs one by hand) on one replica at a time; links and
+    # blobs nothing needs go once untouched for gc_grace seconds, the time a
+    # client has between pushing a blob and the manifest that names it.
+    gc_interval: float = 3600.0
+    gc_grace: float = 86400.0
+    gc_upload_max_age: int = 7 * 86400
     # Manifests kept in memory (bytes of content); 0 turns the cache off.
     manifest_cache_bytes: int = 32 * 1024 * 1024
 
@@ -138,6 +145,9 @@ _FILE_KEYS = {
     ("storage.s3", "redirect"): "s3_redirect",
     ("storage.s3", "redirect_expiry"): "s3_redirect_expiry",
     ("database", "url"): "database_url",
+    ("gc", "interval"): "gc_interval",
+    ("gc", "grace"): "gc_grace",
+    ("gc", "upload_max_age"): "gc_upload_max_age",
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
     ("log", "access"): "access_log",
@@ -170,6 +180,8 @@ _ENV_KEYS = {
     "MOORAGE_SECRET_FILE": "secret_file",
     "MOORAGE_SECRET": "secret",
     "MOORAGE_REDIS_URL": "redis_url",
+    "MOORAGE_GC_INTERVAL": "gc_interval",
+    "MOORAGE_GC_GRACE": "gc_grace",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {
@@ -286,6 +298,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("workers must be between 1 and 256")
     if settings.manifest_cache_bytes < 0:
         raise ConfigError("manifest_cache_bytes must be 0 or more")
+    if min(settings.gc_interval, settings.gc_grace, settings.gc_upload_max_age) < 0:
+        raise ConfigError("gc interval, grace and upload_max_age must be 0 or more seconds")
     if settings.redis_url and not settings.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from moorage.metadata.shared_store import FailureStore, InstallationStore, Signi
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.registry.blobs import MetadataLedger
+from moorage.registry.collector import GarbageCollector
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
@@ -472,7 +474,10 @@ async def _serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+    collector = _start_collector(settings, registry)
     await stop.wait()
+    if collector is not None:
+        collector.cancel()
 
     # Graceful stop: refuse new connections, let requests in flight (uploads
     # above all) run to completion, then close what is idle. aiohttp's own
@@ -490,6 +495,24 @@ async def _serve(
     for cleanup in registry.cleanups:
         cleanup()
     log.info("stopped")
+
+
+def _start_collector(settings: Settings, registry: RegistryApp) -> asyncio.Task[None] | None:
+    """The scheduled garbage collector; with many processes, the one holding
+    the database lease runs each round."""
+    if not settings.gc_interval:
+        return None
+    blobs = registry.blobs
+    collector = GarbageCollector(
+        blobs.metadata,
+        blobs.store,
+        blobs.db,
+        timedelta(seconds=settings.gc_grace),
+        timedelta(seconds=settings.gc_upload_max_age),
+    )
+    return asyncio.get_running_loop().create_task(
+        collector.run_scheduled(settings.gc_interval), name="garbage-collector"
+    )
 
 
 async def _open_storage(settings: Settings, registry: RegistryApp) -> None:

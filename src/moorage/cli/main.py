@@ -136,25 +136,30 @@ def serve(
 def gc(
     data: Annotated[Path | None, typer.Option("--data", envvar="MOORAGE_DATA")] = None,
     config: Annotated[Path | None, typer.Option("--config")] = None,
-    grace_seconds: Annotated[int, typer.Option(help="Keep blobs younger than this")] = 3600,
+    grace_seconds: Annotated[
+        float | None,
+        typer.Option(help="Keep links and blobs touched more recently (default: [gc] grace)"),
+    ] = None,
     upload_max_age: Annotated[
-        int, typer.Option(help="Delete upload sessions older than this many seconds")
-    ] = 7 * 86400,
+        int | None,
+        typer.Option(help="Delete upload sessions older than this many seconds"),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
 ) -> None:
-    """Delete blobs no repository links, and abandoned upload sessions.
+    """Drop links no manifest needs and delete blobs nothing links, and abandoned upload sessions.
 
-    Run it while the registry is stopped."""
+    Safe while the registry serves; the scheduled collector does the same every [gc] interval."""
     from moorage.gc import collect_garbage
 
     try:
         settings = load_settings(config, data_dir=str(data) if data else None)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    try:
         report = collect_garbage(
-            settings, grace_seconds=grace_seconds, dry_run=dry_run, upload_max_age=upload_max_age
+            settings,
+            grace_seconds=settings.gc_grace if grace_seconds is None else grace_seconds,
+            dry_run=dry_run,
+            upload_max_age=(
+                settings.gc_upload_max_age if upload_max_age is None else upload_max_age
+            ),
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

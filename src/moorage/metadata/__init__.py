@@ -4,7 +4,9 @@ in SQLite by default and in any database SQLAlchemy 2 supports."""
 from moorage.metadata.database import DatabaseThreads, create_metadata_engine
 from moorage.metadata.migrate import upgrade
 from moorage.metadata.store import (
+    BlobsUnlinked,
     ImageRow,
+    LinkRef,
     MetadataStore,
     NamespaceChanged,
     NewManifest,
@@ -19,8 +21,10 @@ from moorage.metadata.store import (
 )
 
 __all__ = [
+    "BlobsUnlinked",
     "DatabaseThreads",
     "ImageRow",
+    "LinkRef",
     "MetadataStore",
     "NamespaceChanged",
     "NewManifest",

@@ -46,18 +46,32 @@ class Repository(Base):
 
 
 class Blob(Base):
-    """A committed blob in the content-addressed store (one row per content)."""
+    """A blob in the content-addressed store (one row per content).
+
+    The row is the blob's lock between writers and the garbage collector: a
+    writer pins it (``pending`` when new, ``touched_at`` now, a fresh
+    ``epoch`` when created) before it publishes bytes, and links it after; the
+    collector deletes bytes only of a row it marked ``deleting``, which it
+    does only when nothing links or references the blob and nobody touched
+    it for the grace period (see ``registry/collector.py``)."""
 
     __tablename__ = "blobs"
     digest: Mapped[str] = mapped_column(String(140), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default="live", server_default="live")
+    touched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    epoch: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class RepositoryBlob(Base):
-    """The link that makes a blob visible in one repository."""
+    """The link that makes a blob visible in one repository. ``created_at``
+    is when it was last linked: garbage collection drops a link that no
+    manifest of its repository references once that is older than the grace
+    period, so a client has that long between its blob and its manifest."""
 
     __tablename__ = "repository_blobs"
+    __table_args__ = (Index("ix_repository_blobs_digest", "digest"),)
     repository_id: Mapped[int] = mapped_column(
         ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
     )
@@ -160,3 +174,13 @@ class Signer(Base):
     public_key: Mapped[str] = mapped_column(String)
     key_ids: Mapped[str] = mapped_column(String(1000))  # comma-separated, as signatures name keys
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Lease(Base):
+    """A job one replica runs at a time (the scheduled garbage collector): the
+    holder renews it before ``expires_at``; another takes it over after."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

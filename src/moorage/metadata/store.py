@@ -7,10 +7,11 @@ transaction."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ from moorage.metadata.database import upsert, writer
 from moorage.metadata.iam_models import Namespace
 from moorage.metadata.models import (
     Blob,
+    Lease,
     Manifest,
     ManifestReference,
     Repository,
@@ -86,6 +88,30 @@ class UploadSession:
 class NamespaceChanged(LookupError):
     """The namespace a write was authorised for no longer belongs to that account
     (removed, perhaps claimed by another) by the time the write commits."""
+
+
+class BlobsUnlinked(LookupError):
+    """A manifest names blobs its repository does not link (any more: garbage
+    collection may have dropped a link after the service's first check)."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(", ".join(missing))
+        self.missing = missing
+
+
+# A blob row marked ``deleting`` longer than this belongs to a collector that
+# died between marking and forgetting it: a writer may take the row over.
+DELETING_ABANDONED = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class LinkRef:
+    """One repository's link to a blob, as garbage collection finds it."""
+
+    repository_id: int
+    region: str
+    repository: str
+    digest: str
 
 
 MANIFEST_REFERENCE = "manifest"
@@ -284,26 +310,92 @@ class MetadataStore:
             value = conn.scalar(_LINKED_BLOB_SIZE, _p(repo, digest=digest))
         return None if value is None else int(value)
 
+    def pin_blob(self, digest: str, size: int | None = None) -> str | None:
+        """Claim a blob's row before publishing its bytes: created ``pending``
+        when new, touched now either way, so no collector deletes the bytes for
+        the grace period. Returns the row's epoch for :meth:`record_blob`, or
+        None while a collector is deleting the blob (pin again shortly: the row
+        goes once the bytes are gone)."""
+        now = _now()
+        with self._write() as (conn, _):
+            row = self._locked_blob(conn, digest)
+            if row is None:
+                epoch = uuid.uuid4().hex
+                created = conn.execute(
+                    upsert(conn, Blob)
+                    .values(
+                        digest=digest,
+                        size=size or 0,
+                        created_at=now,
+                        state="pending",
+                        touched_at=now,
+                        epoch=epoch,
+                    )
+                    .on_conflict_do_nothing(index_elements=["digest"])
+                    .returning(Blob.digest)
+                ).first()
+                if created is not None:
+                    return epoch
+                # Another writer created it a moment ago (and committed: the
+                # insert waited for it): go on with its row.
+                row = self._locked_blob(conn, digest)
+                if row is None:  # pragma: no cover - created, then collected at once
+                    return None
+            state, kept = str(row[0]), row[1]
+            if state == "deleting":
+                if row[2] is not None and _aware(row[2]) > now - DELETING_ABANDONED:
+                    return None
+                # Its collector died after marking it: the bytes may be gone,
+                # and the writer that takes it over publishes them again.
+                state, kept = "pending", None
+            epoch = kept or uuid.uuid4().hex
+            conn.execute(
+                update(Blob)
+                .where(Blob.digest == digest)
+                .values(state=state, touched_at=now, epoch=epoch)
+            )
+            return epoch
+
+    @staticmethod
+    def _locked_blob(conn: Connection, digest: str) -> Any:
+        return conn.execute(
+            select(Blob.state, Blob.epoch, Blob.touched_at)
+            .where(Blob.digest == digest)
+            .with_for_update()
+        ).first()
+
     def record_blob(
-        self, repo: RepoRef, digest: str, size: int, account: str | None = None
-    ) -> None:
-        """Record a committed blob and link it into ``repo``, idempotently."""
+        self, repo: RepoRef, digest: str, size: int, *, epoch: str, account: str | None = None
+    ) -> bool:
+        """Link a blob whose bytes were published under the pin ``epoch``
+        into ``repo``, idempotently. False, linking nothing, when the pin was
+        lost: a collector deleted (or is deleting) the blob since, so the bytes
+        published may be gone."""
         with self._write() as (conn, _):
             self._check_account(conn, repo, account)
-            repo_id = self._ensure_repository(conn, repo)
+            row = conn.execute(
+                select(Blob.state, Blob.epoch).where(Blob.digest == digest).with_for_update()
+            ).first()
+            if row is None or row[0] == "deleting" or row[1] != epoch:
+                return False
             conn.execute(
-                upsert(conn, Blob)
-                .values(digest=digest, size=size, created_at=_now())
-                .on_conflict_do_nothing(index_elements=["digest"])
+                update(Blob)
+                .where(Blob.digest == digest)
+                .values(state="live", size=size, touched_at=_now())
             )
-            self._link(conn, repo_id, digest)
+            self._link(conn, self._ensure_repository(conn, repo), digest)
+            return True
 
     @staticmethod
     def _link(conn: Connection, repo_id: int, digest: str) -> None:
+        """Link, or renew the link's time: a blob pushed again gets a new grace period."""
+        now = _now()
         conn.execute(
             upsert(conn, RepositoryBlob)
-            .values(repository_id=repo_id, digest=digest, created_at=_now())
-            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            .values(repository_id=repo_id, digest=digest, created_at=now)
+            .on_conflict_do_update(
+                index_elements=["repository_id", "digest"], set_={"created_at": now}
+            )
         )
 
     def mount_blob(
@@ -314,6 +406,13 @@ class MetadataStore:
             self._check_account(conn, repo, account)
             size = conn.scalar(_LINKED_BLOB_SIZE, _p(source_repo, digest=digest))
             if size is None:
+                return None
+            # Under the blob row's share lock: a collector marking it deleting
+            # waits for this link, or has marked it and the mount is refused.
+            state = conn.scalar(
+                select(Blob.state).where(Blob.digest == digest).with_for_update(read=True)
+            )
+            if state != "live":
                 return None
             self._link(conn, self._ensure_repository(conn, repo), digest)
             return int(size)
@@ -352,30 +451,6 @@ class MetadataStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(wanted)))
             return {d: int(s) for d, s in rows}
-
-    def all_blobs(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            return {d: int(s) for d, s in conn.execute(select(Blob.digest, Blob.size))}
-
-    def unreferenced_blobs(self, older_than: datetime) -> list[str]:
-        """Blobs no repository links: what garbage collection may delete."""
-        linked = select(RepositoryBlob.digest).where(RepositoryBlob.digest == Blob.digest)
-        stmt = select(Blob.digest).where(~linked.exists(), Blob.created_at < older_than)
-        with self.engine.connect() as conn:
-            return list(conn.scalars(stmt))
-
-    def forget_blob(self, digest: str) -> bool:
-        """Drop a blob row, unless a repository linked it meanwhile."""
-        with self._write() as (conn, _):
-            linked = conn.scalar(
-                select(func.count())
-                .select_from(RepositoryBlob)
-                .where(RepositoryBlob.digest == digest)
-            )
-            if linked:
-                return False
-            conn.execute(delete(Blob).where(Blob.digest == digest))
-            return True
 
     # -- uploads -----------------------------------------------------------
 
@@ -511,6 +586,7 @@ class MetadataStore:
             repo_id = self._ensure_repository(conn, repo)
             manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
+                self._require_links(conn, repo_id, manifest.blob_digests)
                 manifest_id = self._insert_manifest(conn, repo_id, manifest)
             if manifest_id is None:  # another writer stored it between the two statements
                 manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
@@ -519,6 +595,23 @@ class MetadataStore:
             if tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
             topics.append(repository_topic(repo.region, repo.name))
+
+    @staticmethod
+    def _require_links(conn: Connection, repo_id: int, digests: Sequence[str]) -> None:
+        """The links a new manifest needs, share-locked until it commits: a
+        collector dropping one waits, then finds the manifest's reference."""
+        wanted = set(digests)
+        if not wanted:
+            return
+        linked = set(
+            conn.scalars(
+                select(RepositoryBlob.digest)
+                .where(RepositoryBlob.repository_id == repo_id, RepositoryBlob.digest.in_(wanted))
+                .with_for_update(read=True)
+            )
+        )
+        if wanted - linked:
+            raise BlobsUnlinked(sorted(wanted - linked))
 
     @staticmethod
     def _set_tag(conn: Connection, repo_id: int, tag: str, manifest_id: int) -> None:
@@ -807,3 +900,183 @@ class MetadataStore:
                 delete(Signer).where(Signer.region == region, Signer.namespace == namespace)
             )
             return uploads
+
+    # -- garbage collection ----------------------------------------------------
+    #
+    # The collector and the writers agree through row locks (on SQLite, the
+    # write lock every write transaction takes): each method below is one
+    # transaction that re-checks, under the lock, what its caller found.
+
+    def gc_stale_links(self, older_than: datetime) -> list[LinkRef]:
+        """Links older than ``older_than`` that no manifest of their repository references."""
+        referenced = (
+            select(ManifestReference.digest)
+            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+            .where(
+                Manifest.repository_id == RepositoryBlob.repository_id,
+                ManifestReference.digest == RepositoryBlob.digest,
+            )
+            .exists()
+        )
+        stmt = (
+            select(
+                RepositoryBlob.repository_id,
+                Repository.region,
+                Repository.name,
+                RepositoryBlob.digest,
+            )
+            .join(Repository, Repository.id == RepositoryBlob.repository_id)
+            .where(RepositoryBlob.created_at < older_than, ~referenced)
+        )
+        with self.engine.connect() as conn:
+            return [LinkRef(int(i), r, n, d) for i, r, n, d in conn.execute(stmt)]
+
+    def gc_drop_link(self, link: LinkRef, older_than: datetime) -> bool:
+        """Drop a stale link unless it was renewed or a manifest came to reference it."""
+        with self._write() as (conn, topics):
+            linked_at = conn.scalar(
+                select(RepositoryBlob.created_at)
+                .where(
+                    RepositoryBlob.repository_id == link.repository_id,
+                    RepositoryBlob.digest == link.digest,
+                )
+                .with_for_update()
+            )
+            if linked_at is None or _aware(linked_at) >= older_than:
+                return False
+            referenced = conn.scalar(
+                select(func.count())
+                .select_from(ManifestReference)
+                .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+                .where(
+                    Manifest.repository_id == link.repository_id,
+                    ManifestReference.digest == link.digest,
+                )
+            )
+            if referenced:
+                return False
+            conn.execute(
+                delete(RepositoryBlob).where(
+                    RepositoryBlob.repository_id == link.repository_id,
+                    RepositoryBlob.digest == link.digest,
+                )
+            )
+            topics.append(repository_topic(link.region, link.repository))
+            return True
+
+    def gc_unreferenced_blobs(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Blobs nothing links or references and nobody touched since
+        ``older_than``, with their sizes; and rows a dead collector left
+        marked ``deleting``."""
+        linked = select(RepositoryBlob.digest).where(RepositoryBlob.digest == Blob.digest)
+        referenced = select(ManifestReference.digest).where(ManifestReference.digest == Blob.digest)
+        untouched = or_(Blob.touched_at.is_(None), Blob.touched_at < older_than)
+        abandoned = and_(Blob.state == "deleting", Blob.touched_at < _now() - DELETING_ABANDONED)
+        stmt = select(Blob.digest, Blob.size).where(
+            ~linked.exists(),
+            ~referenced.exists(),
+            or_(and_(Blob.state != "deleting", untouched), abandoned),
+        )
+        with self.engine.connect() as conn:
+            return [(d, int(s)) for d, s in conn.execute(stmt)]
+
+    def gc_mark_deleting(self, digest: str, older_than: datetime) -> str | None:
+        """Mark a blob ``deleting`` if it still qualifies; the mark's epoch, or
+        None when a writer pinned, linked or referenced it meanwhile. From
+        the mark until :meth:`gc_forget`, writers of the blob wait."""
+        now = _now()
+        with self._write() as (conn, _):
+            row = conn.execute(
+                select(Blob.state, Blob.touched_at).where(Blob.digest == digest).with_for_update()
+            ).first()
+            if row is None:
+                return None
+            state, touched = row[0], (None if row[1] is None else _aware(row[1]))
+            if state == "deleting":
+                if touched is not None and touched > now - DELETING_ABANDONED:
+                    return None
+            elif touched is not None and touched >= older_than:
+                return None
+            in_use = conn.scalar(
+                select(func.count())
+                .select_from(RepositoryBlob)
+                .where(RepositoryBlob.digest == digest)
+            ) or conn.scalar(
+                select(func.count())
+                .select_from(ManifestReference)
+                .where(ManifestReference.digest == digest)
+            )
+            if in_use:
+                return None
+            epoch = uuid.uuid4().hex
+            conn.execute(
+                update(Blob)
+                .where(Blob.digest == digest)
+                .values(state="deleting", touched_at=now, epoch=epoch)
+            )
+            return epoch
+
+    def gc_claim_orphan(self, digest: str, size: int) -> str | None:
+        """Claim bytes that have no row (published just before a crash) by
+        creating one marked ``deleting``; None when a row exists (a writer
+        pinned it before publishing)."""
+        now = _now()
+        epoch = uuid.uuid4().hex
+        with self._write() as (conn, _):
+            created = conn.execute(
+                upsert(conn, Blob)
+                .values(
+                    digest=digest,
+                    size=size,
+                    created_at=now,
+                    state="deleting",
+                    touched_at=now,
+                    epoch=epoch,
+                )
+                .on_conflict_do_nothing(index_elements=["digest"])
+                .returning(Blob.digest)
+            ).first()
+            return epoch if created is not None else None
+
+    def gc_forget(self, digest: str, epoch: str) -> None:
+        """Drop the row of a blob whose bytes this mark deleted."""
+        with self._write() as (conn, _):
+            conn.execute(
+                delete(Blob).where(
+                    Blob.digest == digest, Blob.state == "deleting", Blob.epoch == epoch
+                )
+            )
+
+    def gc_unmark(self, digest: str, epoch: str) -> None:
+        """Give a marked blob back (its bytes were not deleted after all)."""
+        with self._write() as (conn, _):
+            conn.execute(
+                update(Blob)
+                .where(Blob.digest == digest, Blob.state == "deleting", Blob.epoch == epoch)
+                .values(state="live", touched_at=_now())
+            )
+
+    def blob_digests(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(Blob.digest)))
+
+    def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Hold the lease ``name`` for ``seconds`` from now, if it is free,
+        expired or already this holder's; whether the holder has it now."""
+        now = _now()
+        until = now + timedelta(seconds=seconds)
+        with self._write() as (conn, _):
+            conn.execute(
+                upsert(conn, Lease)
+                .values(name=name, holder=holder, expires_at=until)
+                .on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"holder": holder, "expires_at": until},
+                    where=or_(Lease.expires_at < now, Lease.holder == holder),
+                )
+            )
+            return conn.scalar(select(Lease.holder).where(Lease.name == name)) == holder
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._write() as (conn, _):
+            conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))

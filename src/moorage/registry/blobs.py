@@ -7,6 +7,7 @@ the store advances through :class:`MetadataLedger`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -45,6 +46,8 @@ log = logging.getLogger("moorage.registry")
 
 # How long a blob link is trusted from memory at most (see SharedCache).
 LINK_TTL = 60.0
+# How long a writer waits for a collector that is deleting the same blob.
+PIN_WAIT = 60.0
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
@@ -242,9 +245,9 @@ class BlobService:
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
+        epoch = await self._pin(digest)
         size = await self._put(digest, body, length)
-        with namespace_checked():
-            await self.db.run(self.metadata.record_blob, repo, str(digest), size, account)
+        await self._record(repo, digest, size, epoch, account)
         return digest
 
     async def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
@@ -310,6 +313,7 @@ class BlobService:
     ) -> Digest:
         size = await self._session(repo, upload_id)
         digest = require_digest(digest_value)
+        epoch = await self._pin(digest)
         try:
             if body is not None and size == 0:
                 # Nothing staged yet and the digest known before the bytes: the
@@ -325,11 +329,43 @@ class BlobService:
             await self._end_session(upload_id)
             raise
         try:
-            with namespace_checked():
-                await self.db.run(self.metadata.record_blob, repo, str(digest), committed, account)
+            await self._record(repo, digest, committed, epoch, account)
         finally:
             await self._end_session(upload_id)
         return digest
+
+    async def _pin(self, digest: Digest) -> str:
+        """Pin the blob's row before its bytes are published (see
+        ``MetadataStore.pin_blob``), waiting while a collector deletes it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PIN_WAIT
+        while (epoch := await self.db.run(self.metadata.pin_blob, str(digest))) is None:
+            if loop.time() > deadline:
+                raise StorageUnavailable("the blob is being garbage collected: try again")
+            await asyncio.sleep(0.05)  # the collector's delete is one request to the store
+        return epoch
+
+    async def _record(
+        self, repo: RepoRef, digest: Digest, size: int, epoch: str, account: str | None
+    ) -> None:
+        """Link the published blob into ``repo``. If a collector deleted it
+        since the pin (the upload outlasted the grace period), the bytes count
+        only if they are there under a fresh pin; else the client uploads again."""
+        for attempt in range(2):
+            with namespace_checked():
+                if await self.db.run(
+                    self.metadata.record_blob, repo, str(digest), size, epoch=epoch, account=account
+                ):
+                    return
+            if attempt:
+                break
+            epoch = await self._pin(digest)
+            async with _backend():
+                if await self.store.stat(digest) != size:
+                    break
+        raise StorageUnavailable(
+            "the blob was garbage collected while it was being uploaded: upload it again"
+        )
 
     async def cancel(self, repo: RepoRef, upload_id: str) -> None:
         await self._session(repo, upload_id)

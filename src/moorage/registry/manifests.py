@@ -9,10 +9,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.metadata import ImageRow, MetadataStore, NewManifest, RepoRef, StoredManifest
+from moorage.metadata import (
+    BlobsUnlinked,
+    ImageRow,
+    MetadataStore,
+    NewManifest,
+    RepoRef,
+    StoredManifest,
+)
 from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import digest_bytes
-from moorage.oci.manifest import OCI_INDEX, ManifestError, parse_manifest
+from moorage.oci.manifest import OCI_INDEX, ManifestError, ParsedManifest, parse_manifest
 from moorage.oci.names import NameError_, is_digest, validate_tag
 from moorage.registry.blobs import namespace_checked, require_digest
 from moorage.registry.errors import (
@@ -190,23 +197,41 @@ class ManifestService:
                 "index references manifests unknown to this repository",
                 detail={"missing": missing},
             )
-        with namespace_checked():
-            self.metadata.put_manifest(
-                repo,
-                NewManifest(
-                    digest=digest,
-                    media_type=parsed.media_type,
-                    artifact_type=parsed.referrer_artifact_type,
-                    subject_digest=parsed.subject.digest if parsed.subject else None,
-                    annotations=parsed.annotations,
-                    content=body,
-                    blob_digests=[b.digest for b in blobs],
-                    child_digests=[m.digest for m in parsed.manifests],
-                ),
-                tag=None if by_digest else reference,
-                account=account,
-            )
+        try:
+            with namespace_checked():
+                self._store(repo, digest, parsed, body, None if by_digest else reference, account)
+        except BlobsUnlinked as exc:  # garbage collection dropped a link since the check
+            raise ManifestBlobUnknown(
+                "manifest references blobs unknown to this repository",
+                detail={"missing": exc.missing},
+            ) from None
         return PutResult(digest, parsed.subject.digest if parsed.subject else None)
+
+    def _store(
+        self,
+        repo: RepoRef,
+        digest: str,
+        parsed: ParsedManifest,
+        body: bytes,
+        tag: str | None,
+        account: str | None,
+    ) -> None:
+        blobs = parsed.required_blobs
+        self.metadata.put_manifest(
+            repo,
+            NewManifest(
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.referrer_artifact_type,
+                subject_digest=parsed.subject.digest if parsed.subject else None,
+                annotations=parsed.annotations,
+                content=body,
+                blob_digests=[b.digest for b in blobs],
+                child_digests=[m.digest for m in parsed.manifests],
+            ),
+            tag=tag,
+            account=account,
+        )
 
     def link_blobs(
         self,
