@@ -61,6 +61,7 @@ class Settings:
     s3_part_size: int = 10 * 1024 * 1024  # multipart part size; at least 5 MiB
     s3_redirect: bool = False  # blob GETs answered with 307 to a presigned URL
     s3_redirect_expiry: int = 1200  # seconds a presigned URL is good for
+    s3_ca_bundle: str | None = None  # PEM file of CAs for an https endpoint (else AWS_CA_BUNDLE)
 
     @property
     def data_path(self) -> Path:
@@ -114,6 +115,7 @@ _FILE_KEYS = {
     ("storage.s3", "part_size"): "s3_part_size",
     ("storage.s3", "redirect"): "s3_redirect",
     ("storage.s3", "redirect_expiry"): "s3_redirect_expiry",
+    ("storage.s3", "ca_bundle"): "s3_ca_bundle",
     ("database", "url"): "database_url",
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
@@ -143,6 +145,7 @@ _ENV_KEYS = {
     "MOORAGE_S3_PATH_STYLE": "s3_path_style",
     "MOORAGE_S3_PREFIX": "s3_prefix",
     "MOORAGE_S3_REDIRECT": "s3_redirect",
+    "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {
@@ -302,6 +305,8 @@ def _check_s3(settings: Settings) -> Settings:
         raise ConfigError("storage.s3 part_size must be between 5 MiB (5242880) and 5 GiB")
     if not 1 <= settings.s3_redirect_expiry <= 7 * 86400:
         raise ConfigError("storage.s3 redirect_expiry must be between 1 second and 7 days")
+    if settings.s3_ca_bundle and not os.access(settings.s3_ca_bundle, os.R_OK):
+        raise ConfigError(f"storage.s3 ca_bundle {settings.s3_ca_bundle!r} is not a readable file")
     prefix = settings.s3_prefix.strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise ConfigError(f"storage.s3 prefix {settings.s3_prefix!r} is not a clean key prefix")

@@ -108,6 +108,7 @@ def open_store(settings: Settings, metadata: MetadataStore) -> BlobStore:
         settings.s3_secret_key or "",
         settings.s3_session_token,
         path_style=settings.s3_path_style,
+        ca_bundle=settings.s3_ca_bundle,
     )
     return S3BlobStore(
         bucket,

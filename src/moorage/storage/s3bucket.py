@@ -88,6 +88,8 @@ class S3Bucket:
     """One bucket of one S3 endpoint. ``path_style`` puts the bucket in the
     path (``http://host/bucket/key``), as local stores such as SeaweedFS and
     MinIO expect; otherwise in the host name (``http://bucket.host/key``).
+    ``ca_bundle`` is a PEM file of the CAs an https endpoint may chain to;
+    without it, botocore's default (``AWS_CA_BUNDLE``, else certifi's CAs).
 
     Every call runs on one of ``connections`` threads of this bucket's own;
     as many connections are kept open to the store."""
@@ -102,6 +104,7 @@ class S3Bucket:
         session_token: str | None = None,
         *,
         path_style: bool = True,
+        ca_bundle: str | None = None,
         connections: int = 64,
         timeout: float = 60.0,
     ) -> None:
@@ -123,6 +126,7 @@ class S3Bucket:
             aws_secret_access_key=secret_key,
             aws_session_token=session_token,
             config=client_config(path_style, connections, timeout),
+            verify=ca_bundle or None,  # "" would turn verification off
         )
         self._threads = ThreadPoolExecutor(connections, thread_name_prefix="s3")
 
