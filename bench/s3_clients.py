@@ -8,13 +8,17 @@ serves it. Every candidate runs in a process of its own, so the CPU time it
 reports (user + system, all its threads) is that client's alone; the object
 store's CPU is not counted.
 
-It needs the candidates, which Moorage does not depend on; run it from a
-scratch environment against a store that checks signatures:
+It needs the candidates other than boto3, which Moorage does not depend on;
+run it from a scratch environment against a store that checks signatures:
 
-    python3 -m venv /tmp/s3cmp && /tmp/s3cmp/bin/pip install obstore aiobotocore boto3 aiohttp
-    PYTHONPATH=src /tmp/s3cmp/bin/python bench/s3_clients.py --endpoint http://127.0.0.1:8333
+    python3 -m venv /tmp/s3cmp && /tmp/s3cmp/bin/pip install -e . obstore aiobotocore
+    /tmp/s3cmp/bin/python bench/s3_clients.py --endpoint http://127.0.0.1:8333
 
-(``moorage.storage.s3client`` is the hand-written candidate; it needs only aiohttp.)"""
+``--only`` picks candidates by a part of their name. "Moorage's S3Bucket" is
+the driver's own wrapper (``moorage.storage.s3bucket``: tuned boto3 on a
+thread pool of its own). The hand-written SigV4 client on aiohttp that
+Moorage used before it was measured by this script as of commit 9b7eaa5,
+where that client still is."""
 
 from __future__ import annotations
 
@@ -171,25 +175,24 @@ async def obstore_phases(endpoint: str, data: bytes, tuned: bool) -> tuple[Phase
     return upload, download
 
 
-async def handwritten_phases(endpoint: str, data: bytes, tuned: bool) -> tuple[Phase, Phase]:
-    """SigV4 over aiohttp with unsigned payloads: moorage.storage.s3client."""
-    from moorage.storage.s3client import S3Client, S3Credentials
+async def moorage_phases(endpoint: str, data: bytes, tuned: bool) -> tuple[Phase, Phase]:
+    """boto3 as the S3 driver runs it: moorage.storage.s3bucket.S3Bucket."""
+    from moorage.storage.s3bucket import S3Bucket
 
-    client = S3Client(endpoint, REGION, BUCKET, S3Credentials(KEY, SECRET), path_style=True)
-    key = f"aiohttp-{uuid.uuid4().hex}"
+    bucket = S3Bucket(endpoint, REGION, BUCKET, KEY, SECRET, path_style=True)
+    key = f"moorage-{uuid.uuid4().hex}"
 
     async def upload() -> None:
-        upload_id = await client.create_multipart_upload(key)
+        upload_id = await bucket.create_multipart_upload(key)
         parts = []
         for n in range(1, PARTS + 1):
-            parts.append((n, await client.upload_part(key, upload_id, n, data)))
-        await client.complete_multipart_upload(key, upload_id, parts)
+            parts.append((n, await bucket.upload_part(key, upload_id, n, data)))
+        await bucket.complete_multipart_upload(key, upload_id, parts)
 
     async def download() -> None:
         total = 0
-        async with client.get_object(key) as reply:
-            async for block in reply.content.iter_chunked(READ):
-                total += len(block)
+        async for block in bucket.get_object(key, piece=READ):
+            total += len(block)
         assert total == PART * PARTS, total
 
     return upload, download
@@ -201,7 +204,7 @@ CANDIDATES: dict[str, tuple[Callable[[str, bytes, bool], Awaitable[tuple[Phase, 
     "aiobotocore 3.10, defaults": (aiobotocore_phases, False),
     "aiobotocore 3.10, tuned": (aiobotocore_phases, True),
     "obstore 0.12 (no part-level multipart)": (obstore_phases, True),
-    "aiohttp + SigV4 by hand": (handwritten_phases, True),
+    "Moorage's S3Bucket (boto3 on its own threads, tuned)": (moorage_phases, True),
 }
 
 
@@ -229,17 +232,25 @@ def measure_child(name: str, endpoint: str) -> dict[str, float]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-async def _make_bucket(endpoint: str) -> None:
-    from moorage.storage.s3client import S3Client, S3Credentials, S3Error
+def _make_bucket(endpoint: str) -> None:
+    import boto3
 
-    client = S3Client(endpoint, REGION, BUCKET, S3Credentials(KEY, SECRET))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+        config=_botocore_config(True),
+    )
     try:
-        await client.create_bucket()
-    except S3Error as exc:
-        if exc.code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+        client.create_bucket(Bucket=BUCKET)
+    except client.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in (
+            "BucketAlreadyExists",
+            "BucketAlreadyOwnedByYou",
+        ):
             raise
-    finally:
-        await client.close()
 
 
 def main() -> None:
@@ -247,14 +258,18 @@ def main() -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child")
+    parser.add_argument(
+        "--only", action="append", default=[], help="candidates whose name contains this"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(_child(args.child, args.endpoint))))
         return
-    asyncio.run(_make_bucket(args.endpoint))
+    _make_bucket(args.endpoint)
+    chosen = [n for n in CANDIDATES if not args.only or any(o in n for o in args.only)]
     results: dict[str, list[dict[str, float]]] = {}
     for r in range(args.rounds):
-        names = list(CANDIDATES) if r % 2 == 0 else list(reversed(CANDIDATES))
+        names = chosen if r % 2 == 0 else list(reversed(chosen))
         for name in names:
             figures = measure_child(name, args.endpoint)
             results.setdefault(name, []).append(figures)

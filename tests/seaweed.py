@@ -4,7 +4,6 @@ checks every request's signature."""
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import random
@@ -16,13 +15,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-from moorage.storage.s3client import S3Client, S3Credentials, S3Error
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-T = TypeVar("T")
+from moorage.storage.s3bucket import S3Bucket
+
 ACCESS_KEY = "moorage-test"
 SECRET_KEY = "moorage-test-secret-0123456789"
 REGION = "us-east-1"
@@ -74,6 +75,7 @@ class SeaweedFS:
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "weed.log"
+        self._boto: dict[int, Any] = {}  # boto3 clients (untyped)
 
     def start(self, timeout: float = 60) -> SeaweedFS:
         data = self.directory / "data"
@@ -123,20 +125,12 @@ class SeaweedFS:
     def _answers(self) -> bool:
         """The S3 gateway answers a signed request (for a bucket that is not there)."""
         try:
-            run(self._probe())
-            return True
-        except (S3Error, OSError):
+            self.boto(attempts=1).head_bucket(Bucket="probe-" + uuid.uuid4().hex[:8])
+        except ClientError as exc:
+            return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
+        except BotoCoreError:
             return False
-
-    async def _probe(self) -> None:
-        client = self.client("probe-" + uuid.uuid4().hex[:8])
-        try:
-            await client.head_bucket()
-        except S3Error as exc:
-            if exc.status != 404:
-                raise
-        finally:
-            await client.close()
+        return True
 
     def stop(self) -> None:
         if self.process is None:
@@ -153,55 +147,46 @@ class SeaweedFS:
         admin_socket = Path(f"/tmp/seaweedfs-admin-grpc-{self.ports['admin.port.grpc']}.sock")
         admin_socket.unlink(missing_ok=True)
 
-    def client(self, bucket: str) -> S3Client:
-        return S3Client(
-            self.endpoint, REGION, bucket, S3Credentials(ACCESS_KEY, SECRET_KEY), path_style=True
-        )
+    def client(self, bucket: str) -> S3Bucket:
+        """The driver's own view of ``bucket`` (threads and all: close it)."""
+        return S3Bucket(self.endpoint, REGION, bucket, ACCESS_KEY, SECRET_KEY, path_style=True)
+
+    def boto(self, attempts: int = 4) -> Any:
+        """A plain boto3 client, for tests to look at buckets apart from the driver."""
+        if attempts not in self._boto:
+            self._boto[attempts] = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name=REGION,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    retries={"mode": "standard", "total_max_attempts": attempts},
+                ),
+            )
+        return self._boto[attempts]
 
     def new_bucket(self, name: str | None = None) -> str:
         bucket = name or f"t-{uuid.uuid4().hex[:20]}"
-
-        async def make() -> None:
-            client = self.client(bucket)
-            try:
-                await client.create_bucket()
-            finally:
-                await client.close()
-
-        run(make())
+        self.boto().create_bucket(Bucket=bucket)
         return bucket
 
     def keys(self, bucket: str, prefix: str = "") -> dict[str, int]:
         """Every object under ``prefix`` with its size."""
-
-        async def listing() -> dict[str, int]:
-            client = self.client(bucket)
-            try:
-                return {o.key: o.size async for o in client.list_objects(prefix)}
-            finally:
-                await client.close()
-
-        return run(listing())
+        pages = self.boto().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
     def multipart_keys(self, bucket: str, prefix: str = "") -> list[str]:
-        async def listing() -> list[str]:
-            client = self.client(bucket)
-            try:
-                return [m.key async for m in client.list_multipart_uploads(prefix)]
-            finally:
-                await client.close()
-
-        return run(listing())
+        pages = (
+            self.boto()
+            .get_paginator("list_multipart_uploads")
+            .paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return [u["Key"] for page in pages for u in page.get("Uploads", [])]
 
     def read(self, bucket: str, key: str) -> bytes:
-        async def get() -> bytes:
-            client = self.client(bucket)
-            try:
-                return await client.get_bytes(key)
-            finally:
-                await client.close()
-
-        return run(get())
+        return bytes(self.boto().get_object(Bucket=bucket, Key=key)["Body"].read())
 
     def settings_env(self, bucket: str) -> dict[str, str]:
         """What ``moorage serve`` needs in its environment to use ``bucket``."""
@@ -213,15 +198,6 @@ class SeaweedFS:
             "MOORAGE_S3_ACCESS_KEY": ACCESS_KEY,
             "MOORAGE_S3_SECRET_KEY": SECRET_KEY,
         }
-
-
-def run(coroutine: Awaitable[T]) -> T:
-    """Run a coroutine to completion from synchronous test code."""
-
-    async def main() -> T:
-        return await coroutine
-
-    return asyncio.run(main())
 
 
 _shared: SeaweedFS | None = None

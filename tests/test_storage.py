@@ -527,7 +527,7 @@ CHILD = textwrap.dedent(
     from moorage.storage import FilesystemBlobStore
     from moorage.storage.s3 import S3BlobStore, MIN_PART
     from tests.seaweed import ACCESS_KEY, SECRET_KEY, REGION
-    from moorage.storage.s3client import S3Client, S3Credentials
+    from moorage.storage.s3bucket import S3Bucket
 
     upload_id, crash_at = sys.argv[1], sys.argv[2]
     everything = Path(sys.argv[3]).read_bytes()
@@ -536,11 +536,11 @@ CHILD = textwrap.dedent(
     if os.environ["DRIVER"] == "filesystem":
         store = FilesystemBlobStore(Path(os.environ["TMP"]) / "blobs", ledger)
     else:
-        client = S3Client(os.environ["ENDPOINT"], REGION, os.environ["BUCKET"],
-                          S3Credentials(ACCESS_KEY, SECRET_KEY))
-        store = S3BlobStore(client, ledger, part_size=MIN_PART)
+        bucket = S3Bucket(os.environ["ENDPOINT"], REGION, os.environ["BUCKET"],
+                          ACCESS_KEY, SECRET_KEY)
+        store = S3BlobStore(bucket, ledger, part_size=MIN_PART)
     owner, name = crash_at.rsplit(".", 1)
-    target = {"os": os, "client": getattr(store, "client", None)}[owner]
+    target = {"os": os, "bucket": getattr(store, "bucket", None)}[owner]
     real = getattr(target, name)
     calls = {"n": 0}
 
@@ -575,9 +575,9 @@ CHILD = textwrap.dedent(
 CRASH_POINTS = [
     ("filesystem", "os.write"),  # mid-append, blocks on disk past the offset
     ("filesystem", "os.rename"),  # verified, not yet published
-    ("s3", "client.upload_part"),  # mid-append, one part stored
-    ("s3", "client.complete_multipart_upload"),  # verified, parts not assembled
-    ("s3", "client.copy_object"),  # assembled, not yet copied to the blob's key
+    ("s3", "bucket.upload_part"),  # mid-append, one part stored
+    ("s3", "bucket.complete_multipart_upload"),  # verified, parts not assembled
+    ("s3", "bucket.copy_object"),  # assembled, not yet copied to the blob's key
 ]
 
 
@@ -599,7 +599,7 @@ def test_a_crash_at_any_step_leaves_nothing_half_visible(
 
     run(backend, prepare)
     # Mid-append: after a few blocks (or one part) are stored.
-    after = {"os.write": "4", "client.upload_part": "2"}.get(crash_at, "1")
+    after = {"os.write": "4", "bucket.upload_part": "2"}.get(crash_at, "1")
     child = subprocess.run(
         [sys.executable, "-c", CHILD, upload_id, crash_at, str(payload)],
         env={**os.environ, **backend.env(), "AFTER": after, "PYTHONPATH": str(ROOT)},
@@ -614,7 +614,7 @@ def test_a_crash_at_any_step_leaves_nothing_half_visible(
         assert await walked(store) == {}
         assert await store.stat(digest) is None
         offset = backend.offset(upload_id)
-        if crash_at in ("os.rename", "client.complete_multipart_upload", "client.copy_object"):
+        if crash_at in ("os.rename", "bucket.complete_multipart_upload", "bucket.copy_object"):
             assert offset == len(everything), "the acknowledged append was lost"
         else:
             assert offset == 1000, "a sized append that died half-way counted"

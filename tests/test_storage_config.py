@@ -60,6 +60,11 @@ def serve(tmp_path: Path, config: str, **env: str) -> tuple[int, str]:
             'secret_key = "s"\npart_size = 1024\n',
             "part_size must be between 5 MiB",
         ),
+        (
+            'endpoint = "https://127.0.0.1:9"\nbucket = "b01"\naccess_key = "k"\n'
+            'secret_key = "s"\nca_bundle = "/nonexistent/ca.pem"\n',
+            "ca_bundle '/nonexistent/ca.pem' is not a readable file",
+        ),
     ],
 )
 def test_each_mistake_is_one_line(tmp_path: Path, s3: str, message: str) -> None:

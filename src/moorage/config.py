@@ -61,6 +61,7 @@ class Settings:
     s3_part_size: int = 10 * 1024 * 1024  # multipart part size; at least 5 MiB
     s3_redirect: bool = False  # blob GETs answered with 307 to a presigned URL
     s3_redirect_expiry: int = 1200  # seconds a presigned URL is good for
+    s3_ca_bundle: str | None = None  # PEM file of CAs for an https endpoint (else AWS_CA_BUNDLE)
     # Processes serving one port (SO_REUSEPORT), each with its own event loop.
     workers: int = 1
     # The server secret (API key digests, sealed registry tokens and signing
@@ -144,6 +145,7 @@ _FILE_KEYS = {
     ("storage.s3", "part_size"): "s3_part_size",
     ("storage.s3", "redirect"): "s3_redirect",
     ("storage.s3", "redirect_expiry"): "s3_redirect_expiry",
+    ("storage.s3", "ca_bundle"): "s3_ca_bundle",
     ("database", "url"): "database_url",
     ("gc", "interval"): "gc_interval",
     ("gc", "grace"): "gc_grace",
@@ -182,6 +184,7 @@ _ENV_KEYS = {
     "MOORAGE_REDIS_URL": "redis_url",
     "MOORAGE_GC_INTERVAL": "gc_interval",
     "MOORAGE_GC_GRACE": "gc_grace",
+    "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {
@@ -351,6 +354,8 @@ def _check_s3(settings: Settings) -> Settings:
         raise ConfigError("storage.s3 part_size must be between 5 MiB (5242880) and 5 GiB")
     if not 1 <= settings.s3_redirect_expiry <= 7 * 86400:
         raise ConfigError("storage.s3 redirect_expiry must be between 1 second and 7 days")
+    if settings.s3_ca_bundle and not os.access(settings.s3_ca_bundle, os.R_OK):
+        raise ConfigError(f"storage.s3 ca_bundle {settings.s3_ca_bundle!r} is not a readable file")
     prefix = settings.s3_prefix.strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise ConfigError(f"storage.s3 prefix {settings.s3_prefix!r} is not a clean key prefix")

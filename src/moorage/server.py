@@ -65,8 +65,6 @@ from moorage.registry.collector import GarbageCollector
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
-from moorage.storage.s3 import S3BlobStore
-from moorage.storage.s3client import S3Client, S3Credentials
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 
 log = logging.getLogger("moorage")
@@ -167,23 +165,27 @@ def open_registry(
 
 def open_store(settings: Settings, metadata: MetadataStore, db: DatabaseThreads) -> BlobStore:
     """The configured blob store, its upload offsets kept in ``metadata``. No
-    connection is made here: the S3 client opens its own on first use, in the
-    event loop that serves."""
+    connection is made here: the S3 client opens its own on first use. boto3
+    is imported only when the driver is S3."""
     ledger = MetadataLedger(metadata, db)
     if settings.storage_driver != "s3":
         return FilesystemBlobStore(settings.data_path, ledger)
+    from moorage.storage.s3 import S3BlobStore
+    from moorage.storage.s3bucket import S3Bucket
+
     assert settings.s3_endpoint and settings.s3_bucket  # load_settings checked
-    client = S3Client(
+    bucket = S3Bucket(
         settings.s3_endpoint,
         settings.s3_region,
         settings.s3_bucket,
-        S3Credentials(
-            settings.s3_access_key or "", settings.s3_secret_key or "", settings.s3_session_token
-        ),
+        settings.s3_access_key or "",
+        settings.s3_secret_key or "",
+        settings.s3_session_token,
         path_style=settings.s3_path_style,
+        ca_bundle=settings.s3_ca_bundle,
     )
     return S3BlobStore(
-        client,
+        bucket,
         ledger,
         prefix=settings.s3_prefix,
         part_size=settings.s3_part_size,

@@ -57,7 +57,7 @@ from moorage.storage.common import (
     is_cut,
     unwrap,
 )
-from moorage.storage.s3client import S3Client, S3Error
+from moorage.storage.s3bucket import S3Bucket, S3Error
 
 log = logging.getLogger("moorage.storage.s3")
 
@@ -172,7 +172,7 @@ class _PartWriter:
         return await self.numbers.take(needed)
 
     async def _ship(self, mpu: str, number: int, part: bytes, hash_from: int) -> None:
-        upload = self.store.client.upload_part(self.key, mpu, number, part)
+        upload = self.store.bucket.upload_part(self.key, mpu, number, part)
         if self.hasher is not None and hash_from < len(part):
             hashing = self.store.hash_in_thread(self.hasher, memoryview(part)[hash_from:])
             etag, _ = await asyncio.gather(upload, hashing)
@@ -200,7 +200,7 @@ class _PartWriter:
         number = await self._number()
         await self.wait()
         if self.mpu is None:
-            self.mpu = await self.store.client.create_multipart_upload(self.key)
+            self.mpu = await self.store.bucket.create_multipart_upload(self.key)
             self.created_mpu = True
         part = bytes(self.buffer[:size])
         del self.buffer[:size]
@@ -236,13 +236,13 @@ class _PartWriter:
             await self.wait()
         if self.created_mpu and self.mpu is not None:
             with contextlib.suppress(StorageError):
-                await self.store.client.abort_multipart_upload(self.key, self.mpu)
+                await self.store.bucket.abort_multipart_upload(self.key, self.mpu)
 
 
 class S3BlobStore:
     def __init__(
         self,
-        client: S3Client,
+        bucket: S3Bucket,
         ledger: UploadLedger,
         prefix: str = "",
         part_size: int = 10 * 1024 * 1024,
@@ -253,7 +253,7 @@ class S3BlobStore:
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError("part_size must be at least 5 MiB")
-        self.client = client
+        self.bucket = bucket
         self.ledger = ledger
         self.prefix = prefix
         self.part_size = part_size
@@ -288,16 +288,16 @@ class S3BlobStore:
     # -- blobs -------------------------------------------------------------
 
     async def stat(self, digest: Digest) -> int | None:
-        info = await self.client.head_object(self._blob_key(digest))
+        info = await self.bucket.head_object(self._blob_key(digest))
         return None if info is None else info.size
 
     async def open(self, digest: Digest, redirect: bool = True) -> BlobSource | None:
         key = self._blob_key(digest)
-        info = await self.client.head_object(key)
+        info = await self.bucket.head_object(key)
         if info is None:
             return None
         if self.redirect and redirect:
-            return Redirect(self.client.presign_get(key, self.redirect_expiry), info.size)
+            return Redirect(self.bucket.presign_get(key, self.redirect_expiry), info.size)
 
         def read(offset: int, length: int) -> AsyncGenerator[bytes, None]:
             return self.read(digest, offset, length)
@@ -311,8 +311,9 @@ class S3BlobStore:
         if length == 0:
             return
         try:
-            async with self.client.get_object(self._blob_key(digest), offset, end) as reply:
-                async for block in reply.content.iter_chunked(_READ_BLOCK):
+            blocks = self.bucket.get_object(self._blob_key(digest), offset, end, _READ_BLOCK)
+            async with contextlib.aclosing(blocks):
+                async for block in blocks:
                     yield block
         except S3Error as exc:
             if exc.status == 404:
@@ -321,13 +322,13 @@ class S3BlobStore:
 
     async def read_small(self, digest: Digest, limit: int) -> bytes | None:
         key = self._blob_key(digest)
-        info = await self.client.head_object(key)
+        info = await self.bucket.head_object(key)
         if info is None or info.size > limit:
             return None
         if info.size == 0:
             return b""
         try:
-            return await self.client.get_bytes(key)
+            return await self.bucket.get_bytes(key)
         except S3Error as exc:
             if exc.status == 404:
                 return None
@@ -338,7 +339,7 @@ class S3BlobStore:
     ) -> int:
         key = self._blob_key(digest)
         hasher = new_hasher(digest.algorithm)
-        if await self.client.head_object(key) is not None:
+        if await self.bucket.head_object(key) is not None:
             # Already stored: check the bytes are that blob, keep the copy there is.
             received = await self._hash_body(hasher, chunks, expected_length)
             _check_digest(hasher, digest)
@@ -353,12 +354,12 @@ class S3BlobStore:
             await writer.hash_rest()
             _check_digest(hasher, digest)
             if writer.mpu is None:
-                await self.client.put_object(key, bytes(writer.buffer))
+                await self.bucket.put_object(key, bytes(writer.buffer))
             else:
                 if writer.buffer or not writer.parts:
                     await writer.send(len(writer.buffer))
                     await writer.wait()
-                await self.client.complete_multipart_upload(
+                await self.bucket.complete_multipart_upload(
                     key, writer.mpu, [(n, e) for n, e, _ in writer.parts]
                 )
             completed = True
@@ -389,11 +390,11 @@ class S3BlobStore:
         return received
 
     async def delete(self, digest: Digest) -> None:
-        await self.client.delete_object(self._blob_key(digest))
+        await self.bucket.delete_object(self._blob_key(digest))
 
     async def walk(self) -> AsyncIterator[tuple[Digest, int]]:
         root = f"{self.prefix}blobs/"
-        async for item in self.client.list_objects(root):
+        async for item in self.bucket.list_objects(root):
             parts = item.key[len(root) :].split("/")
             if len(parts) != 3:
                 continue
@@ -435,7 +436,7 @@ class S3BlobStore:
         if state.tail is None:
             return b""
         try:
-            return await self.client.get_bytes(state.tail)
+            return await self.bucket.get_bytes(state.tail)
         except S3Error as exc:
             if exc.status != 404:
                 raise
@@ -502,14 +503,14 @@ class S3BlobStore:
                 await writer.wait()
             elif rest:
                 new_tail = self._tail_key(upload_id)
-                await self.client.put_object(new_tail, rest)
+                await self.bucket.put_object(new_tail, rest)
                 # An abandoned tail is an object under uploads/<id>/: discard and
                 # sweep remove it with the rest.
         except BaseException:
             await writer.abort()
             if new_tail:
                 with contextlib.suppress(StorageError):
-                    await self.client.delete_object(new_tail)
+                    await self.bucket.delete_object(new_tail)
             raise
         end = record.offset + writer.received
         saved_state = _State(
@@ -522,7 +523,7 @@ class S3BlobStore:
             await writer.abort()
             if new_tail:
                 with contextlib.suppress(StorageError):
-                    await self.client.delete_object(new_tail)
+                    await self.bucket.delete_object(new_tail)
             current = await self.ledger.load(upload_id)
             if current is None:
                 raise UploadMissing(upload_id)
@@ -533,7 +534,7 @@ class S3BlobStore:
             self._hashers.pop(upload_id, None)
         if state.tail:
             with contextlib.suppress(StorageError):
-                await self.client.delete_object(state.tail)
+                await self.bucket.delete_object(state.tail)
         return end
 
     async def commit(self, upload_id: str, digest: Digest) -> int:
@@ -553,8 +554,8 @@ class S3BlobStore:
                     hasher = new_hasher(digest.algorithm)
                     await self.hash_in_thread(hasher, memoryview(data))
                     _check_digest(hasher, digest)
-                if await self.client.head_object(target) is None:
-                    await self.client.put_object(target, data)
+                if await self.bucket.head_object(target) is None:
+                    await self.bucket.put_object(target, data)
                 self._forget(upload_id)
                 return len(data)
             data_key = self._data_key(upload_id)
@@ -562,7 +563,7 @@ class S3BlobStore:
                 await self._assemble(upload_id, record, state, data_key)
             if hasher is None:
                 await self._hash_object(data_key, digest)
-            existing = await self.client.head_object(target)
+            existing = await self.bucket.head_object(target)
             if existing is None:
                 await self._copy(data_key, target, record.offset)
             self._forget(upload_id)
@@ -579,8 +580,8 @@ class S3BlobStore:
         if state.tail:
             data = await self._read_tail(upload_id, state, record)
             number = await _Numbers(self.ledger, upload_id).take(1)
-            parts.append((number, await self.client.upload_part(data_key, state.mpu, number, data)))
-        await self.client.complete_multipart_upload(data_key, state.mpu, parts)
+            parts.append((number, await self.bucket.upload_part(data_key, state.mpu, number, data)))
+        await self.bucket.complete_multipart_upload(data_key, state.mpu, parts)
         assembled = _State(assembled=True)
         if not await self.ledger.save(upload_id, record.version, record.offset, assembled.dump()):
             raise UploadMissing(f"{upload_id} changed while it was being committed")
@@ -590,8 +591,9 @@ class S3BlobStore:
         hasher = new_hasher(digest.algorithm)
         pending: asyncio.Future[None] | None = None
         block = bytearray()
-        async with self.client.get_object(key) as reply:
-            async for chunk in reply.content.iter_chunked(_READ_BLOCK):
+        chunks = self.bucket.get_object(key, piece=_READ_BLOCK)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
                 block += chunk
                 if len(block) >= _HASH_BLOCK:
                     if pending is not None:
@@ -606,20 +608,20 @@ class S3BlobStore:
     async def _copy(self, source: str, target: str, size: int) -> None:
         """A server-side copy; part by part above the single-copy limit."""
         if size <= self.copy_limit:
-            await self.client.copy_object(source, target)
+            await self.bucket.copy_object(source, target)
             return
-        mpu = await self.client.create_multipart_upload(target)
+        mpu = await self.bucket.create_multipart_upload(target)
         try:
             parts = []
             step = max(self.copy_limit, MIN_PART)
             for number, start in enumerate(range(0, size, step), 1):
                 end = min(start + step, size) - 1
-                etag = await self.client.upload_part_copy(target, mpu, number, source, start, end)
+                etag = await self.bucket.upload_part_copy(target, mpu, number, source, start, end)
                 parts.append((number, etag))
-            await self.client.complete_multipart_upload(target, mpu, parts)
+            await self.bucket.complete_multipart_upload(target, mpu, parts)
         except BaseException:
             with contextlib.suppress(StorageError):
-                await self.client.abort_multipart_upload(target, mpu)
+                await self.bucket.abort_multipart_upload(target, mpu)
             raise
 
     async def discard_upload(self, upload_id: str) -> None:
@@ -630,10 +632,10 @@ class S3BlobStore:
             staging = self._staging(upload_id)
         except UploadMissing:
             return
-        async for mpu in self.client.list_multipart_uploads(staging):
-            await self.client.abort_multipart_upload(mpu.key, mpu.upload_id)
-        async for item in self.client.list_objects(staging):
-            await self.client.delete_object(item.key)
+        async for mpu in self.bucket.list_multipart_uploads(staging):
+            await self.bucket.abort_multipart_upload(mpu.key, mpu.upload_id)
+        async for item in self.bucket.list_objects(staging):
+            await self.bucket.delete_object(item.key)
         self._forget(upload_id)
 
     def _forget(self, upload_id: str) -> None:
@@ -647,34 +649,34 @@ class S3BlobStore:
     ) -> SweepReport:
         report = SweepReport()
         root = f"{self.prefix}uploads/"
-        async for item in self.client.list_objects(root):
+        async for item in self.bucket.list_objects(root):
             upload_id = item.key[len(root) :].split("/", 1)[0]
             if UPLOAD_ID.match(upload_id) and upload_id in live:
                 continue
             if item.modified is None or item.modified >= older_than:
                 continue
             if not dry_run:
-                await self.client.delete_object(item.key)
+                await self.bucket.delete_object(item.key)
             report.removed.append(item.key)
             report.freed_bytes += item.size
         # Multipart uploads no session will complete: staging ones, and
         # monolithic uploads straight to a blob's key that never finished.
         for prefix in (root, f"{self.prefix}blobs/"):
-            async for mpu in self.client.list_multipart_uploads(prefix):
+            async for mpu in self.bucket.list_multipart_uploads(prefix):
                 upload_id = mpu.key[len(root) :].split("/", 1)[0] if prefix == root else ""
                 if upload_id in live:
                     continue
                 if mpu.initiated is None or mpu.initiated >= older_than:
                     continue
                 if not dry_run:
-                    await self.client.abort_multipart_upload(mpu.key, mpu.upload_id)
+                    await self.bucket.abort_multipart_upload(mpu.key, mpu.upload_id)
                 report.removed.append(f"{mpu.key} (multipart upload)")
         return report
 
     # -- the store itself --------------------------------------------------
 
     def health(self) -> StoreHealth:
-        error = self.client.recent_error(HEALTH_WINDOW)
+        error = self.bucket.recent_error(HEALTH_WINDOW)
         return StoreHealth(
             error is None,
             {
@@ -685,15 +687,15 @@ class S3BlobStore:
 
     async def check(self) -> None:
         try:
-            await self.client.head_bucket()
+            await self.bucket.head_bucket()
         except S3Error as exc:
             raise StorageError(
-                f"S3 bucket {self.client.bucket!r} at {self.client.endpoint}: {exc}"
+                f"S3 bucket {self.bucket.name!r} at {self.bucket.endpoint}: {exc}"
             ) from None
 
     async def close(self) -> None:
         await self._settler.drain()
-        await self.client.close()
+        await self.bucket.close()
         self._hash_pool.shutdown(wait=False)
 
 
