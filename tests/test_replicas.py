@@ -26,7 +26,7 @@ import requests
 
 from tests.conftest import ARTIFACTS, require_tool
 from tests.helpers import wait_for
-from tests.iam_helpers import ADMIN_KEY, Api
+from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
 from tests.oci_layout import OCI_MANIFEST, Image, make_image, sha256, write_layout
 from tests.replicas import Replicas
 from tests.server import MOORAGE, MoorageServer, ensure_region_hosts, free_port
@@ -165,22 +165,7 @@ def test_an_image_pushed_through_one_replica_is_pulled_through_another_at_once(
 def _push(
     server: MoorageServer, repo: str, tag: str, image: Image, headers: dict[str, str]
 ) -> None:
-    base = f"http://{server.host_for(US)}/v2/{repo}"
-    for blob in [image.config, *image.layers]:
-        r = requests.post(
-            f"{base}/blobs/uploads/",
-            params={"digest": sha256(blob)},
-            data=blob,
-            headers=headers,
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-    r = requests.put(
-        f"{base}/manifests/{tag}",
-        data=image.manifest,
-        headers={**headers, "Content-Type": OCI_MANIFEST},
-        timeout=30,
-    )
+    r = push_image_with(server, US, repo, tag, image, headers)
     assert r.status_code == 201, r.text
 
 

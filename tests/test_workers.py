@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from tests.helpers import wait_for
-from tests.iam_helpers import ADMIN_KEY, Api
-from tests.oci_layout import OCI_MANIFEST, make_image, sha256
+from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
+from tests.oci_layout import OCI_MANIFEST, make_image
 from tests.server import MoorageServer, ensure_region_hosts
 
 US = "us.localhost"
@@ -82,21 +82,7 @@ def test_a_moved_tag_is_seen_by_every_worker(server: MoorageServer) -> None:
 
     def push(seed: str) -> bytes:
         image = make_image(1, 512, seed)
-        for blob in [image.config, *image.layers]:
-            r = requests.post(
-                f"{base}/blobs/uploads/",
-                params={"digest": sha256(blob)},
-                data=blob,
-                headers=headers,
-                timeout=30,
-            )
-            assert r.status_code == 201, r.text
-        r = requests.put(
-            f"{base}/manifests/v1",
-            data=image.manifest,
-            headers={**headers, "Content-Type": OCI_MANIFEST},
-            timeout=30,
-        )
+        r = push_image_with(server, US, "workers/app", "v1", image, headers)
         assert r.status_code == 201, r.text
         return image.manifest
 
