@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -537,6 +538,85 @@ def render(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process tree so far."""
+    user = system = 0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return user / ticks, system / ticks
+
+
+def split(rounds: int = 3) -> None:
+    """Where the push time goes: the layers over 1 MB alone, then those under
+    1 MB alone (blobs only, eight threads as in phase A, a fresh server for
+    each), on Moorage and Distribution v3 in alternating order; medians of
+    wall time and of the server's user and system CPU."""
+    images = make_images().images
+    scratch = Path(tempfile.mkdtemp(prefix="moorage-mixed-split-"))
+    found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    try:
+        for r in range(rounds):
+            for name in ("Moorage", DISTRIBUTION)[:: 1 if r % 2 == 0 else -1]:
+                for kind in ("under 1 MB", "over 1 MB"):
+                    jobs = [
+                        (
+                            im.repo,
+                            [
+                                b
+                                for b in im.push_order
+                                if (len(b.data) < 1e6) == kind.startswith("under")
+                            ],
+                        )
+                        for im in images
+                    ]
+                    server: Server = (
+                        MoorageWorkers(name, free_port(), scratch / "m")
+                        if name == "Moorage"
+                        else DistributionV3(name, free_port(), scratch / "d")
+                    )
+                    os.sync()
+                    server.start()
+                    try:
+                        assert server.process is not None
+                        user, system = _user_system(server.process.pid)
+                        pushers = [Pusher(server.host) for _ in jobs]
+                        threads = [
+                            threading.Thread(
+                                target=lambda p=p, j=j: [p.blob(j[0], b) for b in j[1]]
+                            )
+                            for p, j in zip(pushers, jobs, strict=True)
+                        ]
+                        started = time.perf_counter()
+                        for thread in threads:
+                            thread.start()
+                        for thread in threads:
+                            thread.join()
+                        elapsed = time.perf_counter() - started
+                        user2, system2 = _user_system(server.process.pid)
+                    finally:
+                        server.stop()
+                    found.setdefault((name, kind), []).append(
+                        (elapsed, user2 - user, system2 - system)
+                    )
+                    count = sum(len(j[1]) for j in jobs)
+                    print(
+                        f"{name:<20} {kind}: {count} blobs {elapsed:.2f} s, "
+                        f"user {user2 - user:.2f} s, system {system2 - system:.2f} s",
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("\n| server | layers | wall s | user CPU s | system CPU s |\n|---|---|---:|---:|---:|")
+    for (name, kind), runs in found.items():
+        medians = [statistics.median(run[i] for run in runs) for i in range(3)]
+        print(f"| {name} | {kind} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+
+
 def profile(output: Path, workers: int = 1) -> None:
     """One push phase against Moorage with py-spy recording the server (all
     its processes, native frames off): ``python bench/mixed.py --profile out``
@@ -593,8 +673,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", type=Path, help="py-spy the server during one push phase")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--split", action="store_true", help="small and large layers pushed apart, with CPU"
+    )
     args = parser.parse_args()
-    if args.profile:
+    if args.split:
+        split(args.rounds)
+    elif args.profile:
         profile(args.profile, args.workers)
     else:
         print("\n".join(render(run(rounds=args.rounds, seconds=args.seconds))))
