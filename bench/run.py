@@ -832,6 +832,10 @@ MODULE_PARTS = {
     ),
     "workers": ("bench.workers", "manifest GET: --workers 1 and 2 against Distribution v3.1.2"),
     "replicas": ("bench.replicas", "1, 2 and 3 replicas behind HAProxy over PostgreSQL"),
+    "mixed": (
+        "bench.mixed",
+        "eight parallel pushes of about 1 GB, then Zipf-skewed GETs, beside Distribution v3.1.2",
+    ),
 }
 
 
