@@ -365,12 +365,20 @@ class MetadataStore:
         ).first()
 
     def record_blob(
-        self, repo: RepoRef, digest: str, size: int, *, epoch: str, account: str | None = None
+        self,
+        repo: RepoRef,
+        digest: str,
+        size: int,
+        *,
+        epoch: str,
+        account: str | None = None,
+        ending_upload: str | None = None,
     ) -> bool:
         """Link a blob whose bytes were published under the pin ``epoch``
-        into ``repo``, idempotently. False, linking nothing, when the pin was
-        lost: a collector deleted (or is deleting) the blob since, so the bytes
-        published may be gone."""
+        into ``repo``, idempotently, and end the upload session
+        ``ending_upload`` in the same transaction. False, changing nothing,
+        when the pin was lost: a collector deleted (or is deleting) the blob
+        since, so the bytes published may be gone."""
         with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             row = conn.execute(
@@ -384,6 +392,8 @@ class MetadataStore:
                 .values(state="live", size=size, touched_at=_now())
             )
             self._link(conn, self._ensure_repository(conn, repo), digest)
+            if ending_upload is not None:
+                conn.execute(delete(Upload).where(Upload.id == ending_upload))
             return True
 
     @staticmethod

@@ -329,9 +329,12 @@ class BlobService:
             await self._end_session(upload_id)
             raise
         try:
-            await self._record(repo, digest, committed, epoch, account)
-        finally:
+            await self._record(repo, digest, committed, epoch, account, ending_upload=upload_id)
+        except BaseException:
             await self._end_session(upload_id)
+            raise
+        async with _backend():
+            await self.store.discard_upload(upload_id)
         return digest
 
     async def _pin(self, digest: Digest) -> str:
@@ -346,7 +349,13 @@ class BlobService:
         return epoch
 
     async def _record(
-        self, repo: RepoRef, digest: Digest, size: int, epoch: str, account: str | None
+        self,
+        repo: RepoRef,
+        digest: Digest,
+        size: int,
+        epoch: str,
+        account: str | None,
+        ending_upload: str | None = None,
     ) -> None:
         """Link the published blob into ``repo``. If a collector deleted it
         since the pin (the upload outlasted the grace period), the bytes count
@@ -354,7 +363,13 @@ class BlobService:
         for attempt in range(2):
             with namespace_checked():
                 if await self.db.run(
-                    self.metadata.record_blob, repo, str(digest), size, epoch=epoch, account=account
+                    self.metadata.record_blob,
+                    repo,
+                    str(digest),
+                    size,
+                    epoch=epoch,
+                    account=account,
+                    ending_upload=ending_upload,
                 ):
                     return
             if attempt:
