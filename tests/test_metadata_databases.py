@@ -237,10 +237,15 @@ def test_the_collector_and_writers_agree_through_the_blob_row(engine: sa.Engine)
 
     store.put_manifest(repo, image(digest_of("m", 0), blob), tag="v1")
     assert store.gc_stale_links(soon) == [], "a manifest of the repository references it"
+    deleted_at = datetime.now(UTC)
     assert store.delete_manifest(repo, digest_of("m", 0))
-    [link] = store.gc_stale_links(soon)
+    # Its grace period starts now: a client that saw the blob here a moment
+    # ago and skips uploading it finds it still linked.
+    assert store.gc_stale_links(deleted_at) == []
+    [link] = store.gc_stale_links(datetime.now(UTC) + timedelta(seconds=1))
     assert link.digest == blob and link.repository == "team/gc"
     assert not store.gc_drop_link(link, hour_ago), "linked within the grace period"
+    soon = datetime.now(UTC) + timedelta(seconds=1)
     assert store.gc_drop_link(link, soon)
     with pytest.raises(BlobsUnlinked):
         store.put_manifest(repo, image(digest_of("m", 1), blob), tag="v2")

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from moorage.config import ConfigError, Settings
 from moorage.datadir import restrict_umask
-from moorage.registry.collector import LEASE, GarbageCollector, GcReport
+from moorage.registry.collector import LEASE, ROUND_LEASE, GarbageCollector, GcReport
 from moorage.server import open_registry
 from moorage.storage import StorageError
 
@@ -44,7 +44,7 @@ async def _collect(
             timedelta(seconds=upload_max_age),
         )
         meta = parts.metadata
-        if not await parts.db.run(meta.take_lease, LEASE, collector.holder, 3600.0):
+        if not await parts.db.run(meta.take_lease, LEASE, collector.holder, ROUND_LEASE):
             raise CollectorBusy("another collector is running (the scheduled one, or another gc)")
         try:
             return await collector.collect(dry_run)

@@ -100,8 +100,8 @@ class BlobsUnlinked(LookupError):
 
 
 # A blob row marked ``deleting`` longer than this belongs to a collector that
-# died between marking and forgetting it: a writer may take the row over.
-DELETING_ABANDONED = timedelta(hours=1)
+# died between marking and forgetting it: the next round finishes the job.
+DELETING_ABANDONED = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,19 @@ MANIFEST_REFERENCE = "manifest"
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _clock(conn: Connection) -> Any:
+    """The time garbage collection compares, as a value to write: the
+    database's own clock on PostgreSQL (replicas' clocks may disagree; the
+    grace period must not), this machine's on SQLite (one machine anyway)."""
+    return func.now() if conn.dialect.name == "postgresql" else _now()
+
+
+def _clock_now(conn: Connection) -> datetime:
+    """The same clock, read."""
+    value = conn.scalar(select(func.now())) if conn.dialect.name == "postgresql" else None
+    return _aware(value) if isinstance(value, datetime) else _now()
 
 
 class RepoRef(NamedTuple):
@@ -315,9 +328,11 @@ class MetadataStore:
         when new, touched now either way, so no collector deletes the bytes for
         the grace period. Returns the row's epoch for :meth:`record_blob`, or
         None while a collector is deleting the blob (pin again shortly: the row
-        goes once the bytes are gone)."""
-        now = _now()
+        goes once the bytes are gone; a mark its collector abandoned is
+        finished by the next round, never taken over by a writer, which could
+        not know whether the delete is still on its way)."""
         with self._write() as (conn, _):
+            now = _clock(conn)
             row = self._locked_blob(conn, digest)
             if row is None:
                 epoch = uuid.uuid4().hex
@@ -341,20 +356,13 @@ class MetadataStore:
                 row = self._locked_blob(conn, digest)
                 if row is None:  # pragma: no cover - created, then collected at once
                     return None
-            state, kept = str(row[0]), row[1]
-            if state == "deleting":
-                if row[2] is not None and _aware(row[2]) > now - DELETING_ABANDONED:
-                    return None
-                # Its collector died after marking it: the bytes may be gone,
-                # and the writer that takes it over publishes them again.
-                state, kept = "pending", None
-            epoch = kept or uuid.uuid4().hex
+            if row[0] == "deleting":
+                return None
+            epoch = row[1] or uuid.uuid4().hex
             conn.execute(
-                update(Blob)
-                .where(Blob.digest == digest)
-                .values(state=state, touched_at=now, epoch=epoch)
+                update(Blob).where(Blob.digest == digest).values(touched_at=now, epoch=epoch)
             )
-            return epoch
+            return str(epoch)
 
     @staticmethod
     def _locked_blob(conn: Connection, digest: str) -> Any:
@@ -389,7 +397,7 @@ class MetadataStore:
             conn.execute(
                 update(Blob)
                 .where(Blob.digest == digest)
-                .values(state="live", size=size, touched_at=_now())
+                .values(state="live", size=size, touched_at=_clock(conn))
             )
             self._link(conn, self._ensure_repository(conn, repo), digest)
             if ending_upload is not None:
@@ -399,7 +407,7 @@ class MetadataStore:
     @staticmethod
     def _link(conn: Connection, repo_id: int, digest: str) -> None:
         """Link, or renew the link's time: a blob pushed again gets a new grace period."""
-        now = _now()
+        now = _clock(conn)
         conn.execute(
             upsert(conn, RepositoryBlob)
             .values(repository_id=repo_id, digest=digest, created_at=now)
@@ -666,6 +674,21 @@ class MetadataStore:
                 *conn.scalars(attached),
                 *conn.scalars(referrers),
             ]
+            # The links these manifests kept in use start their grace period
+            # now, not when they were made: a client that saw a blob here a
+            # moment ago (and skips uploading it) still finds it linked.
+            conn.execute(
+                update(RepositoryBlob)
+                .where(
+                    RepositoryBlob.repository_id == repo_id,
+                    RepositoryBlob.digest.in_(
+                        select(ManifestReference.digest).where(
+                            ManifestReference.manifest_id.in_(doomed)
+                        )
+                    ),
+                )
+                .values(created_at=_clock(conn))
+            )
             conn.execute(delete(Tag).where(Tag.manifest_id.in_(doomed)))
             conn.execute(delete(ManifestReference).where(ManifestReference.manifest_id.in_(doomed)))
             conn.execute(delete(Manifest).where(Manifest.id.in_(doomed)))
@@ -918,26 +941,22 @@ class MetadataStore:
     # transaction that re-checks, under the lock, what its caller found.
 
     def gc_stale_links(self, older_than: datetime) -> list[LinkRef]:
-        """Links older than ``older_than`` that no manifest of their repository references."""
-        referenced = (
-            select(ManifestReference.digest)
-            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
-            .where(
-                Manifest.repository_id == RepositoryBlob.repository_id,
-                ManifestReference.digest == RepositoryBlob.digest,
+        """Links older than ``older_than`` that no manifest of their repository
+        references. A set difference, not a correlated probe per link: a base
+        layer in every image would make that cost its reference count per link."""
+        stale = (
+            select(RepositoryBlob.repository_id, RepositoryBlob.digest)
+            .where(RepositoryBlob.created_at < older_than)
+            .except_(
+                select(Manifest.repository_id, ManifestReference.digest).join(
+                    Manifest, Manifest.id == ManifestReference.manifest_id
+                )
             )
-            .exists()
+            .subquery()
         )
-        stmt = (
-            select(
-                RepositoryBlob.repository_id,
-                Repository.region,
-                Repository.name,
-                RepositoryBlob.digest,
-            )
-            .join(Repository, Repository.id == RepositoryBlob.repository_id)
-            .where(RepositoryBlob.created_at < older_than, ~referenced)
-        )
+        stmt = select(
+            stale.c.repository_id, Repository.region, Repository.name, stale.c.digest
+        ).join(Repository, Repository.id == stale.c.repository_id)
         with self.engine.connect() as conn:
             return [LinkRef(int(i), r, n, d) for i, r, n, d in conn.execute(stmt)]
 
@@ -974,14 +993,21 @@ class MetadataStore:
             topics.append(repository_topic(link.region, link.repository))
             return True
 
+    def clock(self) -> datetime:
+        """Now, by the clock garbage collection compares (see ``_clock``)."""
+        with self.engine.connect() as conn:
+            return _clock_now(conn)
+
     def gc_unreferenced_blobs(self, older_than: datetime) -> list[tuple[str, int]]:
         """Blobs nothing links or references and nobody touched since
         ``older_than``, with their sizes; and rows a dead collector left
-        marked ``deleting``."""
+        marked ``deleting`` (for longer than ``DELETING_ABANDONED``)."""
         linked = select(RepositoryBlob.digest).where(RepositoryBlob.digest == Blob.digest)
         referenced = select(ManifestReference.digest).where(ManifestReference.digest == Blob.digest)
         untouched = or_(Blob.touched_at.is_(None), Blob.touched_at < older_than)
-        abandoned = and_(Blob.state == "deleting", Blob.touched_at < _now() - DELETING_ABANDONED)
+        with self.engine.connect() as conn:
+            now = _clock_now(conn)
+        abandoned = and_(Blob.state == "deleting", Blob.touched_at < now - DELETING_ABANDONED)
         stmt = select(Blob.digest, Blob.size).where(
             ~linked.exists(),
             ~referenced.exists(),
@@ -994,8 +1020,8 @@ class MetadataStore:
         """Mark a blob ``deleting`` if it still qualifies; the mark's epoch, or
         None when a writer pinned, linked or referenced it meanwhile. From
         the mark until :meth:`gc_forget`, writers of the blob wait."""
-        now = _now()
         with self._write() as (conn, _):
+            now = _clock_now(conn)
             row = conn.execute(
                 select(Blob.state, Blob.touched_at).where(Blob.digest == digest).with_for_update()
             ).first()
@@ -1030,9 +1056,9 @@ class MetadataStore:
         """Claim bytes that have no row (published just before a crash) by
         creating one marked ``deleting``; None when a row exists (a writer
         pinned it before publishing)."""
-        now = _now()
         epoch = uuid.uuid4().hex
         with self._write() as (conn, _):
+            now = _clock(conn)
             created = conn.execute(
                 upsert(conn, Blob)
                 .values(
@@ -1063,7 +1089,7 @@ class MetadataStore:
             conn.execute(
                 update(Blob)
                 .where(Blob.digest == digest, Blob.state == "deleting", Blob.epoch == epoch)
-                .values(state="live", touched_at=_now())
+                .values(state="live", touched_at=_clock(conn))
             )
 
     def blob_digests(self) -> set[str]:
@@ -1073,9 +1099,9 @@ class MetadataStore:
     def take_lease(self, name: str, holder: str, seconds: float) -> bool:
         """Hold the lease ``name`` for ``seconds`` from now, if it is free,
         expired or already this holder's; whether the holder has it now."""
-        now = _now()
-        until = now + timedelta(seconds=seconds)
         with self._write() as (conn, _):
+            now = _clock_now(conn)
+            until = now + timedelta(seconds=seconds)
             conn.execute(
                 upsert(conn, Lease)
                 .values(name=name, holder=holder, expires_at=until)

@@ -31,16 +31,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from moorage.metadata import DatabaseThreads, MetadataStore
 from moorage.oci.digest import Digest, parse_digest
-from moorage.storage import BlobStore, StorageError
+from moorage.storage import BlobStore
 
 log = logging.getLogger("moorage.gc")
+T = TypeVar("T")
 
+# One round at a time per installation (``moorage gc`` takes it too), and
+# one scheduled round per interval however many replicas run the schedule.
 LEASE = "garbage-collector"
+SCHEDULE = "garbage-collector-schedule"
+# How long a round's lease lasts if its holder dies without releasing it.
+ROUND_LEASE = 3600.0
 # Staged bytes younger than this may be a monolithic upload in flight.
 STAGING_GRACE = timedelta(minutes=10)
 
@@ -84,9 +92,9 @@ class GarbageCollector:
     async def collect(self, dry_run: bool = False) -> GcReport:
         """One round of the four passes; safe while other processes serve."""
         report = GcReport(dry_run=dry_run)
-        cutoff = datetime.now(UTC) - self.grace
         run = self.db.run
         meta = self.metadata
+        cutoff = await run(meta.clock) - self.grace
 
         for link in await run(meta.gc_stale_links, cutoff):
             if dry_run or await run(meta.gc_drop_link, link, cutoff):
@@ -97,10 +105,10 @@ class GarbageCollector:
                 report.deleted.append(digest)
                 report.freed_bytes += size
                 continue
-            epoch = await run(meta.gc_mark_deleting, digest, cutoff)
-            if epoch is None:
+            deleted = await self._shielded(self._mark_and_delete(digest, cutoff))
+            if deleted is None:
                 report.kept_in_use += 1
-            elif await self._delete(parse_digest(digest), epoch):
+            elif deleted:
                 report.deleted.append(digest)
                 report.freed_bytes += size
 
@@ -108,10 +116,8 @@ class GarbageCollector:
         async for found, size in self.store.walk():
             if str(found) in recorded:
                 continue
-            if not dry_run:
-                epoch = await run(meta.gc_claim_orphan, str(found), size)
-                if epoch is None or not await self._delete(found, epoch):
-                    continue
+            if not dry_run and not await self._shielded(self._claim_and_delete(found, size)):
+                continue
             report.orphan_files.append(str(found))
             report.freed_bytes += size
 
@@ -128,31 +134,61 @@ class GarbageCollector:
         report.freed_bytes += swept.freed_bytes
         return report
 
+    @staticmethod
+    async def _shielded(work: Coroutine[Any, Any, T]) -> T:
+        """Run a mark-delete-forget to its end even if the round is cancelled
+        (a server stopping): a mark left behind would make writers of that
+        blob wait until a later round finishes it."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
+
+    async def _mark_and_delete(self, digest: str, cutoff: datetime) -> bool | None:
+        """None when the blob was in use after all; else whether it is gone."""
+        epoch = await self.db.run(self.metadata.gc_mark_deleting, digest, cutoff)
+        if epoch is None:
+            return None
+        return await self._delete(parse_digest(digest), epoch)
+
+    async def _claim_and_delete(self, digest: Digest, size: int) -> bool:
+        epoch = await self.db.run(self.metadata.gc_claim_orphan, str(digest), size)
+        return epoch is not None and await self._delete(digest, epoch)
+
     async def _delete(self, digest: Digest, epoch: str) -> bool:
-        """Delete the bytes of a blob this collector marked, then its row."""
+        """Delete the bytes of a blob this collector marked, then its row; on
+        any failure give the mark back (best effort: a mark that stays is
+        finished by a later round)."""
         try:
             await self.store.delete(digest)
-        except StorageError as exc:
+        except Exception as exc:  # StorageError, or an OSError the store let through
             log.error("gc: could not delete %s: %s", digest, exc)
-            await self.db.run(self.metadata.gc_unmark, str(digest), epoch)
+            try:
+                await self.db.run(self.metadata.gc_unmark, str(digest), epoch)
+            except Exception:
+                log.exception("gc: could not give back the mark of %s", digest)
             return False
         await self.db.run(self.metadata.gc_forget, str(digest), epoch)
         return True
 
     async def run_scheduled(self, interval: float) -> None:
-        """Every ``interval`` seconds, a round on whichever replica holds the
-        lease (taken for longer than a round may take, released after)."""
+        """Every ``interval`` seconds, a round on whichever replica takes the
+        schedule's lease first (held for the interval, so N replicas still make
+        one round per interval) and then the round's (held while it runs)."""
+        meta = self.metadata
         while True:
             await asyncio.sleep(interval)
             try:
-                if not await self.db.run(
-                    self.metadata.take_lease, LEASE, self.holder, max(interval, 3600.0)
-                ):
+                if not await self.db.run(meta.take_lease, SCHEDULE, self.holder, interval * 0.9):
                     continue
+                if not await self.db.run(meta.take_lease, LEASE, self.holder, ROUND_LEASE):
+                    continue  # a `moorage gc` by hand is running
                 try:
                     report = await self.collect()
                 finally:
-                    await self.db.run(self.metadata.release_lease, LEASE, self.holder)
+                    await self.db.run(meta.release_lease, LEASE, self.holder)
                 log.info("gc: %s", report.summary())
             except asyncio.CancelledError:
                 raise

@@ -424,11 +424,11 @@ class FilesystemBlobStore:
         return size
 
     def _publish(self, fd: int, staged: Path, digest: Digest) -> None:
+        """Always rename, even over a copy already there: a look-up saying it
+        is there may be stale (NFS caches attributes; the copy may be going
+        away under a collector), while rename replaces atomically."""
         target = self._blob_path(digest)
         os.fsync(fd)
-        if target.exists():
-            staged.unlink()
-            return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, target)
         _fsync_dir(target.parent)
