@@ -30,6 +30,8 @@ REGION = "us-east-1"
 # Ports SeaweedFS listens on: master, volume, filer, S3 and admin, each with
 # its gRPC port. Chosen below the kernel's ephemeral range (32768 and up), so
 # an outgoing connection cannot take one between our check and weed's bind.
+VOLUME_SIZE_MB = 128
+MAX_VOLUMES = 2000
 _PORT_FLAGS = (
     "master.port",
     "master.port.grpc",
@@ -91,6 +93,14 @@ class SeaweedFS:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # Every bucket is a collection with volumes of its own, and by
+            # default the volume size and count follow the free disk space
+            # (1 GiB volumes, one per GiB free): with 40 GiB free the 38th
+            # bucket to be written got a 500 ("no free volumes left"), and a
+            # suite on S3 makes hundreds. Volumes are not preallocated, so a
+            # high count costs nothing until used.
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
+            f"-volume.max={MAX_VOLUMES}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         if len(str(self.directory)) < 80:  # unix socket paths are short

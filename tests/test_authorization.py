@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from moorage.config import Settings
 from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, all_rows, bearer, push_image_with
 from tests.oci_layout import make_image
@@ -327,7 +328,23 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
     host = server.host_for(US)
     start = requests.post(f"http://{host}/v2/racing/app/blobs/uploads/", headers=headers, timeout=5)
     location = start.headers["Location"]
-    size = 2 << 20
+    upload_id = location.rsplit("/", 1)[1]
+    if server.storage == "s3":
+        # The S3 driver writes nothing before a whole part (or the end of the
+        # append): it holds the upload once its multipart upload exists.
+        part = Settings().s3_part_size
+        size, held_after = part + (2 << 20), part + (1 << 20)
+
+        def first_holds() -> bool:
+            return upload_id in server.upload_files()
+    else:
+        # Its first MiB is in the staged file, so it holds the upload.
+        size, held_after = 2 << 20, 3 << 19
+        staged = server.data_dir / "uploads" / upload_id
+
+        def first_holds() -> bool:
+            return staged.stat().st_size >= 1 << 20
+
     first, second = os.urandom(size), os.urandom(size)
 
     def patch_head() -> bytes:
@@ -338,18 +355,17 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
             f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
         ).encode()
 
-    # The first PATCH is appending (its first MiB is in the staged file, so it
-    # holds the upload) when the second one arrives for the same range. (Waiting
-    # for the bytes, not for 100 Continue: the handler reads the session from
-    # the database on a worker thread before it takes the upload.)
-    staged = server.data_dir / "uploads" / location.rsplit("/", 1)[1]
+    # The first PATCH is appending (and holds the upload) when the second one
+    # arrives for the same range. (Waiting for the bytes, not for 100 Continue:
+    # the handler reads the session from the database on a worker thread
+    # before it takes the upload.)
     one = _raw(server, patch_head())
     assert b"100 Continue" in _read_until(one, b"\r\n\r\n")
-    one.sendall(first[: 3 << 19])
-    wait_for(lambda: staged.stat().st_size >= 1 << 20, 30, "the first chunk's first MiB")
+    one.sendall(first[:held_after])
+    wait_for(first_holds, 30, "the first chunk's bytes in the store")
     two = _raw(server, patch_head())
     assert b"100 Continue" in _read_until(two, b"\r\n\r\n")
-    one.sendall(first[3 << 19 :])
+    one.sendall(first[held_after:])
     first_reply = _read_until(one, b"\r\n\r\n")
     two.sendall(second)
     second_reply = _read_until(two, b"\r\n\r\n")

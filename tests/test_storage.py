@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,14 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from moorage.metadata import MetadataStore, RepoRef, create_metadata_engine, sqlite_url, upgrade
+from moorage.metadata import (
+    DatabaseThreads,
+    MetadataStore,
+    RepoRef,
+    create_metadata_engine,
+    sqlite_url,
+    upgrade,
+)
 from moorage.metadata.models import Upload
 from moorage.oci.digest import Digest, parse_digest
 from moorage.registry.blobs import MetadataLedger
@@ -68,16 +75,18 @@ async def cut_body(data: bytes, after: int) -> AsyncIterator[bytes]:
 @dataclass
 class Backend:
     """One backend (a directory, or a bucket) and one database; ``store()``
-    makes another replica over them."""
+    makes another replica over them. The ledger's database calls run on
+    threads of their own, as in the server (their pool ends with the backend)."""
 
     driver: str
     tmp: Path
     metadata: MetadataStore
     seaweed: SeaweedFS | None = None
     bucket: str | None = None
+    db: DatabaseThreads = field(default_factory=lambda: DatabaseThreads(2))
 
     def store(self, **options: Any) -> BlobStore:
-        ledger = MetadataLedger(self.metadata)
+        ledger = MetadataLedger(self.metadata, self.db)
         if self.driver == "filesystem":
             return FilesystemBlobStore(self.tmp / "blobs", ledger)
         assert self.seaweed is not None and self.bucket is not None
@@ -521,7 +530,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, hashlib, os, sys
     from pathlib import Path
-    from moorage.metadata import MetadataStore, create_metadata_engine
+    from moorage.metadata import DatabaseThreads, MetadataStore, create_metadata_engine
     from moorage.oci.digest import parse_digest
     from moorage.registry.blobs import MetadataLedger
     from moorage.storage import FilesystemBlobStore
@@ -532,7 +541,8 @@ CHILD = textwrap.dedent(
     upload_id, crash_at = sys.argv[1], sys.argv[2]
     everything = Path(sys.argv[3]).read_bytes()
     data = everything[1000:]  # the first 1000 bytes are already appended
-    ledger = MetadataLedger(MetadataStore(create_metadata_engine(os.environ["DB"])))
+    engine = create_metadata_engine(os.environ["DB"])
+    ledger = MetadataLedger(MetadataStore(engine), DatabaseThreads(1))
     if os.environ["DRIVER"] == "filesystem":
         store = FilesystemBlobStore(Path(os.environ["TMP"]) / "blobs", ledger)
     else:
