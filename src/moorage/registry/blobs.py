@@ -245,9 +245,9 @@ class BlobService:
     ) -> Digest:
         """A monolithic ``POST ?digest=``: stage, verify and publish in one request."""
         digest = require_digest(digest_value)
-        epoch = await self._pin(digest)
-        size = await self._put(digest, body, length)
-        await self._record(repo, digest, size, epoch, account)
+        pin = _Pin(self, digest)
+        size = await self._put(digest, body, length, pin)
+        await self._record(repo, digest, size, pin.epoch(), account)
         return digest
 
     async def session_owner(self, repo: RepoRef, upload_id: str) -> str | None:
@@ -313,23 +313,25 @@ class BlobService:
     ) -> Digest:
         size = await self._session(repo, upload_id)
         digest = require_digest(digest_value)
-        epoch = await self._pin(digest)
+        pin = _Pin(self, digest)
         try:
             if body is not None and size == 0:
                 # Nothing staged yet and the digest known before the bytes: the
                 # store writes the blob straight to its place (S3: no copy).
                 expected, _ = self._check_range(size, content_range, length)
-                committed = await self._put(digest, body, expected)
+                committed = await self._put(digest, body, expected, pin)
             else:
                 if body is not None:
                     expected, offset = self._check_range(size, content_range, length)
                     await self._append(upload_id, body, expected, offset)
-                committed = await self._commit(upload_id, digest)
+                committed = await self._commit(upload_id, digest, pin)
         except (DigestInvalid, BlobUploadInvalid):
             await self._end_session(upload_id)
             raise
         try:
-            await self._record(repo, digest, committed, epoch, account, ending_upload=upload_id)
+            await self._record(
+                repo, digest, committed, pin.epoch(), account, ending_upload=upload_id
+            )
         except BaseException:
             await self._end_session(upload_id)
             raise
@@ -338,8 +340,8 @@ class BlobService:
         return digest
 
     async def _pin(self, digest: Digest) -> str:
-        """Pin the blob's row before its bytes are published (see
-        ``MetadataStore.pin_blob``), waiting while a collector deletes it."""
+        """Pin the blob's row (see ``MetadataStore.pin_blob``), waiting while
+        a collector deletes it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PIN_WAIT
         while (epoch := await self.db.run(self.metadata.pin_blob, str(digest))) is None:
@@ -414,10 +416,12 @@ class BlobService:
         except UploadTooLarge as exc:
             raise BlobUploadInvalid(str(exc)) from exc
 
-    async def _put(self, digest: Digest, body: AsyncIterable[bytes], expected: int | None) -> int:
+    async def _put(
+        self, digest: Digest, body: AsyncIterable[bytes], expected: int | None, pin: _Pin
+    ) -> int:
         try:
             async with _backend():
-                return await self.store.put(digest, body, expected)
+                return await self.store.put(digest, body, expected, pin)
         except TruncatedBody as exc:
             raise SizeInvalid(str(exc)) from exc
         except UploadTooLarge as exc:
@@ -425,10 +429,10 @@ class BlobService:
         except DigestMismatch as exc:
             raise _digest_invalid(digest, exc) from exc
 
-    async def _commit(self, upload_id: str, digest: Digest) -> int:
+    async def _commit(self, upload_id: str, digest: Digest, pin: _Pin) -> int:
         try:
             async with _backend():
-                return await self.store.commit(upload_id, digest)
+                return await self.store.commit(upload_id, digest, pin)
         except UploadMissing as exc:
             raise BlobUploadUnknown("blob upload unknown to registry") from exc
         except DigestMismatch as exc:
@@ -457,3 +461,23 @@ def _digest_invalid(digest: Digest, exc: DigestMismatch) -> DigestInvalid:
         "provided digest did not match uploaded content",
         detail={"digest": str(digest), "reason": str(exc)},
     )
+
+
+class _Pin:
+    """What the store awaits between verifying a blob and publishing it: the
+    pin against garbage collection, taken only for bytes that are the blob
+    (a refused upload changes nothing) and as late as it can be, so the grace
+    period covers the publish and the link, not the whole upload."""
+
+    def __init__(self, service: BlobService, digest: Digest) -> None:
+        self.service = service
+        self.digest = digest
+        self._epoch: str | None = None
+
+    async def __call__(self) -> None:
+        self._epoch = await self.service._pin(self.digest)
+
+    def epoch(self) -> str:
+        if self._epoch is None:  # pragma: no cover - a store that skipped the hook
+            raise RuntimeError("the blob store published without pinning")
+        return self._epoch

@@ -5,6 +5,7 @@ registry services call them; storage knows nothing about repositories, tags
 or HTTP."""
 
 from moorage.storage.base import (
+    BeforePublish,
     BlobMissing,
     BlobSource,
     BlobStore,
@@ -25,6 +26,7 @@ from moorage.storage.base import (
 from moorage.storage.filesystem import FilesystemBlobStore
 
 __all__ = [
+    "BeforePublish",
     "BlobMissing",
     "BlobSource",
     "BlobStore",

@@ -29,7 +29,14 @@ Guarantees every driver gives (``tests/test_storage.py`` checks them on each):
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -149,6 +156,10 @@ class SweepReport:
     freed_bytes: int = 0
 
 
+# Awaited by put and commit between verifying a blob and publishing it.
+BeforePublish = Callable[[], Awaitable[None]]
+
+
 class BlobStore(Protocol):
     # -- committed blobs -----------------------------------------------------
 
@@ -172,13 +183,21 @@ class BlobStore(Protocol):
         bundle); None when it is absent or larger."""
 
     async def put(
-        self, digest: Digest, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        digest: Digest,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        before_publish: BeforePublish | None = None,
     ) -> int:
         """Store a whole blob whose digest is known before its bytes (a
         monolithic upload) without an upload session; returns its size.
         Raises DigestMismatch or TruncatedBody and keeps nothing when the bytes
         are not that blob; the blob becomes visible only after verification.
-        Storing content that is already there succeeds and keeps one copy."""
+        Storing content that is already there succeeds and keeps one copy.
+        ``before_publish`` is awaited once the bytes are verified and before
+        they become visible (or before a copy already there is trusted): the
+        caller pins the blob against garbage collection there; if it raises,
+        nothing is published."""
 
     async def delete(self, digest: Digest) -> None:
         """Remove a blob; removing an absent one succeeds."""
@@ -207,12 +226,15 @@ class BlobStore(Protocol):
         upload as it was; a streamed body cut short keeps the prefix that
         arrived. UploadMissing when the session or its staged bytes are gone."""
 
-    async def commit(self, upload_id: str, digest: Digest) -> int:
+    async def commit(
+        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
+    ) -> int:
         """Verify the staged bytes against ``digest`` (hashing them again when
         this process did not see them all), then make them durable and visible
         as that blob, atomically; returns its size. DigestMismatch publishes
         nothing. Committing content that is already stored keeps one copy. The
-        ledger row is the caller's to delete afterwards."""
+        ledger row is the caller's to delete afterwards. ``before_publish`` as
+        in :meth:`put`."""
 
     async def discard_upload(self, upload_id: str) -> None:
         """Drop an upload's staged bytes; dropping an unknown upload succeeds."""

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from moorage.oci.digest import HEX_LENGTHS, Digest, Hasher, new_hasher
 from moorage.storage.base import (
+    BeforePublish,
     BlobMissing,
     BlobSource,
     DigestMismatch,
@@ -236,7 +237,11 @@ class FilesystemBlobStore:
         return await self._off_loop(read)
 
     async def put(
-        self, digest: Digest, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        digest: Digest,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        before_publish: BeforePublish | None = None,
     ) -> int:
         """Written to a private file in uploads/ (no session names it, so a
         crash leaves it to :meth:`sweep`), hashed with the digest's own
@@ -254,6 +259,8 @@ class FilesystemBlobStore:
                 raise unwrap(exc) from None
             if hasher.hexdigest() != digest.hex:
                 raise DigestMismatch(f"content hashes to {digest.algorithm}:{hasher.hexdigest()}")
+            if before_publish is not None:
+                await before_publish()
             await self._off_loop(self._publish, fd, staged, digest)
             published = True
             return size
@@ -397,7 +404,9 @@ class FilesystemBlobStore:
             self._hashers.pop(upload_id, None)
         return saved
 
-    async def commit(self, upload_id: str, digest: Digest) -> int:
+    async def commit(
+        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
+    ) -> int:
         async with self._lock(upload_id):
             fd, path, record = await self._open_locked(upload_id)
             try:
@@ -415,6 +424,8 @@ class FilesystemBlobStore:
                     ).hexdigest()
                 if actual != digest.hex:
                     raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
+                if before_publish is not None:
+                    await before_publish()
                 # Renamed while the flock is held: a process waiting for it then
                 # finds the path gone and answers UploadMissing.
                 await self._off_loop(self._publish, fd, path, digest)

@@ -33,6 +33,7 @@ from datetime import datetime
 
 from moorage.oci.digest import HEX_LENGTHS, Digest, DigestError, Hasher, new_hasher
 from moorage.storage.base import (
+    BeforePublish,
     BlobMissing,
     BlobSource,
     ByteStream,
@@ -335,7 +336,11 @@ class S3BlobStore:
             raise
 
     async def put(
-        self, digest: Digest, chunks: AsyncIterable[bytes], expected_length: int | None
+        self,
+        digest: Digest,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        before_publish: BeforePublish | None = None,
     ) -> int:
         key = self._blob_key(digest)
         hasher = new_hasher(digest.algorithm)
@@ -343,6 +348,12 @@ class S3BlobStore:
             # Already stored: check the bytes are that blob, keep the copy there is.
             received = await self._hash_body(hasher, chunks, expected_length)
             _check_digest(hasher, digest)
+            if before_publish is not None:
+                await before_publish()
+                # The copy seen before the body was read may have been
+                # collected since; the body is gone, so the client sends it again.
+                if await self.bucket.head_object(key) is None:
+                    raise StorageError("the stored copy went away during the upload: upload again")
             return received
         writer = _PartWriter(self, key, None, None, hasher)
         completed = False
@@ -353,6 +364,8 @@ class S3BlobStore:
                 raise unwrap(exc) from None
             await writer.hash_rest()
             _check_digest(hasher, digest)
+            if before_publish is not None:
+                await before_publish()
             if writer.mpu is None:
                 await self.bucket.put_object(key, bytes(writer.buffer))
             else:
@@ -537,7 +550,9 @@ class S3BlobStore:
                 await self.bucket.delete_object(state.tail)
         return end
 
-    async def commit(self, upload_id: str, digest: Digest) -> int:
+    async def commit(
+        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
+    ) -> int:
         async with self._lock(upload_id):
             record, state = await self._load(upload_id)
             hasher = None
@@ -554,6 +569,8 @@ class S3BlobStore:
                     hasher = new_hasher(digest.algorithm)
                     await self.hash_in_thread(hasher, memoryview(data))
                     _check_digest(hasher, digest)
+                if before_publish is not None:
+                    await before_publish()
                 if await self.bucket.head_object(target) is None:
                     await self.bucket.put_object(target, data)
                 self._forget(upload_id)
@@ -563,6 +580,8 @@ class S3BlobStore:
                 await self._assemble(upload_id, record, state, data_key)
             if hasher is None:
                 await self._hash_object(data_key, digest)
+            if before_publish is not None:
+                await before_publish()
             existing = await self.bucket.head_object(target)
             if existing is None:
                 await self._copy(data_key, target, record.offset)
