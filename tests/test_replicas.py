@@ -190,25 +190,30 @@ def test_a_token_signed_by_one_replica_is_accepted_by_all(replicas: Replicas) ->
     assert all(j == jwks[0] for j in jwks)
 
 
-def test_sign_in_throttling_holds_across_replicas(replicas: Replicas) -> None:
-    """Thirty guesses at one password, sent at once and spread over the three
-    replicas: ten are checked, twenty throttled, as on a single server."""
-    Api(replicas.servers[0], ADMIN_KEY).call(
-        "POST", "/iam/users", {"email": "target@a.test", "password": "right-password-1"}, 201
+def thirty_guesses(group: Replicas, email: str) -> Counter[int]:
+    """A user with a password, then thirty wrong guesses at it sent at once,
+    spread over the replicas: the answers counted by status."""
+    Api(group.servers[0], ADMIN_KEY).call(
+        "POST", "/iam/users", {"email": email, "password": "right-password-1"}, 201
     )
 
     def guess(i: int) -> int:
-        server = replicas.servers[i % 3]
+        server = group.servers[i % len(group.servers)]
         return requests.get(
             f"http://{server.host_for(US)}/oauth/token",
             params={"service": US},
-            auth=("target@a.test", f"guess-{i}"),
+            auth=(email, f"guess-{i}"),
             timeout=60,
         ).status_code
 
     with ThreadPoolExecutor(30) as pool:
-        answers = Counter(pool.map(guess, range(30)))
-    assert answers == {401: 10, 429: 20}, answers
+        return Counter(pool.map(guess, range(30)))
+
+
+def test_sign_in_throttling_holds_across_replicas(replicas: Replicas) -> None:
+    """Thirty guesses at one password, sent at once and spread over the three
+    replicas: ten are checked, twenty throttled, as on a single server."""
+    assert thirty_guesses(replicas, "target@a.test") == {401: 10, 429: 20}
     for server in replicas.servers:  # even the right password waits, everywhere
         r = requests.get(
             f"http://{server.host_for(US)}/oauth/token",
@@ -422,22 +427,7 @@ def test_sign_in_throttling_through_redis(tmp_path: Path) -> None:
             },
         ).start()
         try:
-            Api(group.servers[0], ADMIN_KEY).call(
-                "POST", "/iam/users", {"email": "r@a.test", "password": "right-password-1"}, 201
-            )
-
-            def guess(i: int) -> int:
-                server = group.servers[i % 3]
-                return requests.get(
-                    f"http://{server.host_for(US)}/oauth/token",
-                    params={"service": US},
-                    auth=("r@a.test", f"guess-{i}"),
-                    timeout=60,
-                ).status_code
-
-            with ThreadPoolExecutor(30) as pool:
-                answers = Counter(pool.map(guess, range(30)))
-            assert answers == {401: 10, 429: 20}, answers
+            assert thirty_guesses(group, "r@a.test") == {401: 10, 429: 20}
             # Counted in Redis, not in the database.
             assert not group.servers[0].query("SELECT * FROM signin_failures")
         finally:

@@ -1,5 +1,6 @@
-"""Pieces the drivers share: upload ids, telling a failed body from a failed
-backend, and saves that must finish even when their request is cancelled."""
+"""Pieces the drivers share: upload ids, what a process remembers of uploads
+in flight, telling a failed body from a failed backend, and saves that must
+finish even when their request is cancelled."""
 
 from __future__ import annotations
 
@@ -9,12 +10,51 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine
 from typing import Any
 
+from moorage.oci.digest import Hasher, new_hasher
 from moorage.storage.base import UploadMissing
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
 # Running hashes of uploads are SHA-256, the digest nearly every client uses;
 # a commit under another algorithm hashes the staged bytes again.
 STAGING_ALGORITHM = "sha256"
+
+
+class UploadMemory:
+    """What a store keeps in this process about uploads in flight: a lock per
+    upload (its appends and commits here go one at a time) and its running
+    hash as of a ledger version, good only while the row is still at that
+    version (an append on another replica moves it on)."""
+
+    def __init__(self) -> None:
+        self._hashers: dict[str, tuple[Hasher, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        return lock
+
+    def start(self, upload_id: str) -> None:
+        self._hashers[upload_id] = (new_hasher(STAGING_ALGORITHM), 0)
+
+    def hasher(self, upload_id: str, version: int) -> Hasher | None:
+        cached = self._hashers.get(upload_id)
+        return cached[0] if cached is not None and cached[1] == version else None
+
+    def saved(self, upload_id: str, hasher: Hasher | None, version: int) -> None:
+        """The ledger moved to ``version``; ``hasher`` has seen every byte (or
+        None: this process has not)."""
+        if hasher is None:
+            self._hashers.pop(upload_id, None)
+        else:
+            self._hashers[upload_id] = (hasher, version)
+
+    def forget(self, upload_id: str) -> None:
+        self._hashers.pop(upload_id, None)
+        lock = self._locks.get(upload_id)
+        if lock is not None and not lock.locked():
+            del self._locks[upload_id]
 
 
 def check_upload_id(upload_id: str) -> str:

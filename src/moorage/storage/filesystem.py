@@ -48,6 +48,7 @@ from moorage.storage.common import (
     UPLOAD_ID,
     BodyFailed,
     Settler,
+    UploadMemory,
     body_of,
     check_upload_id,
     is_cut,
@@ -172,9 +173,8 @@ class FilesystemBlobStore:
         self.uploads.mkdir(parents=True, exist_ok=True)
         # Running hash of each upload this process appended to, with the ledger
         # version it is valid at. Lost on restart; rebuilt from the file on demand.
-        self._hashers: dict[str, tuple[Hasher, int]] = {}
         # Appends of one upload in this process queue here rather than on the flock.
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._uploads = UploadMemory()
         self._settler = Settler()
         # Hashing, writing and fsync have threads of their own: work queued on the
         # default pool (database calls, token issuance) never holds up an upload.
@@ -294,10 +294,7 @@ class FilesystemBlobStore:
         return self.uploads / check_upload_id(upload_id)
 
     def _lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
+        return self._uploads.lock(upload_id)
 
     async def _open_locked(self, upload_id: str) -> tuple[int, Path, UploadRecord]:
         """The upload's file, open and under an exclusive flock, and its record
@@ -336,12 +333,12 @@ class FilesystemBlobStore:
         path = self._upload_path(upload_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        self._hashers[upload_id] = (new_hasher(STAGING_ALGORITHM), 0)
+        self._uploads.start(upload_id)
 
     async def _running_hash(self, upload_id: str, path: Path, record: UploadRecord) -> Hasher:
-        cached = self._hashers.get(upload_id)
-        if cached is not None and cached[1] == record.version:
-            return cached[0]
+        cached = self._uploads.hasher(upload_id, record.version)
+        if cached is not None:
+            return cached
         return await self._off_loop(_hash_prefix, path, STAGING_ALGORITHM, record.offset)
 
     async def append(
@@ -398,10 +395,8 @@ class FilesystemBlobStore:
         self, upload_id: str, record: UploadRecord, end: int, hasher: Hasher | None
     ) -> bool:
         saved = await self.ledger.save(upload_id, record.version, end, None)
-        if saved and hasher is not None:
-            self._hashers[upload_id] = (hasher, record.version + 1)
-        elif saved:
-            self._hashers.pop(upload_id, None)
+        if saved:
+            self._uploads.saved(upload_id, hasher, record.version + 1)
         return saved
 
     async def commit(
@@ -450,10 +445,7 @@ class FilesystemBlobStore:
         self._forget(upload_id)
 
     def _forget(self, upload_id: str) -> None:
-        self._hashers.pop(upload_id, None)
-        lock = self._locks.get(upload_id)
-        if lock is not None and not lock.locked():
-            del self._locks[upload_id]
+        self._uploads.forget(upload_id)
 
     async def sweep(
         self, live: Collection[str], older_than: datetime, dry_run: bool = False

@@ -53,6 +53,7 @@ from moorage.storage.common import (
     STAGING_ALGORITHM,
     UPLOAD_ID,
     Settler,
+    UploadMemory,
     body_of,
     check_upload_id,
     is_cut,
@@ -264,8 +265,7 @@ class S3BlobStore:
         self.copy_limit = copy_limit
         # Running hash of each upload this process appended to, with the ledger
         # version it is valid at.
-        self._hashers: dict[str, tuple[Hasher, int]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._uploads = UploadMemory()
         self._settler = Settler()
         self._hash_pool = ThreadPoolExecutor(hash_threads, thread_name_prefix="s3-hash")
 
@@ -422,10 +422,7 @@ class S3BlobStore:
     # -- uploads -----------------------------------------------------------
 
     def _lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
+        return self._uploads.lock(upload_id)
 
     async def _load(self, upload_id: str) -> tuple[UploadRecord, _State]:
         check_upload_id(upload_id)
@@ -435,15 +432,13 @@ class S3BlobStore:
         return record, _State.parse(record.state)
 
     def _cached_hasher(self, upload_id: str, record: UploadRecord) -> Hasher | None:
-        cached = self._hashers.get(upload_id)
-        if cached is not None and cached[1] == record.version:
-            return cached[0].copy()
-        return None
+        cached = self._uploads.hasher(upload_id, record.version)
+        return None if cached is None else cached.copy()
 
     async def create_upload(self, upload_id: str) -> None:
         # Nothing to stage before the first byte; the ledger row starts empty.
         check_upload_id(upload_id)
-        self._hashers[upload_id] = (new_hasher(STAGING_ALGORITHM), 0)
+        self._uploads.start(upload_id)
 
     async def _read_tail(self, upload_id: str, state: _State, record: UploadRecord) -> bytes:
         if state.tail is None:
@@ -541,10 +536,7 @@ class S3BlobStore:
             if current is None:
                 raise UploadMissing(upload_id)
             raise OffsetMismatch(current.offset)
-        if writer.hasher is not None:
-            self._hashers[upload_id] = (writer.hasher, record.version + 1)
-        else:
-            self._hashers.pop(upload_id, None)
+        self._uploads.saved(upload_id, writer.hasher, record.version + 1)
         if state.tail:
             with contextlib.suppress(StorageError):
                 await self.bucket.delete_object(state.tail)
@@ -658,10 +650,7 @@ class S3BlobStore:
         self._forget(upload_id)
 
     def _forget(self, upload_id: str) -> None:
-        self._hashers.pop(upload_id, None)
-        lock = self._locks.get(upload_id)
-        if lock is not None and not lock.locked():
-            del self._locks[upload_id]
+        self._uploads.forget(upload_id)
 
     async def sweep(
         self, live: Collection[str], older_than: datetime, dry_run: bool = False
