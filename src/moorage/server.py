@@ -479,7 +479,9 @@ async def _serve(
     collector = _start_collector(settings, registry)
     await stop.wait()
     if collector is not None:
+        # A round in progress finishes the blob it is deleting (shielded), then stops.
         collector.cancel()
+        await asyncio.wait([collector], timeout=settings.shutdown_timeout)
 
     # Graceful stop: refuse new connections, let requests in flight (uploads
     # above all) run to completion, then close what is idle. aiohttp's own
