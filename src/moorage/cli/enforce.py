@@ -26,6 +26,14 @@ ExemptOption = Annotated[
     list[str] | None,
     typer.Option("--exempt-namespace", help="A namespace never checked (repeatable)"),
 ]
+OptOutOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-opt-out",
+        help="Namespaces (a name or glob, repeatable) whose label moorage.io/enforce=disabled "
+        "exempts them; elsewhere the label is ignored",
+    ),
+]
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -49,6 +57,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8443,
     namespace: NamespaceOption = "moorage-enforce",
     exempt_namespace: ExemptOption = None,
+    allow_opt_out: OptOutOption = None,
     insecure_registry: Annotated[
         list[str] | None,
         typer.Option("--insecure-registry", help="HOST[:PORT] read over plain HTTP (repeatable)"),
@@ -61,12 +70,17 @@ def serve(
 ) -> None:
     """Serve the admission webhook (POST /mutate, /validate; GET /metrics, /healthz, /readyz)."""
     from moorage.enforce.registry import Access
-    from moorage.enforce.verify import ALWAYS_EXEMPT, Settings
+    from moorage.enforce.verify import ALWAYS_EXEMPT, Settings, namespace_patterns
     from moorage.enforce.webhook import ServeOptions, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if in_cluster == bool(cluster):
         raise CliError("give --cluster NAME or --in-cluster")
+    try:
+        exempt = namespace_patterns(exempt_namespace or [], globs=False)
+        opt_out = namespace_patterns(allow_opt_out or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     insecure = set(insecure_registry or [])
     ca = str(ca_bundle) if ca_bundle else None
     if in_cluster:
@@ -90,7 +104,8 @@ def serve(
         access=Access(frozenset(h.lower() for h in insecure), ca),
         settings=Settings(
             namespace=namespace,
-            exempt_namespaces=ALWAYS_EXEMPT | set(exempt_namespace or []),
+            exempt_namespaces=ALWAYS_EXEMPT | exempt,
+            opt_out_namespaces=opt_out,
             cache_ttl=cache_ttl,
             deadline=deadline,
         ),
@@ -138,6 +153,7 @@ def install(
         typer.Option("--tls-dir", help="ca.crt, server.crt, server.key (`moorage enforce certs`)"),
     ] = None,
     exempt_namespace: ExemptOption = None,
+    allow_opt_out: OptOutOption = None,
     default_policy: Annotated[
         str, typer.Option(help="ClusterImagePolicy 'default': signed, allow-all or none")
     ] = "signed",
@@ -177,6 +193,7 @@ def install(
         tls_cert=cert,
         tls_key=key,
         exempt_namespaces=tuple(exempt_namespace or ()),
+        opt_out_namespaces=tuple(allow_opt_out or ()),
         default_policy=policy,
         cosign_key=_read(cosign_key, "--cosign-key"),
         gpg_key=gpg.decode(errors="replace") if gpg else None,

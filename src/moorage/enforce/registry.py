@@ -45,6 +45,7 @@ MANIFEST_TYPES = ", ".join(
 MAX_MANIFEST = 4 << 20
 DOCKER_HUB = "registry-1.docker.io"
 MAX_SIGNATURES = 20  # per form: each costs a fetch and a check
+MAX_REFERRER_PAGES = 10
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -213,10 +214,13 @@ class RegistryReader:
 
     # -- what the webhook asks ---------------------------------------------------
 
-    async def resolve(self, session: Session) -> str:
-        """The digest the image's tag (or digest) names now."""
+    async def resolve(self, session: Session, tag: str | None = None) -> str:
+        """The digest the image's tag (or digest) names now; with ``tag``, the
+        digest that tag of the repository names (a reference may carry both)."""
         ref = session.ref
-        path = f"/v2/{ref.path}/manifests/{ref.reference}"
+        reference = tag or ref.reference
+        what = f"{ref.repository}:{tag}" if tag else str(ref)
+        path = f"/v2/{ref.path}/manifests/{reference}"
         try:
             reply = await session.get(path, MANIFEST_TYPES, method="HEAD")
             if reply.status_code == 200 and not reply.headers.get("docker-content-digest"):
@@ -226,15 +230,49 @@ class RegistryReader:
         except httpx.HTTPError as exc:
             raise ReadError(f"cannot reach {ref.host} ({type(exc).__name__})") from None
         if reply.status_code in (401, 403):
-            raise ReadError(f"cannot read {ref}: {session.refused()}")
+            raise ReadError(f"cannot read {what}: {session.refused()}")
         if reply.status_code == 404:
-            raise ReadError(f"{ref} does not exist in its registry")
+            raise ReadError(f"{what} does not exist in its registry")
         if reply.status_code != 200:
-            raise ReadError(f"{ref.host} answered HTTP {reply.status_code} for {ref}")
+            raise ReadError(f"{ref.host} answered HTTP {reply.status_code} for {what}")
         digest = reply.headers["docker-content-digest"]
-        if ref.digest and digest != ref.digest:
+        if tag is None and ref.digest and digest != ref.digest:
             raise ReadError(f"{ref.host} answered {digest} for {ref}")
         return str(digest)
+
+    async def evidence(self, session: Session, digest: str, cosigned: bool, simple: bool) -> str:
+        """A hash of where the signatures of ``digest`` are kept: what the
+        ``sha256-<hex>.sig`` tag names, which referrers the digest has, and the
+        signature extension's list. A remembered verdict stands while this is
+        unchanged; a signature deleted, replaced or added changes it. These are
+        small reads (a HEAD and listings, no signature content), and Moorage
+        answers the HEAD from its manifest cache."""
+        path = session.ref.path
+        parts: list[Any] = []
+        try:
+            if cosigned:
+                tag = f"/v2/{path}/manifests/{cosign.signature_tag(digest)}"
+                head = await session.get(tag, MANIFEST_TYPES, method="HEAD")
+                parts.append([head.status_code, head.headers.get("docker-content-digest")])
+                page: str | None = f"/v2/{path}/referrers/{digest}"
+                for _ in range(MAX_REFERRER_PAGES):
+                    if page is None:
+                        break
+                    listed = await session.get(page, "application/vnd.oci.image.index.v1+json")
+                    parts.append([listed.status_code, _listed_digests(listed.content)])
+                    page = _next_page(listed.headers.get("link"), path)
+                if page is not None:  # too many to compare: never equal, verified afresh
+                    parts.append(["more pages", time.monotonic()])
+            if simple:
+                listed = await session.get(
+                    f"/extensions/v2/{path}/signatures/{digest}", "application/json"
+                )
+                parts.append([listed.status_code, hashlib.sha256(listed.content).hexdigest()])
+        except httpx.HTTPError as exc:
+            raise ReadError(
+                f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
+            ) from None
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     async def _json(self, session: Session, path: str, accept: str) -> dict[str, Any] | None:
         reply = await session.get(path, accept)
@@ -332,6 +370,26 @@ class RegistryReader:
             if len(content) <= simplesigning.MAX_SIGNATURE:
                 found.append(content)
         return found
+
+
+def _listed_digests(body: bytes) -> list[str] | str:
+    """The digests a referrers index lists, in order; its hash when it is not one."""
+    try:
+        document = json.loads(body)
+        return sorted(str(m["digest"]) for m in document["manifests"])
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return hashlib.sha256(body).hexdigest()
+
+
+def _next_page(link: str | None, path: str) -> str | None:
+    """The next page of a listing (the ``Link: <…>; rel="next"`` header), on the same
+    repository's referrers path only."""
+    if not link or 'rel="next"' not in link:
+        return None
+    target = urlsplit(link.split(";", 1)[0].strip().strip("<>"))
+    if target.netloc or not target.path.startswith(f"/v2/{path}/referrers/"):
+        return None
+    return target.path + (f"?{target.query}" if target.query else "")
 
 
 def _query(url: str) -> str:
