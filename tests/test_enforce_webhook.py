@@ -557,8 +557,13 @@ def test_cache_flush_revokes_verified_digests_at_once(world: World) -> None:
 
 
 def _last_verdict(world: World, name: str) -> dict[str, Any] | None:
-    """The verdict on the one image of the last review of object ``name``."""
-    found = [d for d in world.webhook.decisions() if d.get("name") == name and d["images"]]
+    """The verdict on the one image of the last mutating review of object ``name`` (the
+    validating one that follows it is answered from the cache the mutating one filled)."""
+    found = [
+        d
+        for d in world.webhook.decisions()
+        if d.get("name") == name and d["endpoint"] == "mutate" and d["images"]
+    ]
     return found[-1]["images"][0] if found else None
 
 
