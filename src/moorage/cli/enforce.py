@@ -66,6 +66,13 @@ def serve(
         Path | None, typer.Option("--ca-bundle", help="CA of private registries (PEM)")
     ] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a verified digest is remembered")] = 300,
+    revalidate_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds after which a remembered verdict's signatures are looked up again "
+            "(0: at every admission)"
+        ),
+    ] = 2,
     deadline: Annotated[float, typer.Option(help="Seconds one admission may take")] = 8,
 ) -> None:
     """Serve the admission webhook (POST /mutate, /validate; GET /metrics, /healthz, /readyz)."""
@@ -76,6 +83,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if in_cluster == bool(cluster):
         raise CliError("give --cluster NAME or --in-cluster")
+    if not 0 <= revalidate_after <= 10:
+        raise CliError("--revalidate-after is 0 to 10 seconds")
     try:
         exempt = namespace_patterns(exempt_namespace or [], globs=False)
         opt_out = namespace_patterns(allow_opt_out or [])
@@ -107,6 +116,7 @@ def serve(
             exempt_namespaces=ALWAYS_EXEMPT | exempt,
             opt_out_namespaces=opt_out,
             cache_ttl=cache_ttl,
+            revalidate_after=revalidate_after,
             deadline=deadline,
         ),
     )

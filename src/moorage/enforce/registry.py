@@ -16,6 +16,7 @@ only where the kubelet would send it, the image's own registry host:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -248,30 +249,40 @@ class RegistryReader:
         small reads (a HEAD and listings, no signature content), and Moorage
         answers the HEAD from its manifest cache."""
         path = session.ref.path
-        parts: list[Any] = []
-        try:
-            if cosigned:
-                tag = f"/v2/{path}/manifests/{cosign.signature_tag(digest)}"
-                head = await session.get(tag, MANIFEST_TYPES, method="HEAD")
-                parts.append([head.status_code, head.headers.get("docker-content-digest")])
-                page: str | None = f"/v2/{path}/referrers/{digest}"
-                for _ in range(MAX_REFERRER_PAGES):
-                    if page is None:
-                        break
-                    listed = await session.get(page, "application/vnd.oci.image.index.v1+json")
-                    parts.append([listed.status_code, _listed_digests(listed.content)])
-                    page = _next_page(listed.headers.get("link"), path)
-                if page is not None:  # too many to compare: never equal, verified afresh
-                    parts.append(["more pages", time.monotonic()])
-            if simple:
-                listed = await session.get(
-                    f"/extensions/v2/{path}/signatures/{digest}", "application/json"
-                )
-                parts.append([listed.status_code, hashlib.sha256(listed.content).hexdigest()])
-        except httpx.HTTPError as exc:
-            raise ReadError(
-                f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
-            ) from None
+
+        async def tag() -> list[Any]:
+            name = f"/v2/{path}/manifests/{cosign.signature_tag(digest)}"
+            head = await session.get(name, MANIFEST_TYPES, method="HEAD")
+            return [head.status_code, head.headers.get("docker-content-digest")]
+
+        async def referrers() -> list[Any]:
+            found: list[Any] = []
+            page: str | None = f"/v2/{path}/referrers/{digest}"
+            for _ in range(MAX_REFERRER_PAGES):
+                if page is None:
+                    break
+                listed = await session.get(page, "application/vnd.oci.image.index.v1+json")
+                found.append([listed.status_code, _listed_digests(listed.content)])
+                page = _next_page(listed.headers.get("link"), path)
+            if page is not None:  # too many to compare: never equal, verified afresh
+                found.append(["more pages", time.monotonic()])
+            return found
+
+        async def extension() -> list[Any]:
+            name = f"/extensions/v2/{path}/signatures/{digest}"
+            listed = await session.get(name, "application/json")
+            return [listed.status_code, hashlib.sha256(listed.content).hexdigest()]
+
+        reads = [tag(), referrers()] if cosigned else []
+        reads += [extension()] if simple else []
+        parts = await asyncio.gather(*reads, return_exceptions=True)  # one round trip, not 3
+        for part in parts:
+            if isinstance(part, httpx.HTTPError):
+                raise ReadError(
+                    f"cannot read the signatures of {session.ref} ({type(part).__name__})"
+                ) from None
+            if isinstance(part, BaseException):
+                raise part
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     async def _json(self, session: Session, path: str, accept: str) -> dict[str, Any] | None:

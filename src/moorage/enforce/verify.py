@@ -10,10 +10,11 @@ out) is a denial that says why.
 
 A remembered verdict is used only while the registry still holds what it
 stood on: each admission resolves the image again (a digest reference too,
-so a deleted image stops admitting) and compares the signatures' evidence
-(``RegistryReader.evidence``); a signature deleted or replaced sends the
-image back to full verification. A key removed from its Secret or a policy
-changed makes a different cache key."""
+so a deleted image stops admitting), and a verdict whose signatures' evidence
+(``RegistryReader.evidence``) was last compared more than
+``Settings.revalidate_after`` seconds ago is compared again; a signature
+deleted or replaced sends the image back to full verification. A key
+removed from its Secret or a policy changed makes a different cache key."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ class Settings:
     # namespace names. None by default: whoever may label a namespace is not the operator.
     opt_out_namespaces: frozenset[str] = frozenset()
     cache_ttl: float = 300.0
+    # A remembered verdict's evidence is read again when older than this (0: at every
+    # admission); the bound on a removed signature admitting, well under 10 s.
+    revalidate_after: float = 2.0
     deadline: float = 8.0  # seconds for one admission, below the configurations' timeout
     max_images: int = admission.MAX_IMAGES
 
@@ -78,12 +82,14 @@ class Outcome:
     keys: tuple[str, ...] = ()  # the keys that signed, as "cosign key … in secret ns/name"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Remembered:
-    """A verdict with the evidence (``RegistryReader.evidence``) it was reached on."""
+    """A verdict with the evidence (``RegistryReader.evidence``) it was reached on,
+    and when that evidence was last found unchanged (monotonic seconds)."""
 
     outcome: Outcome
     evidence: str
+    checked: float
 
 
 @dataclass(frozen=True)
@@ -346,7 +352,9 @@ class Enforcer:
         cosigned = any(c.kind == "cosign" and c.cosign_keys for c in checks)
         simple = any(c.kind == "simple" and c.gpg for c in checks)
         remembered = self.cache.get(key)
-        if remembered is not None:
+        due = time.monotonic() - self.settings.revalidate_after
+        if remembered is not None and remembered.checked <= due:
+            checked = time.monotonic()
             try:
                 evidence = await self.reader.evidence(session, digest, cosigned, simple)
             except ReadError:
@@ -355,6 +363,8 @@ class Enforcer:
                 self.cache.discard(key)  # what it stood on changed: verify again
                 self.stale += 1
                 remembered = None
+            else:
+                remembered.checked = checked
         cached = remembered is not None
         if remembered is not None:
             self.hits += 1
@@ -362,13 +372,14 @@ class Enforcer:
             self.misses += 1
 
             async def verified() -> _Remembered:
+                checked = time.monotonic()
                 try:
                     evidence = await self.reader.evidence(session, digest, cosigned, simple)
                 except ReadError as exc:
-                    return _Remembered(Outcome(False, str(exc)), "")
+                    return _Remembered(Outcome(False, str(exc)), "", checked)
                 # Read before verifying: a signature that goes meanwhile changes it.
                 outcome = await self._verify(session, ref, digest, policy, checks)
-                return _Remembered(outcome, evidence)
+                return _Remembered(outcome, evidence, checked)
 
             remembered = await self.cache.once(key, verified, keep=lambda r: r.outcome.allowed)
         outcome = remembered.outcome
