@@ -16,6 +16,8 @@ from moorage.metadata.store import (
     SignerRecord,
     StoredManifest,
     StoredSignature,
+    TagMoved,
+    TagWas,
     UploadSession,
     sqlite_url,
 )
@@ -34,6 +36,8 @@ __all__ = [
     "SignerRecord",
     "StoredManifest",
     "StoredSignature",
+    "TagMoved",
+    "TagWas",
     "UploadSession",
     "create_metadata_engine",
     "sqlite_url",
