@@ -649,6 +649,11 @@ def test_a_writer_can_neither_erase_nor_hide_the_release_signature(world: World)
     )
     assert moved.status_code == 403, moved.text
     assert images.manifest("flooded", tag).content == signed
+    # What a Writer may do, appending as cosign does, cannot spoil the layers before it.
+    spoiled = {**layers[0], "annotations": {"dev.cosignproject.cosign/signature": "!!!"}}
+    appended = {**json.loads(signed), "layers": [*layers, spoiled]}
+    put = images.put_manifest("flooded", tag, json.dumps(appended).encode(), key=writer)
+    assert put.status_code == 201, put.text
 
     # Every signature is still there, and the webhook finds the release's among the junk.
     message = pod(world, "flooded", images.ref("flooded", "v1"))

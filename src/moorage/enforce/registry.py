@@ -416,10 +416,12 @@ class RegistryReader:
                 manifest = await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
                 if manifest is not None:
                     found += await self._documents(session, manifest, form, wanted, blobs, budget)
+            read: set[str] = set()
             for artifact_type, form in wanted.artifact_types():
                 async for entry in self._referrers(session, digest, artifact_type, budget):
-                    if not wanted.may_hold(entry.get("annotations")):
+                    if entry.get("digest") in read or not wanted.may_hold(entry.get("annotations")):
                         continue
+                    read.add(str(entry.get("digest")))
                     budget.request()
                     manifest = await self._json(
                         session, f"/v2/{path}/manifests/{entry.get('digest')}", accept
@@ -448,9 +450,10 @@ class RegistryReader:
         blobs: dict[str, bytes | None],
         budget: Budget,
     ) -> list[cosign.CosignSignature]:
+        listed = manifest.get("layers")
         layers = [
             layer
-            for layer in manifest.get("layers") or []
+            for layer in (listed if isinstance(listed, list) else [])
             if isinstance(layer, dict)
             and isinstance(layer.get("digest"), str)
             and wanted.may_hold(layer.get("annotations"), layer.get("mediaType"))
@@ -462,10 +465,7 @@ class RegistryReader:
                 body = await self._blob(session, layer["digest"], cosign.MAX_PAYLOAD)
                 budget.read(len(body or b""))
                 blobs[layer["digest"]] = body
-        try:
-            documents = cosign.from_manifest({"layers": layers}, form, blobs.get)
-        except (cosign.FormatError, ValueError, TypeError):
-            return []  # not a document we can read: it vouches for nothing
+        documents = cosign.from_manifest({"layers": layers}, form, blobs.get)
         return [d for d in documents if wanted.may_verify(d)]
 
     async def simple_signatures(self, session: Session, digest: str) -> list[bytes]:

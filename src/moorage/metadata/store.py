@@ -643,7 +643,18 @@ class MetadataStore:
                 manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:  # pragma: no cover - stored, then deleted meanwhile
                 raise RuntimeError(f"manifest {manifest.digest} vanished while being stored")
-            if tag is not None:
+            if tag is not None and tag_was is not None and tag_was.digest is None:
+                # No row to lock yet: of two writers creating the tag, one inserts it.
+                created = conn.execute(
+                    upsert(conn, Tag)
+                    .values(
+                        repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
+                    )
+                    .on_conflict_do_nothing(index_elements=["repository_id", "name"])
+                )
+                if not created.rowcount:
+                    raise TagMoved(tag)
+            elif tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
             topics.append(repository_topic(repo.region, repo.name))
 

@@ -177,21 +177,6 @@ class ManifestService:
         if length is not None and length > self.max_manifest_bytes:
             raise self.too_large()
 
-    def put(
-        self,
-        repo: RepoRef,
-        reference: str,
-        body: bytes,
-        content_type: str | None,
-        account: str | None = None,
-    ) -> PutResult:
-        """``prepare`` and ``commit`` for a caller without the delete right: a
-        push that would remove a signature is refused."""
-        write = self.prepare(repo, reference, body, content_type)
-        if write.removes:
-            raise self.removal_denied(write)
-        return self.commit(write, account)
-
     def prepare(
         self, repo: RepoRef, reference: str, body: bytes, content_type: str | None
     ) -> ManifestWrite:
@@ -244,7 +229,9 @@ class ManifestService:
         )
 
     def commit(self, write: ManifestWrite, account: str | None = None) -> PutResult:
-        """Store a prepared push, once everything it names is in the repository."""
+        """Store a prepared push, once everything it names is in the repository.
+        ``account``, here and below: the account the caller was authorised as the
+        namespace's owner; the write commits only if it still is."""
         repo, parsed = write.repo, write.parsed
         if write.source is not None and write.source != repo:
             self._link_parsed(repo, write.source, parsed, account)
@@ -346,21 +333,6 @@ class ManifestService:
         manifest = self.get(source, reference, [])
         write = self.prepare(target, tag, manifest.content, manifest.media_type)
         return replace(write, source=source)
-
-    def tag(
-        self,
-        source: RepoRef,
-        reference: str,
-        target: RepoRef,
-        tag: str,
-        account: str | None = None,
-    ) -> str:
-        """``prepare_tag`` and ``commit``, refusing to remove a signature; returns
-        the manifest's digest."""
-        write = self.prepare_tag(source, reference, target, tag)
-        if write.removes:
-            raise self.removal_denied(write)
-        return self.commit(write, account).digest
 
     def delete(self, repo: RepoRef, reference: str, account: str | None = None) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""

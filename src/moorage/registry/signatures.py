@@ -143,10 +143,9 @@ class SignatureService:
         signers: list[SignerRecord],
         read: Callable[[str], bytes | None],
     ) -> list[SignatureInfo]:
-        try:
-            documents = cosign.from_manifest(document, form, read)[:MAX_SIGNATURES]
-        except (cosign.FormatError, ValueError, TypeError) as exc:
-            return [SignatureInfo("cosign", where, "", None, False, str(exc))]
+        documents = cosign.from_manifest(document, form, read)[:MAX_SIGNATURES]
+        if not documents and form != "tag":
+            return [SignatureInfo("cosign", where, "", None, False, "no readable signed document")]
         return [self._cosign(d, where, digest, signers) for d in documents]
 
     def _cosign(

@@ -203,45 +203,55 @@ def from_manifest(
 ) -> list[CosignSignature]:
     """The signed documents of a ``.sig`` manifest (``form`` "tag"), of a cosign
     referrer ("referrer" or, for a sigstore bundle, "bundle"), or of an ``.att``
-    manifest or in-toto referrer ("dsse")."""
+    manifest or in-toto referrer ("dsse"). A layer that is not a readable
+    document is skipped on its own: anyone who may append a layer to a
+    ``.sig`` manifest must not be able to spoil the layers beside it."""
     found = []
-    for layer in manifest.get("layers") or []:
+    layers = manifest.get("layers")
+    for layer in layers if isinstance(layers, list) else []:
         if not isinstance(layer, dict):
             continue
-        media_type, digest = layer.get("mediaType"), layer.get("digest")
-        if not isinstance(digest, str) or int(layer.get("size") or 0) > MAX_PAYLOAD:
+        try:
+            document = _from_layer(layer, form, read_blob)
+        except (FormatError, ValueError, TypeError, AttributeError):
             continue
-        if media_type == SIMPLE_SIGNING:
-            annotations = layer.get("annotations") or {}
-            payload = read_blob(digest)
-            if payload is None or SIGNATURE_ANNOTATION not in annotations:
-                continue
-            certificate = None
-            if CERTIFICATE_ANNOTATION in annotations:
-                try:
-                    certificate = x509.load_pem_x509_certificate(
-                        str(annotations[CERTIFICATE_ANNOTATION]).encode()
-                    )
-                except ValueError:
-                    certificate = None
-            found.append(
-                CosignSignature(
-                    form,
-                    payload,
-                    _b64(annotations[SIGNATURE_ANNOTATION], "the signature annotation"),
-                    payload,
-                    certificate,
-                )
-            )
-        elif media_type == BUNDLE:
-            body = read_blob(digest)
-            if body is not None:
-                found.append(from_bundle(body))
-        elif media_type == DSSE:
-            body = read_blob(digest)
-            if body is not None:
-                found.append(from_envelope(_json_object(body, "the DSSE envelope"), "dsse"))
+        if document is not None:
+            found.append(document)
     return found
+
+
+def _from_layer(
+    layer: dict[str, Any], form: str, read_blob: Callable[[str], bytes | None]
+) -> CosignSignature | None:
+    media_type, digest = layer.get("mediaType"), layer.get("digest")
+    if not isinstance(digest, str) or int(layer.get("size") or 0) > MAX_PAYLOAD:
+        return None
+    if media_type == SIMPLE_SIGNING:
+        annotations = layer.get("annotations") or {}
+        if SIGNATURE_ANNOTATION not in annotations:
+            return None
+        payload = read_blob(digest)
+        if payload is None:
+            return None
+        certificate = None
+        if CERTIFICATE_ANNOTATION in annotations:
+            try:
+                certificate = x509.load_pem_x509_certificate(
+                    str(annotations[CERTIFICATE_ANNOTATION]).encode()
+                )
+            except ValueError:
+                certificate = None
+        signature = _b64(annotations[SIGNATURE_ANNOTATION], "the signature annotation")
+        return CosignSignature(form, payload, signature, payload, certificate)
+    if media_type == BUNDLE:
+        body = read_blob(digest)
+        return from_bundle(body) if body is not None else None
+    if media_type == DSSE:
+        body = read_blob(digest)
+        if body is None:
+            return None
+        return from_envelope(_json_object(body, "the DSSE envelope"), "dsse")
+    return None
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
