@@ -602,7 +602,8 @@ def test_a_policy_can_require_an_attestation_of_a_predicate_type(world: World) -
     other = pod(world, "attested-other", world.images.ref("attested-other"))
     assert other is not None and "no such attestations" in other
     stranger = pod(world, "attested-stranger", world.images.ref("attested-stranger"))
-    assert stranger is not None and "1 attestation(s): 1 made by another key" in stranger
+    # (A bundle naming a key the policy does not hold is not even taken for checking.)
+    assert stranger is not None and "no such attestations" in stranger
 
 
 def test_a_writer_can_neither_erase_nor_hide_the_release_signature(world: World) -> None:
