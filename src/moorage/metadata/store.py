@@ -645,14 +645,15 @@ class MetadataStore:
                 raise RuntimeError(f"manifest {manifest.digest} vanished while being stored")
             if tag is not None and tag_was is not None and tag_was.digest is None:
                 # No row to lock yet: of two writers creating the tag, one inserts it.
-                created = conn.execute(
+                created = conn.scalar(
                     upsert(conn, Tag)
                     .values(
                         repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
                     )
                     .on_conflict_do_nothing(index_elements=["repository_id", "name"])
-                )
-                if not created.rowcount:
+                    .returning(Tag.name)
+                )  # (rowcount says -1 here on PostgreSQL: RETURNING tells)
+                if created is None:
                     raise TagMoved(tag)
             elif tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
