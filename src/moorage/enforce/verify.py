@@ -33,6 +33,7 @@ from moorage.trust import cosign, simplesigning
 OPT_OUT_LABEL = "moorage.io/enforce"
 OPT_OUT_VALUE = "disabled"
 ALWAYS_EXEMPT = frozenset({"kube-system"})
+MAX_GPG_RUNS = 32  # per requirement and image: gpg runs only for signatures that could count
 
 
 @dataclass(frozen=True)
@@ -426,7 +427,7 @@ async def _simple_check(
     check: _Check, signatures: list[bytes], ref: Reference, digest: str
 ) -> tuple[str | None, str]:
     assert check.gpg is not None
-    other, identity, unverified = 0, 0, 0
+    other, identity, unverified, runs = 0, 0, 0, 0
     for content in signatures:
         try:
             claimed = simplesigning.read(content)
@@ -436,6 +437,16 @@ async def _simple_check(
         if not check.gpg.names(claimed.key_ids):
             unverified += 1
             continue
+        if claimed.manifest_digest != digest:  # what it claims, unverified: enough to skip
+            other += 1
+            continue
+        runs += 1
+        if runs > MAX_GPG_RUNS:  # each is a gpg process: bounded by cost, failing closed
+            return None, (
+                f"{check.label} was asked for, but more than {MAX_GPG_RUNS} signatures claim "
+                "its key and this digest; someone may have flooded them: a Manager can "
+                "delete what is not genuine"
+            )
         try:
             document, fingerprint = await asyncio.to_thread(
                 simplesigning.verify, content, [check.gpg.armored]
