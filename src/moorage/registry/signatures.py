@@ -164,7 +164,9 @@ class SignatureService:
             info = SignatureInfo(kind, where, sig.identity())
         if not sig.is_signature and not sig.is_attestation:
             problem = f"neither a signature nor an attestation: its payload is {sig.payload_type!r}"
-            if sig.payload_type == cosign.INTOTO:
+            if sig.predicate_type == cosign.SIGN_PREDICATE:
+                problem = "cosign's sign predicate counts in a bundle only, as cosign has it"
+            elif sig.payload_type == cosign.INTOTO:
                 problem = "neither a signature nor an attestation: no predicate type"
             return _with(info, verified=False, problem=problem)
         if not sig.names(digest):
