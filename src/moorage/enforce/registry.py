@@ -16,6 +16,7 @@ only where the kubelet would send it, the image's own registry host:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -49,10 +50,11 @@ DOCKER_HUB = "registry-1.docker.io"
 # requests, bytes read, and documents taken for checking. An attacker who may
 # push can make the webhook do this much work, and no more; past it the image
 # is denied, saying why, never judged from a part of what is there.
-MAX_REQUESTS = 1000
+MAX_REQUESTS = 4000
 MAX_BYTES = 32 << 20
 MAX_DOCUMENTS = 5000
-MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
+MAX_EXTENSION_LISTING = 16 << 20
+FETCHES_AT_ONCE = 16  # the signature extension answers with every one at once
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -396,60 +398,66 @@ class RegistryReader:
         from the ``sha256-<hex>.sig``/``.att`` tags and every OCI 1.1 referrer of
         the artifact types that hold them. What the unsigned annotations or a
         certificate rule out is not fetched; a blob several layers share is
-        fetched once. The work is bounded by ``budget`` (requests, bytes,
-        documents); when it runs out the check fails closed and says so, rather
-        than judging from the first N an attacker chose."""
+        fetched once; fetches run ``FETCHES_AT_ONCE`` at a time. The work is
+        bounded by a ``Budget`` (requests, bytes, documents); when it runs out
+        the check fails closed and says so, rather than judging from the first N
+        an attacker chose."""
         budget = Budget()
         accept = "application/vnd.oci.image.manifest.v1+json, " + MANIFEST_TYPES
         path = session.ref.path
-        sources: list[tuple[str, str]] = []  # (reference, form)
         signature_tag, attestation_tag = cosign.signature_tags(digest)
-        if wanted.signatures:
-            sources.append((signature_tag, "tag"))
-        if wanted.predicate_types:
-            sources.append((attestation_tag, "dsse"))
-        blobs: dict[str, bytes | None] = {}
-        found: list[cosign.CosignSignature] = []
+        wanted_tags = [(signature_tag, "tag")] if wanted.signatures else []
+        wanted_tags += [(attestation_tag, "dsse")] if wanted.predicate_types else []
+        gate = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+        async def manifest(reference: str) -> dict[str, Any] | None:
+            budget.request()
+            async with gate:
+                return await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
+
         try:
-            for reference, form in sources:
-                budget.request()
-                manifest = await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
-                if manifest is not None:
-                    found += await self._documents(session, manifest, form, wanted, blobs, budget)
-            read: set[str] = set()
+            # The tags first, one at a time: the first request also signs in.
+            sources: list[tuple[dict[str, Any] | None, str]] = []
+            for reference, form in wanted_tags:
+                sources.append((await manifest(reference), form))
+            listed: dict[str, str] = {}  # referrer digest -> form
             for artifact_type, form in wanted.artifact_types():
                 async for entry in self._referrers(session, digest, artifact_type, budget):
-                    if entry.get("digest") in read or not wanted.may_hold(entry.get("annotations")):
-                        continue
-                    read.add(str(entry.get("digest")))
-                    budget.request()
-                    manifest = await self._json(
-                        session, f"/v2/{path}/manifests/{entry.get('digest')}", accept
-                    )
-                    subject = (manifest or {}).get("subject")
-                    if (
-                        manifest is not None
-                        and isinstance(subject, dict)
-                        and (subject.get("digest") == digest)
-                    ):
-                        found += await self._documents(
-                            session, manifest, form, wanted, blobs, budget
-                        )
+                    if wanted.may_hold(entry.get("annotations")):
+                        listed.setdefault(str(entry.get("digest")), form)
+            referrers = await asyncio.gather(*(manifest(d) for d in listed))
+            for found, form in zip(referrers, listed.values(), strict=True):
+                subject = (found or {}).get("subject")
+                if isinstance(subject, dict) and subject.get("digest") == digest:
+                    sources.append((found, form))
+            layers = [
+                (self._wanted_layers(found, wanted, budget), form)
+                for found, form in sources
+                if found is not None
+            ]
+            digests = {layer["digest"] for group, _ in layers for layer in group}
+
+            async def blob(value: str) -> tuple[str, bytes | None]:
+                budget.request()
+                async with gate:
+                    body = await self._blob(session, value, cosign.MAX_PAYLOAD)
+                budget.read(len(body or b""))
+                return value, body
+
+            blobs = dict(await asyncio.gather(*(blob(d) for d in digests)))
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
-        return found
+        documents = []
+        for group, form in layers:
+            documents += cosign.from_manifest({"layers": group}, form, blobs.get)
+        return [d for d in documents if wanted.may_verify(d)]
 
-    async def _documents(
-        self,
-        session: Session,
-        manifest: dict[str, Any],
-        form: str,
-        wanted: Wanted,
-        blobs: dict[str, bytes | None],
-        budget: Budget,
-    ) -> list[cosign.CosignSignature]:
+    @staticmethod
+    def _wanted_layers(
+        manifest: dict[str, Any], wanted: Wanted, budget: Budget
+    ) -> list[dict[str, Any]]:
         listed = manifest.get("layers")
         layers = [
             layer
@@ -459,14 +467,7 @@ class RegistryReader:
             and wanted.may_hold(layer.get("annotations"), layer.get("mediaType"))
         ]
         budget.documents(len(layers))
-        for layer in layers:
-            if layer["digest"] not in blobs:
-                budget.request()
-                body = await self._blob(session, layer["digest"], cosign.MAX_PAYLOAD)
-                budget.read(len(body or b""))
-                blobs[layer["digest"]] = body
-        documents = cosign.from_manifest({"layers": layers}, form, blobs.get)
-        return [d for d in documents if wanted.may_verify(d)]
+        return layers
 
     async def simple_signatures(self, session: Session, digest: str) -> list[bytes]:
         """OpenPGP signatures kept through the registry's signature extension."""
