@@ -24,7 +24,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -53,8 +53,9 @@ DOCKER_HUB = "registry-1.docker.io"
 MAX_REQUESTS = 4000
 MAX_BYTES = 32 << 20
 MAX_DOCUMENTS = 5000
-MAX_EXTENSION_LISTING = 16 << 20
-FETCHES_AT_ONCE = 16  # the signature extension answers with every one at once
+MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
+FETCHES_AT_ONCE = 16
+REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -392,13 +393,19 @@ class RegistryReader:
             path = _next_page(session, reply.headers.get("link", ""))
 
     async def cosign_documents(
-        self, session: Session, digest: str, wanted: Wanted
+        self,
+        session: Session,
+        digest: str,
+        wanted: Wanted,
+        enough: Callable[[list[cosign.CosignSignature]], bool] = lambda _: False,
     ) -> list[cosign.CosignSignature]:
         """The signed cosign documents of ``digest`` that could meet ``wanted``:
         from the ``sha256-<hex>.sig``/``.att`` tags and every OCI 1.1 referrer of
         the artifact types that hold them. What the unsigned annotations or a
         certificate rule out is not fetched; a blob several layers share is
-        fetched once; fetches run ``FETCHES_AT_ONCE`` at a time. The work is
+        fetched once; fetches run ``FETCHES_AT_ONCE`` at a time, the tags first,
+        then the referrers in batches, until ``enough`` (given each batch's new
+        documents) says what was read meets the policy. The work is
         bounded by a ``Budget`` (requests, bytes, documents); when it runs out
         the check fails closed and says so, rather than judging from the first N
         an attacker chose."""
@@ -415,44 +422,58 @@ class RegistryReader:
             async with gate:
                 return await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
 
+        async def blob(value: str) -> tuple[str, bytes | None]:
+            budget.request()
+            async with gate:
+                body = await self._blob(session, value, cosign.MAX_PAYLOAD)
+            budget.read(len(body or b""))
+            return value, body
+
+        blobs: dict[str, bytes | None] = {}
+
+        async def read(sources: list[tuple[dict[str, Any], str]]) -> list[cosign.CosignSignature]:
+            layers = [(self._wanted_layers(found, wanted, budget), form) for found, form in sources]
+            missing = {x["digest"] for group, _ in layers for x in group} - set(blobs)
+            blobs.update(await asyncio.gather(*(blob(d) for d in missing)))
+            documents = []
+            for group, form in layers:
+                documents += cosign.from_manifest({"layers": group}, form, blobs.get)
+            return [d for d in documents if wanted.may_verify(d)]
+
+        documents: list[cosign.CosignSignature] = []
         try:
             # The tags first, one at a time: the first request also signs in.
-            sources: list[tuple[dict[str, Any] | None, str]] = []
+            tagged = []
             for reference, form in wanted_tags:
-                sources.append((await manifest(reference), form))
+                found = await manifest(reference)
+                if found is not None:
+                    tagged.append((found, form))
+            documents += await read(tagged)
+            if enough(documents):
+                return documents
             listed: dict[str, str] = {}  # referrer digest -> form
             for artifact_type, form in wanted.artifact_types():
                 async for entry in self._referrers(session, digest, artifact_type, budget):
                     if wanted.may_hold(entry.get("annotations")):
                         listed.setdefault(str(entry.get("digest")), form)
-            referrers = await asyncio.gather(*(manifest(d) for d in listed))
-            for found, form in zip(referrers, listed.values(), strict=True):
-                subject = (found or {}).get("subject")
-                if isinstance(subject, dict) and subject.get("digest") == digest:
-                    sources.append((found, form))
-            layers = [
-                (self._wanted_layers(found, wanted, budget), form)
-                for found, form in sources
-                if found is not None
-            ]
-            digests = {layer["digest"] for group, _ in layers for layer in group}
-
-            async def blob(value: str) -> tuple[str, bytes | None]:
-                budget.request()
-                async with gate:
-                    body = await self._blob(session, value, cosign.MAX_PAYLOAD)
-                budget.read(len(body or b""))
-                return value, body
-
-            blobs = dict(await asyncio.gather(*(blob(d) for d in digests)))
+            pending = list(listed.items())
+            for start in range(0, len(pending), REFERRER_BATCH):
+                batch = pending[start : start + REFERRER_BATCH]
+                fetched = await asyncio.gather(*(manifest(d) for d, _ in batch))
+                sources = []
+                for found, (_, form) in zip(fetched, batch, strict=True):
+                    subject = (found or {}).get("subject")
+                    if found and isinstance(subject, dict) and subject.get("digest") == digest:
+                        sources.append((found, form))
+                new = await read(sources)
+                documents += new
+                if enough(new):
+                    break
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
-        documents = []
-        for group, form in layers:
-            documents += cosign.from_manifest({"layers": group}, form, blobs.get)
-        return [d for d in documents if wanted.may_verify(d)]
+        return documents
 
     @staticmethod
     def _wanted_layers(

@@ -351,9 +351,21 @@ class Enforcer:
             frozenset(c.requirement.predicate_type for c in keyed if c.requirement.predicate_type),
             frozenset(k.id for c in keyed for k in c.cosign_keys),
         )
+        unmet = list(keyed)
+
+        def enough(new: list[cosign.CosignSignature]) -> bool:
+            """Whether the cosign requirements are met now: reading more would not
+            change the outcome (each document is checked once here)."""
+            unmet[:] = [c for c in unmet if _cosign_check(c, new, ref, digest)[0] is None]
+            if policy.require == Require.ANY:
+                return len(unmet) < len(keyed)
+            return not unmet
+
         try:
             cosigned, simple = await asyncio.gather(
-                self.reader.cosign_documents(session, digest, wanted) if keyed else _nothing(),
+                self.reader.cosign_documents(session, digest, wanted, enough)
+                if keyed
+                else _nothing(),
                 self.reader.simple_signatures(session, digest)
                 if any(c.kind == "simple" and c.gpg for c in checks)
                 else _nothing(),
