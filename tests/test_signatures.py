@@ -584,6 +584,15 @@ def test_only_manager_may_remove_a_signature_by_overwriting_its_tag(
         {"source": "signed/kept:v1", "target": f"signed/kept:{tag}"},
     )
     assert moved.status_code == 403, moved.text
+    # Nor by deleting the tag, the manifest it names, or a blob of it: delete is Manager's.
+    sig_digest = sha256(signed)
+    for target in (f"manifests/{tag}", f"manifests/{sig_digest}"):
+        gone = requests.delete(f"{base}/{target}", headers=as_writer, timeout=10)
+        assert gone.status_code == 401, gone.text
+    payload = document["layers"][0]["digest"]
+    assert (
+        requests.delete(f"{base}/blobs/{payload}", headers=as_writer, timeout=10).status_code == 401
+    )
     assert all_rows(server) == before
     # cosign adds a signature by pushing the manifest again with one more layer: a
     # Writer's right. (With another key: cosign skips a second one by the same key.)
