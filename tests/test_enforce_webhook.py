@@ -521,19 +521,6 @@ def test_cache_flush_revokes_verified_digests_at_once(world: World) -> None:
     assert len(attempts) <= 2, "a flush takes effect within a watch event"
 
 
-# -- the webhook down: last, it stops the webhook ------------------------------------------
-
-
-def test_with_the_webhook_down_admission_fails_closed_except_where_exempt(world: World) -> None:
-    world.webhook.stop()
-    message = pod(world, "down", world.images.ref("cosign-tag"))
-    assert message is not None and "failed calling webhook" in message
-    unsigned = world.images.ref("unsigned")
-    for namespace in ("kube-system", "optout", "tolerated"):
-        stored = submit(world.api, namespace, workload("Pod", "down", unsigned))
-        assert image_of("Pod", stored) == unsigned
-
-
 # -- signatures, attestations and what a Writer may do to them -----------------
 
 TEST_RESULT = "https://example.com/test-result/v1"
@@ -659,3 +646,16 @@ def test_a_writer_can_neither_erase_nor_hide_the_release_signature(world: World)
     assert put.status_code == 201, put.text
     message = pod(world, "guarded", images.ref("guarded"))
     assert message is None, message
+
+
+# -- the webhook down: last, it stops the webhook ------------------------------------------
+
+
+def test_with_the_webhook_down_admission_fails_closed_except_where_exempt(world: World) -> None:
+    world.webhook.stop()
+    message = pod(world, "down", world.images.ref("cosign-tag"))
+    assert message is not None and "failed calling webhook" in message
+    unsigned = world.images.ref("unsigned")
+    for namespace in ("kube-system", "optout", "tolerated"):
+        stored = submit(world.api, namespace, workload("Pod", "down", unsigned))
+        assert image_of("Pod", stored) == unsigned
