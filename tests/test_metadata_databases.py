@@ -24,6 +24,8 @@ from moorage.metadata import (
     MetadataStore,
     NewManifest,
     RepoRef,
+    TagMoved,
+    TagWas,
     create_metadata_engine,
     upgrade,
 )
@@ -207,6 +209,36 @@ def test_racing_writers_create_each_row_once(engine: sa.Engine) -> None:
         assert count("manifests") == 1
         assert count("manifest_references") == 1
         assert count("tags") == 5  # latest, t0..t3
+
+
+def test_racing_signature_tag_writes_judged_on_one_state_commit_once(engine: sa.Engine) -> None:
+    """Writers that each checked a signature tag in the same state (absent, then
+    naming one manifest) race to move it: one commits, the others are told the
+    tag moved, so none silently drops a signature pushed meanwhile."""
+    upgrade(engine)
+    store = MetadataStore(engine)
+    repo = RepoRef("us-south", "team/signed")
+    blob = "sha256:" + "a" * 64
+    epoch = store.pin_blob(blob, 10)
+    assert epoch is not None and store.record_blob(repo, blob, 10, epoch=epoch)
+    tag = "sha256-" + "f" * 64 + ".sig"
+    for was in (None, "created"):
+        before = None
+        if was is not None:
+            current = store.get_manifest(repo, tag, by_digest=False)
+            assert current is not None
+            before = current.digest
+        results = at_once(
+            8,
+            lambda i, before=before, was=was: store.put_manifest(
+                repo,
+                manifest("sha256:" + f"{i}{was or ''}".encode().hex().ljust(64, "0")[:64]),
+                tag=tag,
+                tag_was=TagWas(before),
+            ),
+        )
+        assert sum(1 for r in results if r is None) == 1, results
+        assert all(isinstance(r, TagMoved) for r in results if r is not None), results
 
 
 def test_racing_identical_policies_make_one(engine: sa.Engine) -> None:

@@ -16,6 +16,7 @@ only where the kubelet would send it, the image's own registry host:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -23,12 +24,13 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
+from cryptography import x509
 
 from moorage.enforce.matching import Reference
 from moorage.kube.keyring import Credential
@@ -44,12 +46,109 @@ MANIFEST_TYPES = ", ".join(
 )
 MAX_MANIFEST = 4 << 20
 DOCKER_HUB = "registry-1.docker.io"
-MAX_SIGNATURES = 20  # per form: each costs a fetch and a check
+# What reading one image's signed documents may cost at most: registry
+# requests, bytes read, and documents taken for checking. An attacker who may
+# push can make the webhook do this much work, and no more; past it the image
+# is denied, saying why, never judged from a part of what is there.
+MAX_REQUESTS = 4000
+MAX_BYTES = 32 << 20
+MAX_DOCUMENTS = 5000
+MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
+FETCHES_AT_ONCE = 16
+REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
 class ReadError(Exception):
     """The registry could not be read; the message says why, for the admission reply."""
+
+
+@dataclass
+class Budget:
+    """The work one image's signatures may cost (see MAX_REQUESTS)."""
+
+    requests: int = MAX_REQUESTS
+    bytes: int = MAX_BYTES
+    checks: int = MAX_DOCUMENTS
+
+    def _spent(self, what: str) -> None:
+        raise ReadError(
+            f"its signatures and attestations are more than one admission may read ({what}); "
+            "someone may have flooded them: a Manager can delete what is not genuine"
+        )
+
+    def request(self) -> None:
+        self.requests -= 1
+        if self.requests < 0:
+            self._spent(f"{MAX_REQUESTS} registry requests")
+
+    def read(self, size: int) -> None:
+        self.bytes -= size
+        if self.bytes < 0:
+            self._spent(f"{MAX_BYTES >> 20} MiB")
+
+    def documents(self, count: int) -> None:
+        self.checks -= count
+        if self.checks < 0:
+            self._spent(f"{MAX_DOCUMENTS} signed documents")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a policy's cosign requirements could be met by: signatures, and
+    attestations of some predicate types, by some keys. Only what could meet
+    them is fetched; the unsigned hints used here only ever rule out."""
+
+    signatures: bool = False
+    predicate_types: frozenset[str] = frozenset()
+    key_ids: frozenset[str] = frozenset()  # sha256:<hex> of the policy's keys
+
+    def artifact_types(self) -> list[tuple[str, str]]:
+        """(referrer artifact type, form) to list."""
+        found = []
+        if self.signatures:
+            found.append((cosign.SIGNATURE_ARTIFACT, "referrer"))
+        if self.signatures or self.predicate_types:
+            found.append((cosign.BUNDLE, "bundle"))
+        if self.predicate_types:
+            found.append((cosign.INTOTO, "dsse"))
+        return found
+
+    def _predicates(self) -> set[str]:
+        return {*self.predicate_types, *([cosign.SIGN_PREDICATE] if self.signatures else [])}
+
+    def may_hold(self, annotations: Any, media_type: Any = None) -> bool:
+        """Whether a referrer (its descriptor's annotations) or a layer may hold
+        a document wanted: cosign writes the predicate type beside bundles and
+        attestation layers; one that declares another is not fetched."""
+        if media_type is not None and media_type not in (
+            cosign.SIMPLE_SIGNING,
+            cosign.BUNDLE,
+            cosign.DSSE,
+        ):
+            return False
+        notes = annotations if isinstance(annotations, dict) else {}
+        declared = notes.get(cosign.BUNDLE_PREDICATE_ANNOTATION, notes.get("predicateType"))
+        if media_type == cosign.SIMPLE_SIGNING:
+            return self.signatures and self._certificate_allowed(notes)
+        return not isinstance(declared, str) or declared in self._predicates()
+
+    def _certificate_allowed(self, annotations: dict[str, Any]) -> bool:
+        """A layer carrying a certificate was made with the certificate's key:
+        unless that is one of the policy's keys, it cannot verify."""
+        pem = annotations.get(cosign.CERTIFICATE_ANNOTATION)
+        if not isinstance(pem, str) or not self.key_ids:
+            return True
+        try:
+            key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+            return cosign.key_id(key) in self.key_ids  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return False
+
+    def may_verify(self, document: cosign.CosignSignature) -> bool:
+        """A bundle that names its key is checked only with that key."""
+        named = document.named_key
+        return named is None or not self.key_ids or named in self.key_ids
 
 
 @dataclass(frozen=True)
@@ -236,9 +335,11 @@ class RegistryReader:
             raise ReadError(f"{ref.host} answered {digest} for {ref}")
         return str(digest)
 
-    async def _json(self, session: Session, path: str, accept: str) -> dict[str, Any] | None:
+    async def _json(
+        self, session: Session, path: str, accept: str, limit: int = MAX_MANIFEST
+    ) -> dict[str, Any] | None:
         reply = await session.get(path, accept)
-        if reply.status_code != 200 or len(reply.content) > MAX_MANIFEST:
+        if reply.status_code != 200 or len(reply.content) > limit:
             return None
         try:
             document = json.loads(reply.content)
@@ -264,65 +365,142 @@ class RegistryReader:
             return None
         return reply.content
 
-    async def cosign_signatures(
-        self, session: Session, digest: str
+    async def _referrers(
+        self, session: Session, digest: str, artifact_type: str, budget: Budget
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The descriptors of ``digest``'s referrers of one artifact type, every
+        page of them (``Link: <...>; rel="next"``, on the registry's own origin
+        only). The type is asked of the registry and checked again here, for a
+        registry that ignores the filter."""
+        path: str | None = f"/v2/{session.ref.path}/referrers/{digest}?" + urlencode(
+            {"artifactType": artifact_type}
+        )
+        seen: set[str] = set()
+        while path is not None and path not in seen:
+            seen.add(path)
+            budget.request()
+            reply = await session.get(path, "application/vnd.oci.image.index.v1+json")
+            if reply.status_code != 200:
+                return
+            budget.read(len(reply.content))
+            try:
+                index = json.loads(reply.content)
+            except (ValueError, RecursionError):
+                return
+            for entry in (index.get("manifests") if isinstance(index, dict) else None) or []:
+                if isinstance(entry, dict) and entry.get("artifactType") == artifact_type:
+                    yield entry
+            path = _next_page(session, reply.headers.get("link", ""))
+
+    async def cosign_documents(
+        self,
+        session: Session,
+        digest: str,
+        wanted: Wanted,
+        enough: Callable[[list[cosign.CosignSignature]], bool] = lambda _: False,
     ) -> list[cosign.CosignSignature]:
-        """Signatures from the ``sha256-<hex>.sig`` tag and from OCI 1.1
-        referrers (cosign's own and sigstore bundles)."""
-        path = session.ref.path
-        manifests: list[tuple[dict[str, Any], str]] = []
+        """The signed cosign documents of ``digest`` that could meet ``wanted``:
+        from the ``sha256-<hex>.sig``/``.att`` tags and every OCI 1.1 referrer of
+        the artifact types that hold them. What the unsigned annotations or a
+        certificate rule out is not fetched; a blob several layers share is
+        fetched once; fetches run ``FETCHES_AT_ONCE`` at a time, the tags first,
+        then the referrers in batches, until ``enough`` (given each batch's new
+        documents) says what was read meets the policy. The work is
+        bounded by a ``Budget`` (requests, bytes, documents); when it runs out
+        the check fails closed and says so, rather than judging from the first N
+        an attacker chose."""
+        budget = Budget()
         accept = "application/vnd.oci.image.manifest.v1+json, " + MANIFEST_TYPES
+        path = session.ref.path
+        signature_tag, attestation_tag = cosign.signature_tags(digest)
+        wanted_tags = [(signature_tag, "tag")] if wanted.signatures else []
+        wanted_tags += [(attestation_tag, "dsse")] if wanted.predicate_types else []
+        gate = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+        async def manifest(reference: str) -> dict[str, Any] | None:
+            budget.request()
+            async with gate:
+                return await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
+
+        async def blob(value: str) -> tuple[str, bytes | None]:
+            budget.request()
+            async with gate:
+                body = await self._blob(session, value, cosign.MAX_PAYLOAD)
+            budget.read(len(body or b""))
+            return value, body
+
+        blobs: dict[str, bytes | None] = {}
+
+        async def read(sources: list[tuple[dict[str, Any], str]]) -> list[cosign.CosignSignature]:
+            layers = [(self._wanted_layers(found, wanted, budget), form) for found, form in sources]
+            missing = {x["digest"] for group, _ in layers for x in group} - set(blobs)
+            blobs.update(await asyncio.gather(*(blob(d) for d in missing)))
+            documents = []
+            for group, form in layers:
+                documents += cosign.from_manifest({"layers": group}, form, blobs.get)
+            return [d for d in documents if wanted.may_verify(d)]
+
+        documents: list[cosign.CosignSignature] = []
         try:
-            tagged = await self._json(
-                session, f"/v2/{path}/manifests/{cosign.signature_tag(digest)}", accept
-            )
-            if tagged is not None:
-                manifests.append((tagged, "tag"))
-            index = await self._json(
-                session, f"/v2/{path}/referrers/{digest}", "application/vnd.oci.image.index.v1+json"
-            )
-            for entry in ((index or {}).get("manifests") or [])[:MAX_SIGNATURES]:
-                if not isinstance(entry, dict):
-                    continue
-                kind = entry.get("artifactType")
-                if kind not in (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE):
-                    continue
-                found = await self._json(
-                    session, f"/v2/{path}/manifests/{entry.get('digest')}", accept
-                )
+            # The tags first, one at a time: the first request also signs in.
+            tagged = []
+            for reference, form in wanted_tags:
+                found = await manifest(reference)
                 if found is not None:
-                    manifests.append((found, "bundle" if kind == cosign.BUNDLE else "referrer"))
-            signatures: list[cosign.CosignSignature] = []
-            for manifest, form in manifests:
-                blobs: dict[str, bytes] = {}
-                for layer in (manifest.get("layers") or [])[:MAX_SIGNATURES]:
-                    if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
-                        continue
-                    if layer.get("mediaType") in (cosign.SIMPLE_SIGNING, cosign.BUNDLE):
-                        body = await self._blob(session, layer["digest"], cosign.MAX_PAYLOAD)
-                        if body is not None:
-                            blobs[layer["digest"]] = body
-                try:
-                    signatures += cosign.from_manifest(manifest, form, blobs.get)
-                except (cosign.FormatError, ValueError, TypeError):
-                    continue  # not a signature we can read: it vouches for nothing
+                    tagged.append((found, form))
+            documents += await read(tagged)
+            if enough(documents):
+                return documents
+            listed: dict[str, str] = {}  # referrer digest -> form
+            for artifact_type, form in wanted.artifact_types():
+                async for entry in self._referrers(session, digest, artifact_type, budget):
+                    if wanted.may_hold(entry.get("annotations")):
+                        listed.setdefault(str(entry.get("digest")), form)
+            pending = list(listed.items())
+            for start in range(0, len(pending), REFERRER_BATCH):
+                batch = pending[start : start + REFERRER_BATCH]
+                fetched = await asyncio.gather(*(manifest(d) for d, _ in batch))
+                sources = []
+                for found, (_, form) in zip(fetched, batch, strict=True):
+                    subject = (found or {}).get("subject")
+                    if found and isinstance(subject, dict) and subject.get("digest") == digest:
+                        sources.append((found, form))
+                new = await read(sources)
+                documents += new
+                if enough(new):
+                    break
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
-        return signatures[: MAX_SIGNATURES * 2]
+        return documents
+
+    @staticmethod
+    def _wanted_layers(
+        manifest: dict[str, Any], wanted: Wanted, budget: Budget
+    ) -> list[dict[str, Any]]:
+        listed = manifest.get("layers")
+        layers = [
+            layer
+            for layer in (listed if isinstance(listed, list) else [])
+            if isinstance(layer, dict)
+            and isinstance(layer.get("digest"), str)
+            and wanted.may_hold(layer.get("annotations"), layer.get("mediaType"))
+        ]
+        budget.documents(len(layers))
+        return layers
 
     async def simple_signatures(self, session: Session, digest: str) -> list[bytes]:
         """OpenPGP signatures kept through the registry's signature extension."""
         path = f"/extensions/v2/{session.ref.path}/signatures/{digest}"
         try:
-            document = await self._json(session, path, "application/json")
+            document = await self._json(session, path, "application/json", MAX_EXTENSION_LISTING)
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
         found = []
-        for entry in ((document or {}).get("signatures") or [])[:MAX_SIGNATURES]:
+        for entry in (document or {}).get("signatures") or []:
             if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
                 continue
             try:
@@ -332,6 +510,20 @@ class RegistryReader:
             if len(content) <= simplesigning.MAX_SIGNATURE:
                 found.append(content)
         return found
+
+
+def _next_page(session: Session, link: str) -> str | None:
+    """The path of the next page a ``Link`` header names, if on the registry's origin."""
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' not in params.replace(" ", "") or not target.strip().startswith("<"):
+            continue
+        url = urljoin(f"{session.base}/", target.strip()[1:-1])
+        split = urlsplit(url)
+        if f"{split.scheme}://{split.netloc.lower()}" != session.base:
+            return None
+        return split.path + _query(url)
+    return None
 
 
 def _query(url: str) -> str:

@@ -657,10 +657,14 @@ class ManagementApi:
         target, tag, target_ns = self._image(region, c.body.target)
         await self._may(c.principal, roles.PULL, region, source_ns)
         await self._may(c.principal, roles.TAG, region, target_ns)
-        digest = await self._run(
-            self.manifests.tag, source, reference, target, tag, c.principal.account_id
-        )
-        return {"tagged": f"{target.name}:{tag}", "digest": digest}
+        write = await self._run(self.manifests.prepare_tag, source, reference, target, tag)
+        if write.removes:  # moving a signature tag off what it holds deletes signatures
+            try:
+                await self._may(c.principal, roles.DELETE, region, target_ns)
+            except Forbidden:
+                raise self.manifests.removal_denied(write) from None
+        result = await self._run(self.manifests.commit, write, c.principal.account_id)
+        return {"tagged": f"{target.name}:{tag}", "digest": result.digest}
 
     async def list_tokens(self, c: ApiCall) -> Any:
         """The account's registry tokens for the region (deprecated)."""

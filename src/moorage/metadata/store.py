@@ -48,7 +48,12 @@ from moorage.trust import cosign, notation
 
 BLOB_REFERENCE = "blob"
 # Referrers that are signatures of their subject: cosign's, sigstore bundles, notation.
-SIGNATURE_ARTIFACT_TYPES = (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE, notation.ARTIFACT_TYPE)
+SIGNATURE_ARTIFACT_TYPES = (
+    cosign.SIGNATURE_ARTIFACT,
+    cosign.BUNDLE,
+    cosign.INTOTO,
+    notation.ARTIFACT_TYPE,
+)
 
 
 class SignatureExists(ValueError):
@@ -94,6 +99,18 @@ class UploadMoved(LookupError):
 class NamespaceChanged(LookupError):
     """The namespace a write was authorised for no longer belongs to that account
     (removed, perhaps claimed by another) by the time the write commits."""
+
+
+@dataclass(frozen=True)
+class TagWas:
+    """A precondition on a tag write: the tag still names ``digest`` (None: no
+    manifest at all) when the write commits, as it did when it was checked."""
+
+    digest: str | None
+
+
+class TagMoved(LookupError):
+    """A tag write's precondition failed: the tag changed since it was checked."""
 
 
 class BlobsUnlinked(LookupError):
@@ -611,12 +628,28 @@ class MetadataStore:
         return int(manifest_id)
 
     def put_manifest(
-        self, repo: RepoRef, manifest: NewManifest, tag: str | None, account: str | None = None
+        self,
+        repo: RepoRef,
+        manifest: NewManifest,
+        tag: str | None,
+        account: str | None = None,
+        tag_was: TagWas | None = None,
     ) -> None:
-        """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
+        """Store a manifest (once per repository) and point ``tag`` at it,
+        atomically; with ``tag_was``, only if the tag still names what it did
+        (else TagMoved, and nothing changes)."""
         with self._write() as (conn, topics):
             self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
+            if tag is not None and tag_was is not None:
+                now = conn.scalar(
+                    select(Manifest.digest)
+                    .join(Tag, Tag.manifest_id == Manifest.id)
+                    .where(Tag.repository_id == repo_id, Tag.name == tag)
+                    .with_for_update()
+                )
+                if now != tag_was.digest:
+                    raise TagMoved(tag)
             manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
                 self._require_links(conn, repo_id, manifest.blob_digests)
@@ -625,7 +658,19 @@ class MetadataStore:
                 manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:  # pragma: no cover - stored, then deleted meanwhile
                 raise RuntimeError(f"manifest {manifest.digest} vanished while being stored")
-            if tag is not None:
+            if tag is not None and tag_was is not None and tag_was.digest is None:
+                # No row to lock yet: of two writers creating the tag, one inserts it.
+                created = conn.scalar(
+                    upsert(conn, Tag)
+                    .values(
+                        repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
+                    )
+                    .on_conflict_do_nothing(index_elements=["repository_id", "name"])
+                    .returning(Tag.name)
+                )  # (rowcount says -1 here on PostgreSQL: RETURNING tells)
+                if created is None:
+                    raise TagMoved(tag)
+            elif tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
             topics.append(repository_topic(repo.region, repo.name))
 
