@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubernetes import client
 
 from moorage.egress import Egress, Refused, credential_for
 from moorage.enforce.matching import Reference
@@ -21,6 +26,20 @@ from moorage.enforce.registry import Access, ReadError, RegistryReader
 from moorage.kube.keyring import Credential, Keyring
 from moorage.kube.registry_check import ImageRef, RegistryCheck
 from tests.attacker_registry import AttackerRegistry
+from tests.conftest import require_tool
+from tests.enforce_env import (
+    NAMESPACE,
+    WebhookProcess,
+    apply_policy,
+    denial,
+    key_secret,
+    make_pull_secret,
+    moorage,
+    register_cluster,
+    workload,
+)
+from tests.kube import KubeCluster, api_client, make_namespace
+from tests.server import free_port
 
 SECRET = "robot-password-for-the-attacker"
 
@@ -195,3 +214,116 @@ def test_malformed_allowances_are_refused_with_the_option_named() -> None:
     with pytest.raises(ValueError, match="REGISTRY=HOST"):
         Egress.parse(token_services=["no-equals"])
     assert isinstance(Refused("x"), httpx.TransportError)
+
+
+# -- the webhook, called by a real API server, judging the attacker's images --------
+
+
+@dataclass
+class Webhooked:
+    api: Any
+    redirecting: AttackerRegistry
+    foreign_realm: AttackerRegistry
+    stranger: AttackerRegistry
+    webhook: WebhookProcess
+
+
+@pytest.fixture(scope="module")
+def webhooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhooked]:
+    for tool in ("kube-apiserver", "etcd", "kubectl"):
+        require_tool(tool)
+    tmp = tmp_path_factory.mktemp("outbound")
+    redirecting = AttackerRegistry("redirect").start()
+    foreign_realm = AttackerRegistry("realm").start()
+    stranger = AttackerRegistry("redirect").start()
+    cluster = KubeCluster(tmp / "cluster").start()
+    webhook: WebhookProcess | None = None
+    try:
+        config = tmp / "config"
+        # Each registry is allowed by its own host:port only (--insecure-registry
+        # and --allow-private), as an operator allows an in-cluster registry.
+        register_cluster(config, cluster, redirecting.host, foreign_realm.host)
+        tls = tmp / "tls"
+        assert moorage(config, "enforce", "certs", "--dir", str(tls)).returncode == 0
+        port = free_port()
+        installed = moorage(
+            config,
+            "enforce",
+            "install",
+            "--cluster",
+            "test",
+            "--url",
+            f"https://127.0.0.1:{port}",
+            "--tls-dir",
+            str(tls),
+            "--default-policy",
+            "none",
+        )
+        assert installed.returncode == 0, installed.stderr
+        api = api_client(cluster)
+        core = client.CoreV1Api(api)
+        public = ec.generate_private_key(ec.SECP256R1()).public_key()
+        pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        key_secret(core, NAMESPACE, "cosign-release", {"cosign.pub": pem})
+        signed = {"cosign": {"requirements": [{"type": "signedBy", "keySecret": "cosign-release"}]}}
+        apply_policy(
+            cluster,
+            {
+                "apiVersion": "moorage.io/v1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": "attackers"},
+                "spec": {
+                    "repositories": [
+                        {"name": f"{redirecting.host}/*", "policy": signed},
+                        {"name": f"{foreign_realm.host}/*", "policy": signed},
+                        {"name": f"{stranger.host}/*", "policy": signed},
+                    ]
+                },
+            },
+        )
+        make_namespace(core, "apps")
+        make_pull_secret(core, "apps", "redirecting", redirecting.host, SECRET)
+        make_pull_secret(core, "apps", "realm", foreign_realm.host, SECRET)
+        make_pull_secret(core, "apps", "stranger", stranger.host, SECRET)
+        log = tmp / "webhook.log"
+        webhook = WebhookProcess(config, tls, port, log, "--insecure-registry", stranger.host)
+        webhook.start()
+        yield Webhooked(api, redirecting, foreign_realm, stranger, webhook)
+    finally:
+        if webhook is not None:
+            webhook.stop()
+        cluster.stop()
+        for attacker in (redirecting, foreign_realm, stranger):
+            attacker.stop()
+
+
+def test_the_webhook_does_not_follow_a_blob_redirect_to_a_metadata_address(
+    webhooked: Webhooked,
+) -> None:
+    attacker = webhooked.redirecting
+    pod = workload("Pod", "redirected", attacker.image(), ["redirecting"])
+    message = denial(webhooked.api, "apps", pod)
+    assert message is not None and "redirected a blob" in message, message
+    assert f"refused {attacker.metadata.host}" in message and "loopback" in message
+    assert attacker.metadata.heard == []
+    assert any("/blobs/" in h.path for h in attacker.registry.heard)  # the webhook did ask
+
+
+def test_the_webhook_sends_nothing_to_a_realm_on_an_unallowed_host(webhooked: Webhooked) -> None:
+    attacker = webhooked.foreign_realm
+    pod = workload("Pod", "realm", attacker.image(), ["realm"])
+    message = denial(webhooked.api, "apps", pod)
+    assert message is not None and "is not admitted" in message, message
+    assert attacker.token.heard == []
+    assert all(SECRET not in _decoded(h.authorization) for h in attacker.registry.heard)
+
+
+def test_an_unallowed_registry_is_not_contacted_by_the_webhook(webhooked: Webhooked) -> None:
+    # Listed as insecure (plain HTTP) but allowed nowhere: its address is refused.
+    stranger = webhooked.stranger
+    pod = workload("Pod", "stranger", stranger.image(), ["stranger"])
+    message = denial(webhooked.api, "apps", pod)
+    assert message is not None and "loopback" in message and "--allow-private" in message, message
+    assert stranger.registry.heard == []
