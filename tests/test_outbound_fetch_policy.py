@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,30 @@ def test_a_name_that_resolves_to_loopback_is_refused(redirecting: AttackerRegist
         with pytest.raises(Refused, match="address"):
             asyncio.run(get(f"http://{host}/v2/"))
     assert redirecting.registry.heard == []
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(
+    redirecting: AttackerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake resolver, because a DNS rebind needs a DNS server the test cannot
+    # run: the name first resolves to the allowed 127.0.0.1, then to 127.0.0.2.
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.test":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        return real("127.0.0.1" if len(lookups) == 1 else "127.0.0.2", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    host = f"rebind.test:{redirecting.registry.port}"
+    policy = Egress.parse(["127.0.0.1/32"], [host])
+    with policy.client() as http:
+        assert http.get(f"http://{host}/v2/app/tool/manifests/v1").status_code == 200
+    assert lookups == ["rebind.test"]  # resolved once; the socket went to what was checked
+    with policy.client() as http, pytest.raises(Refused, match=r"127\.0\.0\.2"):
+        http.get(f"http://{host}/v2/")  # a new connection checks the new answer
 
 
 def test_a_foreign_realm_gets_no_credential_and_an_unallowed_one_no_request(
