@@ -125,6 +125,7 @@ def clusters(output: str = OutputOption) -> None:
             ("context", "CONTEXT"),
             ("region", "REGION"),
             ("insecure_registries", "INSECURE REGISTRIES"),
+            ("allow_private", "ALLOW PRIVATE"),
         ],
         output,
     )
