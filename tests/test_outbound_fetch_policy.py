@@ -313,7 +313,9 @@ def webhooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhooked]:
         make_pull_secret(core, "apps", "realm", foreign_realm.host, SECRET)
         make_pull_secret(core, "apps", "stranger", stranger.host, SECRET)
         log = tmp / "webhook.log"
-        webhook = WebhookProcess(config, tls, port, log, "--insecure-registry", stranger.host)
+        # The metadata stand-in is listed insecure too: only its address keeps it out.
+        insecure = ("--insecure-registry", stranger.host, "--insecure-registry")
+        webhook = WebhookProcess(config, tls, port, log, *insecure, redirecting.metadata.host)
         webhook.start()
         yield Webhooked(api, redirecting, foreign_realm, stranger, webhook)
     finally:
