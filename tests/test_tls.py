@@ -337,7 +337,7 @@ def test_sni_picks_a_certificate_per_domain(tmp_path: Path) -> None:
         ],
     }
     for stem, names in groups.items():
-        files = issue(ca_dir, names)
+        files = issue(ca_dir, names, permitted=["reg.test", "127.0.0.1"])
         shutil.copy(files.cert, certs / f"{stem}.crt")
         shutil.copy(files.key, certs / f"{stem}.key")
     ca = ca_dir / "ca.crt"

@@ -130,16 +130,31 @@ def certs(
         list[str] | None, typer.Option("--name", help="Another name or address (repeatable)")
     ] = None,
     days: Annotated[int, typer.Option(help="Validity of the serving certificate")] = 397,
+    ca_dir: Annotated[
+        Path | None,
+        typer.Option("--ca-dir", help="Where the CA's key lives [default: <dir>-ca]"),
+    ] = None,
 ) -> None:
-    """A CA (made once, reused) and a serving certificate for the webhook's
-    Service, 127.0.0.1 and ::1."""
+    """A CA (made once, reused; its key in a directory of its own, limited to
+    these names) and a serving certificate for the webhook's Service,
+    127.0.0.1 and ::1."""
     from moorage.enforce.install import service_names
-    from moorage.pki import issue
+    from moorage.pki import PkiError, issue
 
     names = [*service_names(namespace), *(name or []), "127.0.0.1", "::1"]
-    files = issue(directory.resolve(), list(dict.fromkeys(names)), days)
+    try:
+        files = issue(
+            directory.resolve(),
+            list(dict.fromkeys(names)),
+            days,
+            ca_dir.resolve() if ca_dir else None,
+        )
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(
-        f"CA {files.ca_cert}; certificate {files.cert} (key {files.key}) for {', '.join(names)}"
+        f"CA {files.ca_cert} (key {files.ca_key}); certificate {files.cert} (key {files.key}) "
+        f"for {', '.join(names)}"
     )
 
 

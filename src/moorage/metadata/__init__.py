@@ -16,6 +16,7 @@ from moorage.metadata.store import (
     SignerRecord,
     StoredManifest,
     StoredSignature,
+    UploadMoved,
     UploadSession,
     sqlite_url,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "SignerRecord",
     "StoredManifest",
     "StoredSignature",
+    "UploadMoved",
     "UploadSession",
     "create_metadata_engine",
     "sqlite_url",

@@ -83,6 +83,12 @@ class UploadSession:
     repo: RepoRef
     owner: str | None  # who started it
     offset: int  # bytes received so far
+    version: int  # moved on by every save of its progress
+
+
+class UploadMoved(LookupError):
+    """The upload session a commit was to end moved on (another chunk saved)
+    or ended since the commit read it: the commit lost, and changed nothing."""
 
 
 class NamespaceChanged(LookupError):
@@ -381,12 +387,15 @@ class MetadataStore:
         epoch: str,
         account: str | None = None,
         ending_upload: str | None = None,
+        ending_version: int | None = None,
     ) -> bool:
         """Link a blob whose bytes were published under the pin ``epoch``
         into ``repo``, idempotently, and end the upload session
         ``ending_upload`` in the same transaction. False, changing nothing,
         when the pin was lost: a collector deleted (or is deleting) the blob
-        since, so the bytes published may be gone."""
+        since, so the bytes published may be gone. With ``ending_version``,
+        the session ends only if it is still at that version; else
+        UploadMoved, changing nothing: a chunk saved meanwhile won."""
         with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             row = conn.execute(
@@ -401,7 +410,11 @@ class MetadataStore:
             )
             self._link(conn, self._ensure_repository(conn, repo), digest)
             if ending_upload is not None:
-                conn.execute(delete(Upload).where(Upload.id == ending_upload))
+                ending = delete(Upload).where(Upload.id == ending_upload)
+                if ending_version is not None:
+                    ending = ending.where(Upload.version == ending_version)
+                if conn.execute(ending).rowcount == 0 and ending_version is not None:
+                    raise UploadMoved(ending_upload)
             return True
 
     @staticmethod
@@ -488,14 +501,16 @@ class MetadataStore:
             )
 
     def upload_session(self, upload_id: str) -> UploadSession | None:
-        """The repository an upload belongs to, who started it and its offset."""
+        """The repository an upload belongs to, who started it, its offset and version."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(Upload.region, Upload.repository, Upload.owner, Upload.offset).where(
-                    Upload.id == upload_id
-                )
+                select(
+                    Upload.region, Upload.repository, Upload.owner, Upload.offset, Upload.version
+                ).where(Upload.id == upload_id)
             ).first()
-        return None if row is None else UploadSession(RepoRef(row[0], row[1]), row[2], row[3])
+        if row is None:
+            return None
+        return UploadSession(RepoRef(row[0], row[1]), row[2], row[3], row[4])
 
     def upload_progress(self, upload_id: str) -> tuple[int, int, str | None] | None:
         """An upload's offset, version and storage state."""
