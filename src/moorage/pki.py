@@ -13,6 +13,7 @@ reloading on SIGHUP never reads half a file."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
