@@ -492,8 +492,8 @@ def register_cluster(
     kubeconfig: Path | None = None,
 ) -> None:
     args = ["ks", "cluster-register", name, "--kubeconfig", str(kubeconfig or cluster.kubeconfig)]
-    for host in insecure:
-        args += ["--insecure-registry", host]
+    for host in insecure:  # on loopback: allowed by host:port, as an in-cluster registry
+        args += ["--insecure-registry", host, "--allow-private", host]
     registered = moorage(config, *args)
     assert registered.returncode == 0, registered.stderr
 

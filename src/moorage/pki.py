@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from moorage.privatefile import write_private
 
 CA_DAYS = 3650
 # Apple platforms and browsers reject server certificates valid for longer.
@@ -111,19 +112,7 @@ def outside(constraints: x509.NameConstraints, names: list[str]) -> list[str]:
     return refused
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_write = write_private  # keys 0600, certificates 0644, never through a planted file
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -56,10 +56,27 @@ def serve(
     ca_bundle: Annotated[
         Path | None, typer.Option("--ca-bundle", help="CA of private registries (PEM)")
     ] = None,
+    allow_private: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-private",
+            help="HOST[:PORT] or CIDR on a loopback, link-local, private or cluster address "
+            "the webhook may fetch from (repeatable); refused otherwise",
+        ),
+    ] = None,
+    token_service: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token-service",
+            help="REGISTRY=HOST[:PORT]: a token service on another host that may receive "
+            "the registry's pull credentials (repeatable)",
+        ),
+    ] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a verified digest is remembered")] = 300,
     deadline: Annotated[float, typer.Option(help="Seconds one admission may take")] = 8,
 ) -> None:
     """Serve the admission webhook (POST /mutate, /validate; GET /metrics, /healthz, /readyz)."""
+    from moorage.egress import Egress
     from moorage.enforce.registry import Access
     from moorage.enforce.verify import ALWAYS_EXEMPT, Settings
     from moorage.enforce.webhook import ServeOptions, run
@@ -68,6 +85,7 @@ def serve(
     if in_cluster == bool(cluster):
         raise CliError("give --cluster NAME or --in-cluster")
     insecure = set(insecure_registry or [])
+    allowed = list(allow_private or [])
     ca = str(ca_bundle) if ca_bundle else None
     if in_cluster:
         from kubernetes import client, config
@@ -77,8 +95,13 @@ def serve(
     else:
         entry = _cluster(cluster or "")
         insecure |= set(entry.insecure_registries)
+        allowed += entry.allow_private
         ca = ca or entry.ca_bundle
         api = _api(cluster or "")
+    try:
+        egress = Egress.parse(allowed, insecure, token_service or ())
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     for path in (tls_cert, tls_key):
         if not path.is_file():
             raise CliError(f"{path}: no such file")
@@ -87,7 +110,7 @@ def serve(
         port=port,
         tls_cert=str(tls_cert),
         tls_key=str(tls_key),
-        access=Access(frozenset(h.lower() for h in insecure), ca),
+        access=Access(egress, ca),
         settings=Settings(
             namespace=namespace,
             exempt_namespaces=ALWAYS_EXEMPT | set(exempt_namespace or []),

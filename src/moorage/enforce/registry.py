@@ -6,11 +6,16 @@ the kubelet's order, so a secret stored under ``https://host``, a path or a
 wildcard works here exactly when it works for the kubelet. A credential goes
 only where the kubelet would send it, the image's own registry host:
 
-- the registry is reached over HTTPS (plain HTTP only for hosts registered
-  as insecure), and nothing follows a redirect with credentials;
+- every request goes through ``moorage.egress`` (the operator's allowances):
+  HTTPS only (plain HTTP for hosts registered as insecure), no loopback,
+  link-local, private or cluster address unless allowed, checked when the
+  connection is made, and a credential only to the host it belongs to;
+- nothing follows a redirect with credentials, and a redirect elsewhere is a
+  new request under the same policy;
 - a Bearer token service is given the credential only when it lives on the
-  registry's host and scheme; one elsewhere (Docker Hub's) is asked for an
-  anonymous token, which is enough for public images;
+  registry's host (or is configured as its token service); one elsewhere
+  (Docker Hub's) is asked for an anonymous token, which is enough for public
+  images;
 - tokens are kept until shortly before they expire, per registry, scope and
   credential."""
 
@@ -32,6 +37,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 from cryptography import x509
 
+from moorage.egress import Egress, Refused, credential_for
 from moorage.enforce.matching import Reference
 from moorage.kube.keyring import Credential
 from moorage.trust import cosign, simplesigning
@@ -153,12 +159,12 @@ class Wanted:
 
 @dataclass(frozen=True)
 class Access:
-    insecure: frozenset[str] = frozenset()  # host[:port] reached over plain HTTP
+    egress: Egress = field(default_factory=Egress)  # where the webhook may connect
     ca_bundle: str | None = None
     timeout: float = 5.0
 
     def scheme(self, host: str) -> str:
-        return "http" if host in self.insecure else "https"
+        return self.egress.scheme(host)
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -203,12 +209,22 @@ class Session:
     async def get(
         self, path: str, accept: str | None = None, method: str = "GET"
     ) -> httpx.Response:
-        """A request on the registry, signed in as needed; redirects are not followed."""
+        """A request on the registry, signed in as needed; redirects are not followed.
+        What the egress policy refuses is a ReadError saying why."""
+        try:
+            return await self._get(path, accept, method)
+        except Refused as exc:
+            raise ReadError(str(exc)) from None
+
+    async def _get(self, path: str, accept: str | None, method: str) -> httpx.Response:
         url = f"{self.base}{path}"
         headers = {"Accept": accept} if accept else {}
         http = self.reader.http
+        bound = credential_for(self.endpoint)  # whatever signs these in belongs here
         if self._auth is not None:
-            reply = await http.request(method, url, headers={**headers, **self._auth})
+            reply = await http.request(
+                method, url, headers={**headers, **self._auth}, extensions=bound
+            )
             if reply.status_code != 401:
                 return reply
         else:
@@ -221,7 +237,7 @@ class Session:
             auth = await self._sign_in(scheme, params, credential)
             if auth is None:
                 continue
-            retry = await http.request(method, url, headers={**headers, **auth})
+            retry = await http.request(method, url, headers={**headers, **auth}, extensions=bound)
             if retry.status_code != 401 and retry.status_code != 403:
                 self._auth, self._chosen = auth, credential
                 return retry
@@ -238,15 +254,17 @@ class Session:
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         if scheme != "bearer" or not params.get("realm"):
             return None
-        realm = urlsplit(params["realm"])
-        home = (realm.scheme, realm.netloc.lower()) == (
-            self.reader.access.scheme(self.endpoint),
-            self.endpoint,
-        )
-        if credential is not None and not home:
+        try:
+            realm = httpx.URL(params["realm"])
+        except httpx.InvalidURL:
+            return None
+        egress = self.reader.access.egress
+        if credential is not None and not egress.may_send_credential(self.endpoint, realm):
             return None  # the token service is elsewhere: the credential stays here
         scope = params.get("scope") or f"repository:{self.ref.path}:pull"
-        token = await self.reader.token(params["realm"], params.get("service"), scope, credential)
+        token = await self.reader.token(
+            params["realm"], params.get("service"), scope, credential, self.endpoint
+        )
         return {"Authorization": f"Bearer {token}"} if token else None
 
     def refused(self) -> str:
@@ -265,13 +283,7 @@ class RegistryReader:
         verify: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=access.ca_bundle) if access.ca_bundle else True
         )
-        self.http = http or httpx.AsyncClient(
-            verify=verify,
-            timeout=access.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        self.http = http or access.egress.async_client(verify, access.timeout)
         self._tokens: dict[tuple[str, str, str, str], _Token] = {}
 
     async def close(self) -> None:
@@ -281,8 +293,14 @@ class RegistryReader:
         return Session(self, ref, credentials)
 
     async def token(
-        self, realm: str, service: str | None, scope: str, credential: Credential | None
+        self,
+        realm: str,
+        service: str | None,
+        scope: str,
+        credential: Credential | None,
+        registry: str = "",
     ) -> str | None:
+        """A token from ``realm``; ``credential`` is the one stored for ``registry``."""
         who = (
             hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
             if credential
@@ -294,7 +312,9 @@ class RegistryReader:
             return cached.value
         query = {"scope": scope, **({"service": service} if service else {})}
         auth = (credential.username, credential.password) if credential else None
-        reply = await self.http.get(realm, params=query, auth=auth)
+        reply = await self.http.get(
+            realm, params=query, auth=auth, extensions=credential_for(registry)
+        )
         if reply.status_code != 200:
             return None
         try:
@@ -357,7 +377,10 @@ class RegistryReader:
             if same:
                 reply = await session.get(urlsplit(target).path + _query(target))
             else:
-                reply = await self.http.get(target)
+                try:  # no credentials, and checked by the egress policy like any request
+                    reply = await self.http.get(target)
+                except Refused as exc:
+                    raise ReadError(f"{session.ref.host} redirected a blob: {exc}") from None
         if reply.status_code != 200 or len(reply.content) > limit:
             return None
         algorithm, _, expected = digest.partition(":")
