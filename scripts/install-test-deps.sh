@@ -13,6 +13,10 @@ COSIGN_VERSION="v2.6.5"
 # (a139cc4) and of every commit whose conformance/ tree equals it; the newest
 # pre-redesign version it serves is the v1.1.0 one below. See docs/conformance.md.
 CONFORMANCE_VERSION="v0.0.0-20231101194043-f2182352d4cc"
+# The newest version the proxy serves (its @latest; the proxy refuses the
+# pseudo-versions of later main-branch commits): the post-v1.1.1 redesign, a
+# program rather than a Ginkgo test, run beside the one above as conformance-latest.
+CONFORMANCE_LATEST_VERSION="v0.0.0-20260831232431-97274622c111"
 # SeaweedFS: the real S3 server the S3 driver's tests and benchmark run against
 # (`weed mini`: master, volume, filer and S3 gateway in one process).
 SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"
@@ -67,6 +71,20 @@ if [ ! -x "$TOOLS/bin/conformance-$CONFORMANCE_VERSION.test" ]; then
   )
 fi
 ln -sf "conformance-$CONFORMANCE_VERSION.test" "$TOOLS/bin/conformance.test"
+
+if [ ! -x "$TOOLS/bin/conformance-$CONFORMANCE_LATEST_VERSION" ]; then
+  echo "building the newest OCI conformance suite at $CONFORMANCE_LATEST_VERSION"
+  latest_work="$(mktemp -d)"
+  (
+    cd "$latest_work"
+    go mod init moorage.local/conformance-latest >/dev/null 2>&1
+    go get "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_LATEST_VERSION" >/dev/null
+    go build -o "$TOOLS/build/conformance-latest" github.com/opencontainers/distribution-spec/conformance
+  )
+  rm -rf "$latest_work"
+  mv "$TOOLS/build/conformance-latest" "$TOOLS/bin/conformance-$CONFORMANCE_LATEST_VERSION"
+fi
+ln -sf "conformance-$CONFORMANCE_LATEST_VERSION" "$TOOLS/bin/conformance-latest"
 
 if [ ! -x "$TOOLS/bin/weed-$SEAWEEDFS_TAG" ]; then
   echo "building SeaweedFS $SEAWEEDFS_VERSION (about five minutes, once)"

@@ -23,7 +23,7 @@ from moorage.kube.workloads import BY_KIND
 from tests.conftest import require_tool
 from tests.iam_helpers import ADMIN_KEY, Api, bearer, push_image_with
 from tests.kube import KubeCluster
-from tests.oci_layout import OCI_MANIFEST, make_image, write_layout
+from tests.oci_layout import OCI_MANIFEST, make_image, sha256, write_layout
 from tests.server import MOORAGE, MoorageServer, free_port
 
 US = "us.localhost"
@@ -198,6 +198,36 @@ class Signer:
         )
         assert signed.returncode == 0, signed.stderr
 
+    def attest(
+        self,
+        image: str,
+        predicate: dict[str, Any],
+        predicate_type: str,
+        key: str = "release",
+        bundle: bool = True,
+    ) -> None:
+        """``cosign attest``: a sigstore bundle referrer, or (``bundle=False``) a
+        layer of the ``sha256-….att`` tag."""
+        path = self.tmp / key / "predicate.json"
+        path.write_text(json.dumps(predicate))
+        attested = self.cosign(
+            key,
+            "attest",
+            "-y",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--type",
+            predicate_type,
+            "--predicate",
+            str(path),
+            *(["--new-bundle-format"] if bundle else []),
+            image,
+        )
+        assert attested.returncode == 0, attested.stderr
+
     def gpg(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["gpg", "--batch", *args],
@@ -263,14 +293,72 @@ class Images:
             timeout=10,
         )
 
-    def put_manifest(self, repo: str, reference: str, body: bytes) -> requests.Response:
-        headers = bearer(self.server, US, ADMIN_KEY, f"repository:enforce/{repo}:pull,push")
+    def put_manifest(
+        self, repo: str, reference: str, body: bytes, key: str = ADMIN_KEY
+    ) -> requests.Response:
+        """A manifest push with ``key``'s token, which asks for delete too
+        (altering a signature is removing one: Manager's right)."""
+        headers = bearer(self.server, US, key, f"repository:enforce/{repo}:pull,push,delete")
         return requests.put(
             f"http://{self.host}/v2/enforce/{repo}/manifests/{reference}",
             data=body,
             headers={**headers, "Content-Type": OCI_MANIFEST},
             timeout=10,
         )
+
+    def junk_referrer(
+        self, repo: str, subject: str, artifact_type: str, seed: str, annotations: Any = None
+    ) -> str:
+        """What any Writer may push: a referrer of ``subject`` of a signature's
+        artifact type whose one layer (of the type such referrers hold) is junk."""
+        headers = bearer(self.server, US, self.writer, f"repository:enforce/{repo}:pull,push")
+        base = f"http://{self.host}/v2/enforce/{repo}"
+        layer_type = {
+            "application/vnd.dev.cosign.artifact.sig.v1+json": (
+                "application/vnd.dev.cosign.simplesigning.v1+json"
+            ),
+            "application/vnd.dev.sigstore.bundle.v0.3+json": (
+                "application/vnd.dev.sigstore.bundle.v0.3+json"
+            ),
+        }.get(artifact_type, "application/vnd.dsse.envelope.v1+json")
+        junk, empty = json.dumps({"junk": seed}).encode(), b"{}"
+        for blob in (junk, empty):
+            r = requests.post(
+                f"{base}/blobs/uploads/",
+                params={"digest": sha256(blob)},
+                data=blob,
+                headers=headers,
+                timeout=10,
+            )
+            assert r.status_code == 201, r.text
+        layer: dict[str, Any] = {
+            "mediaType": layer_type,
+            "digest": sha256(junk),
+            "size": len(junk),
+            "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ" + "A" * 90},
+        }
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": sha256(empty),
+                "size": 2,
+            },
+            "layers": [layer],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+            **({"annotations": annotations} if annotations else {}),
+        }
+        body = json.dumps(manifest).encode()
+        put = requests.put(
+            f"{base}/manifests/{sha256(body)}",
+            data=body,
+            headers={**headers, "Content-Type": OCI_MANIFEST},
+            timeout=10,
+        )
+        assert put.status_code == 201, put.text
+        return sha256(body)
 
     def delete_manifest(self, repo: str, digest: str) -> requests.Response:
         headers = bearer(self.server, US, ADMIN_KEY, f"repository:enforce/{repo}:pull,push,delete")
@@ -404,8 +492,8 @@ def register_cluster(
     kubeconfig: Path | None = None,
 ) -> None:
     args = ["ks", "cluster-register", name, "--kubeconfig", str(kubeconfig or cluster.kubeconfig)]
-    for host in insecure:
-        args += ["--insecure-registry", host]
+    for host in insecure:  # on loopback: allowed by host:port, as an in-cluster registry
+        args += ["--insecure-registry", host, "--allow-private", host]
     registered = moorage(config, *args)
     assert registered.returncode == 0, registered.stderr
 

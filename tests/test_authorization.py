@@ -5,6 +5,7 @@ key. Each refusal is a 403 or 404 that changed nothing in the database."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -322,11 +323,19 @@ def _read_until(sock: socket.socket, marker: bytes) -> bytes:
     return received
 
 
-def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, admin: Api) -> None:
-    admin.namespace("us-south", "racing")
-    headers = bearer(server, US, ADMIN_KEY, "repository:racing/app:pull,push")
+@pytest.mark.parametrize("second_method", ["PATCH", "PUT"])
+def test_two_chunks_claiming_one_range_cannot_both_land(
+    server: MoorageServer, admin: Api, second_method: str
+) -> None:
+    """The loser, a PATCH or a closing PUT with the chunk, is refused with the
+    winner's Range and leaves the session to the winner."""
+    namespace = f"racing-{second_method.lower()}"
+    admin.namespace("us-south", namespace)
+    headers = bearer(server, US, ADMIN_KEY, f"repository:{namespace}/app:pull,push")
     host = server.host_for(US)
-    start = requests.post(f"http://{host}/v2/racing/app/blobs/uploads/", headers=headers, timeout=5)
+    start = requests.post(
+        f"http://{host}/v2/{namespace}/app/blobs/uploads/", headers=headers, timeout=5
+    )
     location = start.headers["Location"]
     upload_id = location.rsplit("/", 1)[1]
     if server.storage == "s3":
@@ -347,9 +356,9 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
 
     first, second = os.urandom(size), os.urandom(size)
 
-    def patch_head() -> bytes:
+    def patch_head(method: str = "PATCH", target: str = location) -> bytes:
         return (
-            f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\n"
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"
             f"Authorization: {headers['Authorization']}\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Range: 0-{size - 1}\r\n"
             f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
@@ -363,7 +372,8 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
     assert b"100 Continue" in _read_until(one, b"\r\n\r\n")
     one.sendall(first[:held_after])
     wait_for(first_holds, 30, "the first chunk's bytes in the store")
-    two = _raw(server, patch_head())
+    closing = f"{location}?digest=sha256:{hashlib.sha256(second).hexdigest()}"
+    two = _raw(server, patch_head(second_method, closing if second_method == "PUT" else location))
     assert b"100 Continue" in _read_until(two, b"\r\n\r\n")
     one.sendall(first[held_after:])
     first_reply = _read_until(one, b"\r\n\r\n")
@@ -371,11 +381,12 @@ def test_two_chunks_claiming_one_range_cannot_both_land(server: MoorageServer, a
     second_reply = _read_until(two, b"\r\n\r\n")
     one.close()
     two.close()
-    statuses = sorted(int(r.split(b" ", 2)[1]) for r in (first_reply, second_reply))
+    statuses = [int(r.split(b" ", 2)[1]) for r in (first_reply, second_reply)]
     assert statuses == [202, 416], (first_reply[:200], second_reply[:200])
+    assert f"range: 0-{size - 1}".encode() in second_reply.lower()
     # The upload holds exactly the chunk that won, and finishes.
-    import hashlib
-
+    status = requests.get(f"http://{host}{location}", headers=headers, timeout=5)
+    assert status.status_code == 204 and status.headers["Range"] == f"0-{size - 1}"
     digest = "sha256:" + hashlib.sha256(first).hexdigest()
     done = requests.put(
         f"http://{host}{location}", params={"digest": digest}, headers=headers, timeout=30

@@ -42,14 +42,24 @@ def test_monolithic_digest_mismatch(registry: MoorageServer) -> None:
         assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
 
 
-def test_put_digest_mismatch_ends_the_session(registry: MoorageServer) -> None:
+def test_put_digest_mismatch_keeps_the_session(registry: MoorageServer) -> None:
     location = new_upload(registry, "bad/blob")
     assert requests.patch(f"{registry.url}{location}", data=b"x" * 1000, timeout=5).ok
-    # The failed finish removes the session it belonged to, nothing else.
-    before_blobs = registry.blob_files()
-    r = requests.put(f"{registry.url}{location}", params={"digest": sha256(b"y" * 1000)}, timeout=5)
-    assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
-    assert registry.blob_files() == before_blobs
+    # The refused finish changes nothing: the client may still finish the upload.
+    for last in (None, b"z" * 10):
+        with unchanged(registry):
+            r = requests.put(
+                f"{registry.url}{location}",
+                params={"digest": sha256(b"y" * 1000)},
+                data=last,
+                headers={"Content-Range": "1000-1009"} if last else {},
+                timeout=5,
+            )
+            assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
+    status = requests.get(f"{registry.url}{location}", timeout=5)
+    assert status.status_code == 204 and status.headers["Range"] == "0-999"
+    r = requests.put(f"{registry.url}{location}", params={"digest": sha256(b"x" * 1000)}, timeout=5)
+    assert r.status_code == 201
     assert registry.upload_files() == set() and registry.db_rows()["uploads"] == []
 
 

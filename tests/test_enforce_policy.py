@@ -246,9 +246,36 @@ def test_the_crd_schemas_are_structural_and_made_from_the_models() -> None:
         requirement = fields["simple"]["properties"]["requirements"]["items"]
         assert requirement["properties"]["type"]["enum"] == [
             "signedBy",
+            "attestedBy",
             "reject",
             "insecureAcceptAnything",
         ]
+        assert "predicateType" in requirement["properties"]
+
+
+def test_an_attestation_requirement_names_its_key_and_predicate_type() -> None:
+    good = {
+        "type": "attestedBy",
+        "keySecret": "k",
+        "predicateType": "https://slsa.dev/provenance/v1",
+    }
+    spec = parse_spec(
+        {"repositories": [{"name": "x", "policy": {"cosign": {"requirements": [good]}}}]}
+    )
+    policy = spec.repositories[0].policy
+    assert policy is not None
+    assert policy.requirements()[0][1].predicate_type == "https://slsa.dev/provenance/v1"
+    for kind, requirement, reason in (
+        ("cosign", {"type": "attestedBy", "keySecret": "k"}, "predicateType goes with"),
+        ("cosign", {"type": "attestedBy", "predicateType": "https://x/y"}, "needs keySecret"),
+        ("cosign", {**good, "type": "signedBy"}, "predicateType goes with"),
+        ("cosign", {**good, "predicateType": "not a uri"}, "predicateType"),
+        ("cosign", {**good, "signedIdentity": {"type": "matchExact"}}, "signedIdentity"),
+        ("simple", good, "attestedBy is a cosign requirement"),
+    ):
+        bad = {"repositories": [{"name": "x", "policy": {kind: {"requirements": [requirement]}}}]}
+        with pytest.raises(PolicyError, match=reason):
+            parse_spec(bad)
 
 
 # -- Portieris ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from tests.enforce_env import (
     submit,
     workload,
 )
-from tests.iam_helpers import ADMIN_KEY, bearer
+from tests.iam_helpers import ADMIN_KEY, Api, bearer
 from tests.kube import KubeCluster, api_client, make_namespace, wait_for
 from tests.server import MoorageServer, ensure_region_hosts, free_port
 
@@ -668,6 +668,133 @@ def test_a_tag_entry_applies_to_a_digest_only_if_the_tag_names_it(world: World) 
     assert f"image {smuggled} ({side}) is not admitted by ClusterImagePolicy enforce" in message
     assert f"(repository '{world.host}/enforce/*')" in message
     assert f"is for tag v1, which names {named}, not this digest" in message
+
+
+# -- signatures, attestations and what a Writer may do to them -----------------
+
+TEST_RESULT = "https://example.com/test-result/v1"
+SIG_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
+BUNDLE_ARTIFACT = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def test_an_attestation_made_with_the_release_key_is_not_a_signature(world: World) -> None:
+    digest = world.images.push("failed-attest")
+    pinned = world.images.pinned("failed-attest", digest)
+    # Both of cosign's attestation forms: a sigstore bundle referrer and the .att tag.
+    world.signer.attest(pinned, {"result": "FAILED"}, TEST_RESULT, bundle=True)
+    world.signer.attest(pinned, {"result": "FAILED"}, TEST_RESULT, bundle=False)
+    message = pod(world, "failed-attest", world.images.ref("failed-attest"))
+    assert message is not None, "an attestation was taken for a signature"
+    assert "a cosign signature by the keys in secret cosign-release was asked for" in message
+    assert "the image has no such signatures" in message
+
+
+def test_a_policy_can_require_an_attestation_of_a_predicate_type(world: World) -> None:
+    attested = {
+        "type": "attestedBy",
+        "keySecret": "cosign-release",
+        "predicateType": TEST_RESULT,
+    }
+    apply_policy(
+        world.cluster,
+        {
+            "apiVersion": "moorage.io/v1",
+            "kind": "ClusterImagePolicy",
+            "metadata": {"name": "attestations"},
+            "spec": {
+                "repositories": [
+                    {
+                        "name": f"{world.host}/enforce/attested-*",
+                        "policy": {"cosign": {"requirements": [attested]}},
+                    }
+                ]
+            },
+        },
+    )
+    pinned = {}
+    for repo in ("attested-bundle", "attested-tag", "attested-none", "attested-other"):
+        pinned[repo] = world.images.pinned(repo, world.images.push(repo))
+    pinned["attested-stranger"] = world.images.pinned(
+        "attested-stranger", world.images.push("attested-stranger")
+    )
+    world.signer.attest(pinned["attested-bundle"], {"result": "PASSED"}, TEST_RESULT)
+    world.signer.attest(pinned["attested-tag"], {"result": "PASSED"}, TEST_RESULT, bundle=False)
+    world.signer.sign(pinned["attested-none"], form="bundle")  # a signature is no attestation
+    world.signer.attest(pinned["attested-other"], {"x": 1}, "https://example.com/other/v1")
+    world.signer.attest(
+        pinned["attested-stranger"], {"result": "PASSED"}, TEST_RESULT, key="stranger"
+    )
+
+    def refused() -> str | None:
+        return pod(world, "attested-none", world.images.ref("attested-none"))
+
+    message = wait_for(refused)
+    assert message is not None
+    assert f"a cosign attestation of {TEST_RESULT} by the keys in secret cosign-release" in message
+    assert "the image has no such attestations" in message
+    for repo in ("attested-bundle", "attested-tag"):
+        stored = submit(world.api, "apps", workload("Pod", repo, world.images.ref(repo)))
+        assert image_of("Pod", stored) == pinned[repo]
+    other = pod(world, "attested-other", world.images.ref("attested-other"))
+    assert other is not None and "no such attestations" in other
+    stranger = pod(world, "attested-stranger", world.images.ref("attested-stranger"))
+    # (A bundle naming a key the policy does not hold is not even taken for checking.)
+    assert stranger is not None and "no such attestations" in stranger
+
+
+def test_a_writer_can_neither_erase_nor_hide_the_release_signature(world: World) -> None:
+    images, writer = world.images, world.images.writer
+    # 50 junk referrers of the types signatures have, pushed before the real one (the
+    # webhook once read only the first 20), and junk of another type besides.
+    flooded = images.push("flooded")
+    for n in range(25):
+        images.junk_referrer("flooded", flooded, SIG_ARTIFACT, f"sig-{n}")
+        images.junk_referrer(
+            "flooded",
+            flooded,
+            BUNDLE_ARTIFACT,
+            f"bundle-{n}",
+            {"dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+        )
+    for n in range(10):
+        images.junk_referrer("flooded", flooded, "application/example", f"other-{n}")
+    world.signer.sign(images.pinned("flooded", flooded), form="bundle")
+    message = pod(world, "flooded", images.ref("flooded"))
+    assert message is None, message
+
+    # A signature in the .sig tag: the Writer tries to replace its manifest with junk,
+    # with the layers reordered or the release layer dropped, and to move the tag
+    # (cr image-tag) to another manifest.
+    guarded = images.push("guarded")
+    world.signer.sign(images.pinned("guarded", guarded))
+    world.signer.sign(images.pinned("guarded", guarded), key="stranger")  # a Writer may add one
+    tag = "sha256-" + guarded.split(":", 1)[1] + ".sig"
+    signed = images.manifest("guarded", tag).content
+    layers = json.loads(signed)["layers"]
+    assert len(layers) == 2
+    for changed in (
+        {**json.loads(signed), "layers": layers[::-1]},
+        {**json.loads(signed), "layers": layers[1:]},
+        {**json.loads(signed), "annotations": {"x": "y"}, "layers": []},
+    ):
+        refused = images.put_manifest("guarded", tag, json.dumps(changed).encode(), key=writer)
+        assert refused.status_code == 403, refused.text
+        assert "removing a signature needs the delete right" in refused.text
+    other = images.push("guarded", tag="other")
+    moved = Api(world.server, writer).request(
+        "POST",
+        "/cr/us-south/image-tags",
+        {"source": f"enforce/guarded@{other}", "target": f"enforce/guarded:{tag}"},
+    )
+    assert moved.status_code == 403, moved.text
+    assert images.manifest("guarded", tag).content == signed
+    # What a Writer may do, appending as cosign does, cannot spoil the layers before it.
+    spoiled = {**layers[0], "annotations": {"dev.cosignproject.cosign/signature": "!!!"}}
+    appended = {**json.loads(signed), "layers": [*layers, spoiled]}
+    put = images.put_manifest("guarded", tag, json.dumps(appended).encode(), key=writer)
+    assert put.status_code == 201, put.text
+    message = pod(world, "guarded", images.ref("guarded"))
+    assert message is None, message
 
 
 # -- the webhook down: last, it stops the webhook ------------------------------------------

@@ -133,12 +133,20 @@ def test_plain_http_only_for_registries_registered_insecure(
         pod_with(api, "vendor", "tool", image, ["vendor-reg", "vendor-us-localhost"])
         before = len(requests_to_moorage(registry))
 
-        finding = check_pod(api, management, "vendor", "tool")
+        allowed = (recorder.host,)  # its address is allowed; plain HTTP is not
+        finding = check_pod(api, management, "vendor", "tool", allow_private=allowed)
         assert finding.verdict == "unknown"
         assert "over https" in finding.cause and "--insecure-registry" in finding.fix
         assert recorder.seen == [], "a plain-HTTP registry got a request it was not registered for"
 
-        finding = check_pod(api, management, "vendor", "tool", insecure=(recorder.host,))
+        finding = check_pod(
+            api,
+            management,
+            "vendor",
+            "tool",
+            insecure=(recorder.host,),
+            allow_private=(recorder.host,),
+        )
         assert finding.verdict == "ok", finding
         assert any(s.authorization for s in recorder.seen), "the credential was never tried"
         for seen in recorder.seen:
@@ -163,7 +171,14 @@ def test_wrong_password_is_denied_on_that_registry_alone(
         make_namespace(client.CoreV1Api(api), "vendor-bad")
         external_secret(api, "vendor-bad", "reg", recorder.host, "robot", "wrong")
         pod_with(api, "vendor-bad", "tool", f"{recorder.host}/vendor/tool:1.0", ["reg"])
-        finding = check_pod(api, management, "vendor-bad", "tool", insecure=(recorder.host,))
+        finding = check_pod(
+            api,
+            management,
+            "vendor-bad",
+            "tool",
+            insecure=(recorder.host,),
+            allow_private=(recorder.host,),
+        )
         assert finding.verdict == "denied" and "refused" in finding.cause
     finally:
         recorder.stop()
@@ -185,9 +200,12 @@ def test_https_registry_with_its_own_ca_and_token_service(
             f"{recorder.host}/vendor/tool@sha256:{'1' * 64}",
             ["reg", "vendor-tls-us-localhost"],
         )
-        untrusted = check_pod(api, management, "vendor-tls", "tool")
+        allowed = (recorder.host,)
+        untrusted = check_pod(api, management, "vendor-tls", "tool", allow_private=allowed)
         assert untrusted.verdict == "unknown" and recorder.seen == []
-        finding = check_pod(api, management, "vendor-tls", "tool", ca_bundle=str(cert))
+        finding = check_pod(
+            api, management, "vendor-tls", "tool", ca_bundle=str(cert), allow_private=allowed
+        )
         assert finding.verdict == "ok", finding
         token_calls = [s for s in recorder.seen if s.path.startswith("/token")]
         assert token_calls and all(s.authorization.startswith("Basic ") for s in token_calls)  # type: ignore[union-attr]
@@ -206,7 +224,14 @@ def test_token_service_on_another_host_is_not_contacted(
         make_namespace(client.CoreV1Api(api), "vendor-realm")
         external_secret(api, "vendor-realm", "reg", registry.host, *ROBOT)
         pod_with(api, "vendor-realm", "tool", f"{registry.host}/vendor/tool:1", ["reg"])
-        finding = check_pod(api, management, "vendor-realm", "tool", insecure=(registry.host,))
+        finding = check_pod(
+            api,
+            management,
+            "vendor-realm",
+            "tool",
+            insecure=(registry.host,),
+            allow_private=(registry.host,),
+        )
         assert finding.verdict == "unknown"
         assert "another host" in finding.cause and "not contacted" in finding.cause
         assert elsewhere.seen == []
@@ -258,9 +283,12 @@ def test_cluster_register_keeps_insecure_registries_and_the_cli_uses_them(
             str(cluster.kubeconfig),
             "--insecure-registry",
             recorder.host,
+            "--allow-private",
+            recorder.host,
         )
         (entry,) = json.loads(cli(config, "ks", "clusters", "--output", "json").stdout)
         assert entry["insecure_registries"] == [recorder.host]
+        assert entry["allow_private"] == [recorder.host]
         result = cli(
             config,
             "ks",

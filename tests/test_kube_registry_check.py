@@ -44,7 +44,9 @@ def test_a_wildcard_entry_is_not_sent() -> None:
         ring = Keyring(entries={wildcard.key: [wildcard]})
         assert ring.lookup(f"{recorder.host}/vendor/tool") == [wildcard]  # the kubelet sends it
         image = ImageRef.parse(f"{recorder.host}/vendor/tool:1")
-        result = RegistryCheck(insecure=(recorder.host,))(image, wildcard)
+        result = RegistryCheck(insecure=(recorder.host,), allow_private=(recorder.host,))(
+            image, wildcard
+        )
         assert result.verdict == "unknown" and "not sent" in result.cause
         assert recorder.seen == []
     finally:
@@ -55,7 +57,8 @@ def test_a_redirect_is_not_followed() -> None:
     elsewhere = Recorder("basic").start()
     hostile = Recorder("redirect", realm=elsewhere.url).start()
     try:
-        check = RegistryCheck(insecure=(hostile.host, elsewhere.host))
+        both = (hostile.host, elsewhere.host)
+        check = RegistryCheck(insecure=both, allow_private=both)
         result = check(
             ImageRef.parse(f"{hostile.host}/vendor/tool:1"), credential_for(hostile.host)
         )

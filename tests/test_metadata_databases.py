@@ -24,6 +24,8 @@ from moorage.metadata import (
     MetadataStore,
     NewManifest,
     RepoRef,
+    TagMoved,
+    TagWas,
     create_metadata_engine,
     upgrade,
 )
@@ -114,6 +116,60 @@ def test_every_migration_keeps_the_data_of_the_one_before(engine: sa.Engine) -> 
         assert {"signing_keys", "signin_failures", "installation"} <= tables
 
 
+def test_iam_administration_moves_to_iam_identity_without_widening(engine: sa.Engine) -> None:
+    """0008: a subject with Administrator on every service (every account's first
+    administrator) keeps administering the account through iam-identity; one
+    with Administrator on some services keeps managing identities (Editor) but
+    no longer policies elsewhere; a scoped Administrator or a Manager gets
+    nothing."""
+    upgrade(engine, "0007")
+    now = datetime.now(UTC)
+    held = {
+        "owner": [
+            ("Manager,Administrator", "container-registry", None),
+            ("Manager,Administrator", "containers-kubernetes", None),
+        ],
+        "kube": [("Administrator", "containers-kubernetes", None)],
+        "scoped": [
+            ("Administrator", "container-registry", "us-south"),
+            ("Administrator", "containers-kubernetes", "us-south"),
+        ],
+        "manager": [("Manager", "container-registry", None)],
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO accounts VALUES ('a1', 'one', :at)"), {"at": now})
+        for n, (subject, policies) in enumerate(held.items()):
+            for m, (roles, service, region) in enumerate(policies):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO policies (id, account_id, subject_kind, subject_id, roles, "
+                        "service_name, region, resource_type, resource, created_at) VALUES "
+                        "(:id, 'a1', 'service_id', :subject, :roles, :service, :region, NULL, "
+                        "NULL, :at)"
+                    ),
+                    {
+                        "id": f"p{n}{m}",
+                        "subject": subject,
+                        "roles": roles,
+                        "service": service,
+                        "region": region,
+                        "at": now,
+                    },
+                )
+    upgrade(engine)
+    with engine.connect() as conn:
+        added = conn.execute(
+            sa.text(
+                "SELECT subject_id, roles, region, resource FROM policies "
+                "WHERE service_name = 'iam-identity' ORDER BY subject_id"
+            )
+        ).all()
+    assert [tuple(r) for r in added] == [
+        ("kube", "Editor", None, None),
+        ("owner", "Administrator", None, None),
+    ]
+
+
 def manifest(digest: str) -> NewManifest:
     return NewManifest(
         digest=digest,
@@ -155,15 +211,48 @@ def test_racing_writers_create_each_row_once(engine: sa.Engine) -> None:
         assert count("tags") == 5  # latest, t0..t3
 
 
+def test_racing_signature_tag_writes_judged_on_one_state_commit_once(engine: sa.Engine) -> None:
+    """Writers that each checked a signature tag in the same state (absent, then
+    naming one manifest) race to move it: one commits, the others are told the
+    tag moved, so none silently drops a signature pushed meanwhile."""
+    upgrade(engine)
+    store = MetadataStore(engine)
+    repo = RepoRef("us-south", "team/signed")
+    blob = "sha256:" + "a" * 64
+    epoch = store.pin_blob(blob, 10)
+    assert epoch is not None and store.record_blob(repo, blob, 10, epoch=epoch)
+    tag = "sha256-" + "f" * 64 + ".sig"
+    for was in (None, "created"):
+        before = None
+        if was is not None:
+            current = store.get_manifest(repo, tag, by_digest=False)
+            assert current is not None
+            before = current.digest
+        results = at_once(
+            8,
+            lambda i, before=before, was=was: store.put_manifest(
+                repo,
+                manifest("sha256:" + f"{i}{was or ''}".encode().hex().ljust(64, "0")[:64]),
+                tag=tag,
+                tag_was=TagWas(before),
+            ),
+        )
+        assert sum(1 for r in results if r is None) == 1, results
+        assert all(isinstance(r, TagMoved) for r in results if r is not None), results
+
+
 def test_racing_identical_policies_make_one(engine: sa.Engine) -> None:
     upgrade(engine)
     iam = IamService(IamStore(engine), SecretKeeper(b"k" * 32), ("us-south",))
-    iam.bootstrap("admin@a.test", None)
+    created = iam.bootstrap("admin@a.test", None)
+    assert created is not None
+    admin = iam.authenticate_api_key(created.secret)
+    assert admin is not None
     account = iam.default_account()
     sid = iam.create_service_id(account, "racer", None)
     results = at_once(
         12,
-        lambda _: iam.create_policy(account, SERVICE_ID, sid.id, "Reader", "container-registry"),
+        lambda _: iam.create_policy(admin, SERVICE_ID, sid.id, "Reader", "container-registry"),
     )
     assert sum(1 for r in results if not isinstance(r, Exception)) == 1, results
     assert all(isinstance(r, Conflict) for r in results if isinstance(r, Exception)), results

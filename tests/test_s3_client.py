@@ -73,7 +73,7 @@ def test_a_store_that_checks_signatures_refuses_a_wrong_secret(tmp_path: Path) -
             metadata.create_upload(upload_id, RepoRef("global", "test/repo"), None)
             await good.append(upload_id, body(data[:MIB]), MIB, 0)
             await good.append(upload_id, body(data[MIB:]), len(data) - MIB, MIB)
-            assert await good.commit(upload_id, sha256(data)) == len(data)
+            assert (await good.commit(upload_id, sha256(data))).size == len(data)
             assert b"".join([c async for c in good.read(sha256(data))]) == data
 
             with pytest.raises(StorageError, match=r"^S3 bucket .*AccessDenied"):

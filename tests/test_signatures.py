@@ -501,3 +501,125 @@ def test_deleting_an_image_deletes_its_signatures(world: World, server: MoorageS
         requests.get(f"{base}/referrers/{digest}", headers=headers, timeout=10).json()["manifests"]
         == []
     )
+
+
+def _trust_release_key(world: World) -> None:
+    public_key = (world.cosign_dir / "cosign.pub").read_text()
+    r = world.admin.request(
+        "POST",
+        "/cr/us-south/namespaces/signed/signers",
+        {"name": "release-key", "public_key": public_key},
+    )
+    assert r.status_code in (201, 409), r.text
+
+
+def test_attestations_are_listed_as_attestations_never_as_signatures(world: World) -> None:
+    _trust_release_key(world)
+    assert world.push("signed/attested:v1").returncode == 0
+    digest = world.digest("signed/attested:v1")
+    image = f"{world.host}/signed/attested@{digest}"
+    (world.cosign_dir / "failed.json").write_text(json.dumps({"result": "FAILED"}))
+    for mode in (("--new-bundle-format",), ()):
+        attested = world.cosign(
+            world.writer,
+            "attest",
+            "-y",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--type",
+            "https://example.com/test-result/v1",
+            "--predicate",
+            "failed.json",
+            *mode,
+            image,
+        )
+        assert attested.returncode == 0, attested.stderr
+    listed = world.inspect("signed/attested:v1")["signatures"]
+    assert sorted((s["kind"], s["verified"], s["predicate_type"]) for s in listed) == [
+        ("cosign attestation", True, "https://example.com/test-result/v1"),
+        ("cosign attestation", True, "https://example.com/test-result/v1"),
+    ]
+    assert sorted(s["stored_as"].split(" ")[0] for s in listed) == ["referrer", "tag"]
+    # A real signature beside them is listed as one, and only it.
+    assert world.sign(world.writer, image, "--new-bundle-format").returncode == 0
+    kinds_now = sorted(s["kind"] for s in world.inspect("signed/attested:v1")["signatures"])
+    assert kinds_now == ["cosign attestation", "cosign attestation", "cosign bundle"]
+
+
+def test_only_manager_may_remove_a_signature_by_overwriting_its_tag(
+    world: World, server: MoorageServer
+) -> None:
+    _trust_release_key(world)
+    assert world.push("signed/kept:v1").returncode == 0
+    digest = world.digest("signed/kept:v1")
+    image = f"{world.host}/signed/kept@{digest}"
+    assert world.sign(world.writer, image).returncode == 0
+    tag = digest.replace(":", "-") + ".sig"
+    base = f"http://{world.host}/v2/signed/kept"
+    as_writer = bearer(server, US, world.writer, "repository:signed/kept:pull,push,delete")
+    signed = requests.get(
+        f"{base}/manifests/{tag}", headers={**as_writer, "Accept": OCI_MANIFEST}, timeout=10
+    ).content
+    document = json.loads(signed)
+    before = all_rows(server)
+    for changed in (
+        {**document, "layers": []},
+        {**document, "layers": [{**document["layers"][0], "annotations": {}}]},
+    ):
+        put = requests.put(
+            f"{base}/manifests/{tag}",
+            data=json.dumps(changed).encode(),
+            headers={**as_writer, "Content-Type": OCI_MANIFEST},
+            timeout=10,
+        )
+        assert put.status_code == 403, put.text
+        assert put.json()["errors"][0]["code"] == "DENIED"
+    # Nor by moving the tag with the management API (a Writer may tag).
+    moved = Api(server, world.writer).request(
+        "POST",
+        "/cr/us-south/image-tags",
+        {"source": "signed/kept:v1", "target": f"signed/kept:{tag}"},
+    )
+    assert moved.status_code == 403, moved.text
+    # Nor by deleting the tag, the manifest it names, or a blob of it: delete is Manager's.
+    sig_digest = sha256(signed)
+    for target in (f"manifests/{tag}", f"manifests/{sig_digest}"):
+        gone = requests.delete(f"{base}/{target}", headers=as_writer, timeout=10)
+        assert gone.status_code == 401, gone.text
+    payload = document["layers"][0]["digest"]
+    assert (
+        requests.delete(f"{base}/blobs/{payload}", headers=as_writer, timeout=10).status_code == 401
+    )
+    assert all_rows(server) == before
+    # cosign adds a signature by pushing the manifest again with one more layer: a
+    # Writer's right. (With another key: cosign skips a second one by the same key.)
+    if not (world.cosign_dir / "second.key").exists():
+        made = world.cosign(world.writer, "generate-key-pair", "--output-key-prefix", "second")
+        assert made.returncode == 0, made.stderr
+    second = world.cosign(
+        world.writer,
+        "sign",
+        "-y",
+        "--key",
+        "second.key",
+        "--tlog-upload=false",
+        "--allow-http-registry",
+        "--allow-insecure-registry",
+        image,
+    )
+    assert second.returncode == 0, second.stderr
+    listed = world.inspect("signed/kept:v1")["signatures"]
+    assert [(s["kind"], s["verified"]) for s in listed] == [("cosign", True), ("cosign", None)]
+    # A Manager (a token with delete) may replace it.
+    as_admin = bearer(server, US, ADMIN_KEY, "repository:signed/kept:pull,push,delete")
+    put = requests.put(
+        f"{base}/manifests/{tag}",
+        data=json.dumps({**document, "layers": []}).encode(),
+        headers={**as_admin, "Content-Type": OCI_MANIFEST},
+        timeout=10,
+    )
+    assert put.status_code == 201, put.text
+    assert world.inspect("signed/kept:v1")["signatures"] == []

@@ -99,6 +99,10 @@ class Backend:
         row = self.metadata.upload_progress(upload_id)
         return None if row is None else row[0]
 
+    def version(self, upload_id: str) -> int | None:
+        row = self.metadata.upload_progress(upload_id)
+        return None if row is None else row[1]
+
     def staged(self) -> set[str]:
         """Keys or files of staged upload bytes, whatever the driver."""
         if self.driver == "filesystem":
@@ -274,7 +278,7 @@ def test_append_in_chunks_then_commit(backend: Backend, chunks: list[int]) -> No
             offset = await append(store, upload_id, piece, claimed, sized=i % 3 != 1)
             assert backend.offset(upload_id) == offset
         assert await store.stat(digest) is None, "visible before commit"
-        assert await store.commit(upload_id, digest) == len(data)
+        assert (await store.commit(upload_id, digest)).size == len(data)
         assert await read_all(store, digest) == data
         await store.discard_upload(upload_id)
 
@@ -299,6 +303,49 @@ def test_commit_with_a_wrong_digest_publishes_nothing(backend: Backend) -> None:
         assert await store.stat(sha256(data)) is None
 
     run(backend, scenario, replicas=2)
+
+
+@pytest.mark.parametrize("head", [1000, PART + MIB], ids=["tail", "parts"])
+def test_a_refused_commit_leaves_the_upload_as_it_was(backend: Backend, head: int) -> None:
+    """Wrong digest, wrong offset, wrong length or a cut body, with or without
+    a last chunk, checked by the running hash or by the bytes read back: the
+    upload keeps its offset and its bytes, and goes on on either replica."""
+    data = os.urandom(head + 2 * MIB)
+    last = data[head:]
+    wrong = sha256(data + b"!")
+    upload_id = new_id()
+
+    async def scenario(store: BlobStore, replica: BlobStore) -> None:
+        await store.create_upload(upload_id)
+        backend.session(upload_id)
+        await append(store, upload_id, data[:head], 0)
+        for committer in (store, replica, store):
+            with pytest.raises(DigestMismatch):
+                await committer.commit(upload_id, wrong)
+            assert backend.offset(upload_id) == head
+            with pytest.raises(DigestMismatch):
+                await committer.commit(upload_id, wrong, None, body(last), len(last), head)
+            assert backend.offset(upload_id) == head
+            with pytest.raises(OffsetMismatch):
+                await committer.commit(upload_id, sha256(data), None, body(last), len(last), 0)
+            with pytest.raises(TruncatedBody):
+                await committer.commit(upload_id, sha256(data), None, body(last), len(last) + 1)
+            with pytest.raises(BodyCut):
+                await committer.commit(upload_id, sha256(data), None, cut_body(last, MIB), None)
+            assert backend.offset(upload_id) == head
+        assert await walked(store) == {}
+        # Still an upload like any other: it takes appends, and the right digest.
+        middle = head + MIB
+        assert await append(replica, upload_id, data[head:middle], head) == middle
+        rest = data[middle:]
+        done = await store.commit(upload_id, sha256(data), None, body(rest), len(rest), middle)
+        # What the caller ends the session at: the version the bytes were checked at.
+        assert done.size == len(data) and done.version == backend.version(upload_id)
+        assert await read_all(replica, sha256(data)) == data
+        await store.discard_upload(upload_id)
+
+    run(backend, scenario, replicas=2)
+    assert backend.staged() == set()
 
 
 def test_a_sized_body_of_the_wrong_length_changes_nothing(backend: Backend) -> None:
@@ -421,7 +468,7 @@ def test_sha512_commit_hashes_the_staged_bytes(backend: Backend) -> None:
         backend.session(upload_id)
         await append(store, upload_id, data[:10], 0)
         await append(store, upload_id, data[10:], 10)
-        assert await store.commit(upload_id, digest) == len(data)
+        assert (await store.commit(upload_id, digest)).size == len(data)
         assert await read_all(store, digest) == data
 
     run(backend, scenario)

@@ -337,7 +337,7 @@ def test_sni_picks_a_certificate_per_domain(tmp_path: Path) -> None:
         ],
     }
     for stem, names in groups.items():
-        files = issue(ca_dir, names)
+        files = issue(ca_dir, names, permitted=["reg.test", "127.0.0.1"])
         shutil.copy(files.cert, certs / f"{stem}.crt")
         shutil.copy(files.key, certs / f"{stem}.key")
     ca = ca_dir / "ca.crt"
@@ -441,9 +441,12 @@ def test_the_credential_provider_and_the_cli_trust_the_ca(
         }
     )
 
+    host = registry.host_for("us.localhost")
+    serves = ["--registry", host, "--allow-private", host]  # on loopback: allowed by name
+
     def provide(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(PROVIDER), "--apikey-file", str(key_file), *args],
+            [str(PROVIDER), "--apikey-file", str(key_file), *serves, *args],
             input=request,
             capture_output=True,
             text=True,

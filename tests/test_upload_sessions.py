@@ -15,6 +15,7 @@ from tests.iam_helpers import ADMIN_KEY, Api, bearer
 from tests.server import MoorageServer, ensure_region_hosts
 
 US = "us.localhost"
+CHUNK = 64 << 10
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,75 @@ def test_a_refresh_token_is_not_a_bearer_token(server: MoorageServer) -> None:
     assert upload.patch() == 401
     base = requests.get(f"http://{host}/v2/", headers=upload.headers, timeout=5)
     assert base.status_code == 401
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_a_refused_request_leaves_the_upload_resumable(
+    server: MoorageServer, algorithm: str
+) -> None:
+    """Out of order (PATCH or closing PUT), a wrong digest, a Content-Length
+    that is not the Content-Range: each is refused, and the session keeps its
+    offset and bytes; the client resumes from the Range a GET reports."""
+    admin = Api(server, ADMIN_KEY)
+    namespace = f"resume-{algorithm}"
+    admin.namespace("us-south", namespace)
+    repo = f"{namespace}/app"
+    scope = f"repository:{repo}:pull,push"
+    data = os.urandom(3 * CHUNK)
+    digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    upload = Upload(server, repo, bearer(server, US, ADMIN_KEY, scope))
+    url = f"http://{upload.host}{upload.location}"
+
+    def send(method: str, start: int, end: int, **extra: object) -> requests.Response:
+        """Bytes ``start`` to ``end`` (exclusive) as one chunk, with a fresh token."""
+        headers = {
+            **bearer(server, US, ADMIN_KEY, scope),
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{start}-{end - 1}",
+            **extra.pop("headers", {}),  # type: ignore[dict-item]
+        }
+        return requests.request(
+            method, url, data=data[start:end], headers=headers, timeout=10, **extra
+        )
+
+    def resumes_at() -> str:
+        r = requests.get(url, headers=bearer(server, US, ADMIN_KEY, scope), timeout=5)
+        assert r.status_code == 204, r.text
+        return r.headers["Range"]
+
+    assert send("PATCH", 0, CHUNK).status_code == 202
+    refused = [
+        send("PATCH", 2 * CHUNK, 3 * CHUNK),  # skips ahead
+        send("PATCH", 0, CHUNK),  # sent again
+        send("PUT", 2 * CHUNK, 3 * CHUNK, params={"digest": digest}),  # last, out of order
+    ]
+    assert [r.status_code for r in refused] == [416, 416, 416]
+    assert all(r.headers["Range"] == f"0-{CHUNK - 1}" for r in refused)
+    assert resumes_at() == f"0-{CHUNK - 1}"
+
+    wrong = f"{algorithm}:{hashlib.new(algorithm, data + b'!').hexdigest()}"
+    assert send("PUT", CHUNK, 3 * CHUNK, params={"digest": wrong}).status_code == 400
+    assert resumes_at() == f"0-{CHUNK - 1}"
+    # A Content-Range of 5 bytes on a body of CHUNK bytes.
+    mismatched = send("PATCH", CHUNK, 2 * CHUNK, headers={"Content-Range": f"{CHUNK}-{CHUNK + 4}"})
+    assert mismatched.status_code == 400
+    assert resumes_at() == f"0-{CHUNK - 1}"
+
+    assert send("PATCH", CHUNK, 2 * CHUNK).status_code == 202
+    assert (
+        requests.put(
+            url,
+            params={"digest": wrong},
+            headers=bearer(server, US, ADMIN_KEY, scope),
+            timeout=10,
+        ).status_code
+        == 400
+    )
+    assert resumes_at() == f"0-{2 * CHUNK - 1}"
+    assert send("PUT", 2 * CHUNK, 3 * CHUNK, params={"digest": digest}).status_code == 201
+    blob = requests.get(
+        f"http://{upload.host}/v2/{repo}/blobs/{digest}",
+        headers=bearer(server, US, ADMIN_KEY, f"repository:{repo}:pull"),
+        timeout=10,
+    )
+    assert blob.status_code == 200 and blob.content == data

@@ -12,6 +12,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from moorage.egress import Refused
+
 
 def segment(value: str) -> str:
     """One path segment of an API route: whatever a name holds ("/", "?", "..")
@@ -45,6 +47,8 @@ def tls_verification(ca_file: str | bool) -> ssl.SSLContext | bool:
 def unreachable(where: str, exc: httpx.HTTPError) -> str:
     """One line on why ``where`` could not be reached, naming the fix for an
     untrusted certificate."""
+    if isinstance(exc, Refused):
+        return str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return (
             f"cannot verify the TLS certificate of {where}: pass --ca-file (or set "

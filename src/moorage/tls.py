@@ -131,7 +131,8 @@ class ServerCertificates:
 
     def _load(self) -> tuple[list[Certificate], ssl.SSLContext]:
         certificates = []
-        for cert, key in self.files.pairs():
+        pairs = self.files.pairs()
+        for cert, key in pairs:
             loaded = load_certificate(cert, key)
             if not loaded.dns_names and not loaded.ip_addresses:
                 log.warning("%s names no host (no subjectAltName): not used", cert)
@@ -155,6 +156,15 @@ class ServerCertificates:
                 f"no TLS certificate covers {', '.join(uncovered)}: give certificates whose "
                 "subjectAltName names every configured domain (see `moorage tls init`)"
             )
+        for directory in sorted({key.parent for _, key in pairs}):
+            if (directory / "ca.key").exists():
+                # An older `moorage tls init` kept the CA's key here.
+                log.warning(
+                    "a CA key lies beside the server's key (%s): the server never needs it, "
+                    "and whoever reads this directory can impersonate any name the CA may "
+                    "sign; run `moorage tls init` again to move it to a directory of its own",
+                    directory / "ca.key",
+                )
         now = datetime.now(UTC)
         for certificate in certificates:
             if certificate.not_after < now:

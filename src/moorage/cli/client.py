@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.client import ClientError, ManagementClient
+from moorage.privatefile import write_private
 
 CliError = ClientError  # what ``moorage`` prints as one line and exits non-zero on
 
@@ -31,13 +32,12 @@ def load_profile() -> dict[str, Any]:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace a file holding credentials atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Replace a file holding credentials atomically, readable by its owner only
+    (``moorage.privatefile``: nothing planted beside it can capture the key)."""
+    try:
+        write_private(path, json.dumps(data, indent=2).encode())
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def save_profile(profile: dict[str, Any]) -> None:

@@ -202,7 +202,8 @@ def image_tag(
 
 @app.command("image-inspect")
 def image_inspect(image: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
-    """Show an image's digest, manifest and signatures (kind, signer, verified)."""
+    """Show an image's digest, manifest, signatures and attestations (kind, signer,
+    verified; an attestation's predicate type)."""
     connection = Connection.resolve(server, apikey)
     emit(connection.request("GET", f"/cr/{connection.region}/image", image=image), None, "json")
 

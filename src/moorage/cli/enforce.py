@@ -65,6 +65,22 @@ def serve(
     ca_bundle: Annotated[
         Path | None, typer.Option("--ca-bundle", help="CA of private registries (PEM)")
     ] = None,
+    allow_private: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-private",
+            help="HOST[:PORT] or CIDR on a loopback, link-local, private or cluster address "
+            "the webhook may fetch from (repeatable); refused otherwise",
+        ),
+    ] = None,
+    token_service: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token-service",
+            help="REGISTRY=HOST[:PORT]: a token service on another host that may receive "
+            "the registry's pull credentials (repeatable)",
+        ),
+    ] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a verified digest is remembered")] = 300,
     revalidate_after: Annotated[
         float,
@@ -76,6 +92,7 @@ def serve(
     deadline: Annotated[float, typer.Option(help="Seconds one admission may take")] = 8,
 ) -> None:
     """Serve the admission webhook (POST /mutate, /validate; GET /metrics, /healthz, /readyz)."""
+    from moorage.egress import Egress
     from moorage.enforce.registry import Access
     from moorage.enforce.verify import ALWAYS_EXEMPT, Settings, namespace_patterns
     from moorage.enforce.webhook import ServeOptions, run
@@ -91,6 +108,7 @@ def serve(
     except ValueError as exc:
         raise CliError(str(exc)) from None
     insecure = set(insecure_registry or [])
+    allowed = list(allow_private or [])
     ca = str(ca_bundle) if ca_bundle else None
     if in_cluster:
         from kubernetes import client, config
@@ -100,8 +118,13 @@ def serve(
     else:
         entry = _cluster(cluster or "")
         insecure |= set(entry.insecure_registries)
+        allowed += entry.allow_private
         ca = ca or entry.ca_bundle
         api = _api(cluster or "")
+    try:
+        egress = Egress.parse(allowed, insecure, token_service or ())
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     for path in (tls_cert, tls_key):
         if not path.is_file():
             raise CliError(f"{path}: no such file")
@@ -110,7 +133,7 @@ def serve(
         port=port,
         tls_cert=str(tls_cert),
         tls_key=str(tls_key),
-        access=Access(frozenset(h.lower() for h in insecure), ca),
+        access=Access(egress, ca),
         settings=Settings(
             namespace=namespace,
             exempt_namespaces=ALWAYS_EXEMPT | exempt,
@@ -132,16 +155,31 @@ def certs(
         list[str] | None, typer.Option("--name", help="Another name or address (repeatable)")
     ] = None,
     days: Annotated[int, typer.Option(help="Validity of the serving certificate")] = 397,
+    ca_dir: Annotated[
+        Path | None,
+        typer.Option("--ca-dir", help="Where the CA's key lives [default: <dir>-ca]"),
+    ] = None,
 ) -> None:
-    """A CA (made once, reused) and a serving certificate for the webhook's
-    Service, 127.0.0.1 and ::1."""
+    """A CA (made once, reused; its key in a directory of its own, limited to
+    these names) and a serving certificate for the webhook's Service,
+    127.0.0.1 and ::1."""
     from moorage.enforce.install import service_names
-    from moorage.pki import issue
+    from moorage.pki import PkiError, issue
 
     names = [*service_names(namespace), *(name or []), "127.0.0.1", "::1"]
-    files = issue(directory.resolve(), list(dict.fromkeys(names)), days)
+    try:
+        files = issue(
+            directory.resolve(),
+            list(dict.fromkeys(names)),
+            days,
+            ca_dir.resolve() if ca_dir else None,
+        )
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(
-        f"CA {files.ca_cert}; certificate {files.cert} (key {files.key}) for {', '.join(names)}"
+        f"CA {files.ca_cert} (key {files.ca_key}); certificate {files.cert} (key {files.key}) "
+        f"for {', '.join(names)}"
     )
 
 

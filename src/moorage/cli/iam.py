@@ -41,6 +41,10 @@ POLICY_COLUMNS = [
     ("resource_type", "RESOURCE TYPE"),
     ("resource", "RESOURCE"),
 ]
+SERVICE_HELP = (
+    "container-registry, containers-kubernetes, or iam-identity (members, service IDs, "
+    "API keys; platform roles only). Giving access to a service takes Administrator on it."
+)
 PRESERVE = "Please preserve the API key! It cannot be retrieved after it's created."
 
 
@@ -138,7 +142,9 @@ def service_id_delete(
 def service_policy_create(
     service_id: str,
     roles: Annotated[str, typer.Option("--roles", "-r")],
-    service_name: Annotated[str, typer.Option("--service-name")] = "container-registry",
+    service_name: Annotated[str, typer.Option("--service-name", help=SERVICE_HELP)] = (
+        "container-registry"
+    ),
     region: Annotated[str | None, typer.Option("--region")] = None,
     resource_type: Annotated[str | None, typer.Option("--resource-type")] = None,
     resource: Annotated[str | None, typer.Option("--resource")] = None,
@@ -411,7 +417,7 @@ def user_remove(
 def user_policy_create(
     email: str,
     roles: Annotated[str, typer.Option("--roles", "-r")],
-    service_name: Annotated[str, typer.Option("--service-name")],
+    service_name: Annotated[str, typer.Option("--service-name", help=SERVICE_HELP)],
     region: Annotated[str | None, typer.Option("--region")] = None,
     resource_type: Annotated[str | None, typer.Option("--resource-type")] = None,
     resource: Annotated[str | None, typer.Option("--resource")] = None,

@@ -15,6 +15,7 @@ import typer
 
 from moorage.cli.client import CliError, Connection, config_dir, write_private_json
 from moorage.cli.output import OutputOption, emit
+from moorage.egress import Egress
 from moorage.kube.clusters import Cluster
 from moorage.kube.errors import KubeApiError, KubeError, KubeUnreachable
 
@@ -78,6 +79,14 @@ def cluster_register(
         Path | None,
         typer.Option("--ca-bundle", exists=True, dir_okay=False, help="CA of private registries"),
     ] = None,
+    allow_private: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-private",
+            help="HOST[:PORT] or CIDR of a registry on a loopback, link-local, private or "
+            "cluster address that diagnose and the webhook may reach (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Register a cluster by its kubeconfig (and context)."""
     if not name or len(name) > 63 or not name.replace("-", "").isalnum():
@@ -85,6 +94,10 @@ def cluster_register(
     for host in insecure_registry or []:
         if not host or "/" in host or "://" in host:
             raise CliError(f"--insecure-registry takes HOST[:PORT], not {host!r}")
+    try:
+        Egress.parse(allow_private or ())
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     entry = Cluster(
         name,
         str(kubeconfig.resolve()),
@@ -92,6 +105,7 @@ def cluster_register(
         region,
         tuple(h.lower() for h in insecure_registry or ()),
         str(ca_bundle.resolve()) if ca_bundle else None,
+        tuple(h.lower() for h in allow_private or ()),
     )
     clusters = _clusters()
     clusters[name] = entry.to_json()
@@ -111,6 +125,7 @@ def clusters(output: str = OutputOption) -> None:
             ("context", "CONTEXT"),
             ("region", "REGION"),
             ("insecure_registries", "INSECURE REGISTRIES"),
+            ("allow_private", "ALLOW PRIVATE"),
         ],
         output,
     )
@@ -234,7 +249,10 @@ def diagnose(
     api = _api(cluster)
     with _reported(cluster):
         checker = CredentialChecker(
-            connection, RegistryCheck(entry.insecure_registries, entry.ca_bundle)
+            connection,
+            RegistryCheck(
+                entry.insecure_registries, entry.ca_bundle, allow_private=entry.allow_private
+            ),
         )
         found = diagnose_objects(api, namespace, checker, targets)
     rows = [d.as_row() for d in found]

@@ -69,22 +69,35 @@ class SignedIdentity(_Model):
 
 class RequirementType(StrEnum):
     SIGNED_BY = "signedBy"
+    ATTESTED_BY = "attestedBy"  # cosign only: an in-toto attestation of predicateType
     REJECT = "reject"
     INSECURE_ACCEPT_ANYTHING = "insecureAcceptAnything"
 
 
+KEYED = (RequirementType.SIGNED_BY, RequirementType.ATTESTED_BY)
+
+
 class Requirement(_Model):
     """One requirement. ``signedBy``: a signature by one of the keys in the
-    Secret ``keySecret`` (data ``key``, or ``cosign.pub`` for cosign keys)."""
+    Secret ``keySecret`` (data ``key``, or ``cosign.pub`` for cosign keys).
+    ``attestedBy`` (cosign only): an attestation (``cosign attest``) whose
+    signed in-toto statement has ``predicateType`` (a URI, as in the
+    statement), made by one of those keys; an attestation never counts as a
+    signature, nor a signature as an attestation."""
 
     type: RequirementType
     key_secret: str | None = Field(None, min_length=1, max_length=253)
     signed_identity: SignedIdentity | None = None
+    predicate_type: str | None = Field(None, min_length=1, max_length=512, pattern=r"^\S+:\S+$")
 
     @model_validator(mode="after")
     def _key(self) -> Requirement:
-        if self.type == RequirementType.SIGNED_BY and not self.key_secret:
-            raise ValueError("a signedBy requirement needs keySecret")
+        if self.type in KEYED and not self.key_secret:
+            raise ValueError(f"a {self.type.value} requirement needs keySecret")
+        if (self.type == RequirementType.ATTESTED_BY) != (self.predicate_type is not None):
+            raise ValueError("predicateType goes with type attestedBy, and only with it")
+        if self.type == RequirementType.ATTESTED_BY and self.signed_identity is not None:
+            raise ValueError("signedIdentity applies to signatures, not to attestedBy")
         return self
 
 
@@ -128,6 +141,13 @@ class Policy(_Model):
         for kind, block in (("cosign", self.cosign), ("simple", self.simple)):
             found += [(kind, r) for r in (block.requirements if block else None) or []]
         return found
+
+    @model_validator(mode="after")
+    def _attestations_are_cosign(self) -> Policy:
+        for r in (self.simple.requirements if self.simple else None) or []:
+            if r.type == RequirementType.ATTESTED_BY:
+                raise ValueError("attestedBy is a cosign requirement, not a simple (GPG) one")
+        return self
 
 
 class Repository(_Model):

@@ -6,11 +6,16 @@ the kubelet's order, so a secret stored under ``https://host``, a path or a
 wildcard works here exactly when it works for the kubelet. A credential goes
 only where the kubelet would send it, the image's own registry host:
 
-- the registry is reached over HTTPS (plain HTTP only for hosts registered
-  as insecure), and nothing follows a redirect with credentials;
+- every request goes through ``moorage.egress`` (the operator's allowances):
+  HTTPS only (plain HTTP for hosts registered as insecure), no loopback,
+  link-local, private or cluster address unless allowed, checked when the
+  connection is made, and a credential only to the host it belongs to;
+- nothing follows a redirect with credentials, and a redirect elsewhere is a
+  new request under the same policy;
 - a Bearer token service is given the credential only when it lives on the
-  registry's host and scheme; one elsewhere (Docker Hub's) is asked for an
-  anonymous token, which is enough for public images;
+  registry's host (or is configured as its token service); one elsewhere
+  (Docker Hub's) is asked for an anonymous token, which is enough for public
+  images;
 - tokens are kept until shortly before they expire, per registry, scope and
   credential."""
 
@@ -24,13 +29,15 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
+from cryptography import x509
 
+from moorage.egress import Egress, Refused, credential_for
 from moorage.enforce.matching import Reference
 from moorage.kube.keyring import Credential
 from moorage.trust import cosign, simplesigning
@@ -45,8 +52,17 @@ MANIFEST_TYPES = ", ".join(
 )
 MAX_MANIFEST = 4 << 20
 DOCKER_HUB = "registry-1.docker.io"
-MAX_SIGNATURES = 20  # per form: each costs a fetch and a check
-MAX_REFERRER_PAGES = 10
+# What reading one image's signed documents may cost at most: registry
+# requests, bytes read, and documents taken for checking. An attacker who may
+# push can make the webhook do this much work, and no more; past it the image
+# is denied, saying why, never judged from a part of what is there.
+MAX_REQUESTS = 4000
+MAX_BYTES = 32 << 20
+MAX_DOCUMENTS = 5000
+MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
+FETCHES_AT_ONCE = 16
+REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
+MAX_REFERRER_PAGES = 10  # compared as a verdict's evidence; more: verified afresh
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -54,14 +70,102 @@ class ReadError(Exception):
     """The registry could not be read; the message says why, for the admission reply."""
 
 
+@dataclass
+class Budget:
+    """The work one image's signatures may cost (see MAX_REQUESTS)."""
+
+    requests: int = MAX_REQUESTS
+    bytes: int = MAX_BYTES
+    checks: int = MAX_DOCUMENTS
+
+    def _spent(self, what: str) -> None:
+        raise ReadError(
+            f"its signatures and attestations are more than one admission may read ({what}); "
+            "someone may have flooded them: a Manager can delete what is not genuine"
+        )
+
+    def request(self) -> None:
+        self.requests -= 1
+        if self.requests < 0:
+            self._spent(f"{MAX_REQUESTS} registry requests")
+
+    def read(self, size: int) -> None:
+        self.bytes -= size
+        if self.bytes < 0:
+            self._spent(f"{MAX_BYTES >> 20} MiB")
+
+    def documents(self, count: int) -> None:
+        self.checks -= count
+        if self.checks < 0:
+            self._spent(f"{MAX_DOCUMENTS} signed documents")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a policy's cosign requirements could be met by: signatures, and
+    attestations of some predicate types, by some keys. Only what could meet
+    them is fetched; the unsigned hints used here only ever rule out."""
+
+    signatures: bool = False
+    predicate_types: frozenset[str] = frozenset()
+    key_ids: frozenset[str] = frozenset()  # sha256:<hex> of the policy's keys
+
+    def artifact_types(self) -> list[tuple[str, str]]:
+        """(referrer artifact type, form) to list."""
+        found = []
+        if self.signatures:
+            found.append((cosign.SIGNATURE_ARTIFACT, "referrer"))
+        if self.signatures or self.predicate_types:
+            found.append((cosign.BUNDLE, "bundle"))
+        if self.predicate_types:
+            found.append((cosign.INTOTO, "dsse"))
+        return found
+
+    def _predicates(self) -> set[str]:
+        return {*self.predicate_types, *([cosign.SIGN_PREDICATE] if self.signatures else [])}
+
+    def may_hold(self, annotations: Any, media_type: Any = None) -> bool:
+        """Whether a referrer (its descriptor's annotations) or a layer may hold
+        a document wanted: cosign writes the predicate type beside bundles and
+        attestation layers; one that declares another is not fetched."""
+        if media_type is not None and media_type not in (
+            cosign.SIMPLE_SIGNING,
+            cosign.BUNDLE,
+            cosign.DSSE,
+        ):
+            return False
+        notes = annotations if isinstance(annotations, dict) else {}
+        declared = notes.get(cosign.BUNDLE_PREDICATE_ANNOTATION, notes.get("predicateType"))
+        if media_type == cosign.SIMPLE_SIGNING:
+            return self.signatures and self._certificate_allowed(notes)
+        return not isinstance(declared, str) or declared in self._predicates()
+
+    def _certificate_allowed(self, annotations: dict[str, Any]) -> bool:
+        """A layer carrying a certificate was made with the certificate's key:
+        unless that is one of the policy's keys, it cannot verify."""
+        pem = annotations.get(cosign.CERTIFICATE_ANNOTATION)
+        if not isinstance(pem, str) or not self.key_ids:
+            return True
+        try:
+            key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+            return cosign.key_id(key) in self.key_ids  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return False
+
+    def may_verify(self, document: cosign.CosignSignature) -> bool:
+        """A bundle that names its key is checked only with that key."""
+        named = document.named_key
+        return named is None or not self.key_ids or named in self.key_ids
+
+
 @dataclass(frozen=True)
 class Access:
-    insecure: frozenset[str] = frozenset()  # host[:port] reached over plain HTTP
+    egress: Egress = field(default_factory=Egress)  # where the webhook may connect
     ca_bundle: str | None = None
     timeout: float = 5.0
 
     def scheme(self, host: str) -> str:
-        return "http" if host in self.insecure else "https"
+        return self.egress.scheme(host)
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -106,12 +210,22 @@ class Session:
     async def get(
         self, path: str, accept: str | None = None, method: str = "GET"
     ) -> httpx.Response:
-        """A request on the registry, signed in as needed; redirects are not followed."""
+        """A request on the registry, signed in as needed; redirects are not followed.
+        What the egress policy refuses is a ReadError saying why."""
+        try:
+            return await self._get(path, accept, method)
+        except Refused as exc:
+            raise ReadError(str(exc)) from None
+
+    async def _get(self, path: str, accept: str | None, method: str) -> httpx.Response:
         url = f"{self.base}{path}"
         headers = {"Accept": accept} if accept else {}
         http = self.reader.http
+        bound = credential_for(self.endpoint)  # whatever signs these in belongs here
         if self._auth is not None:
-            reply = await http.request(method, url, headers={**headers, **self._auth})
+            reply = await http.request(
+                method, url, headers={**headers, **self._auth}, extensions=bound
+            )
             if reply.status_code != 401:
                 return reply
         else:
@@ -124,7 +238,7 @@ class Session:
             auth = await self._sign_in(scheme, params, credential)
             if auth is None:
                 continue
-            retry = await http.request(method, url, headers={**headers, **auth})
+            retry = await http.request(method, url, headers={**headers, **auth}, extensions=bound)
             if retry.status_code != 401 and retry.status_code != 403:
                 self._auth, self._chosen = auth, credential
                 return retry
@@ -141,15 +255,17 @@ class Session:
             return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
         if scheme != "bearer" or not params.get("realm"):
             return None
-        realm = urlsplit(params["realm"])
-        home = (realm.scheme, realm.netloc.lower()) == (
-            self.reader.access.scheme(self.endpoint),
-            self.endpoint,
-        )
-        if credential is not None and not home:
+        try:
+            realm = httpx.URL(params["realm"])
+        except httpx.InvalidURL:
+            return None
+        egress = self.reader.access.egress
+        if credential is not None and not egress.may_send_credential(self.endpoint, realm):
             return None  # the token service is elsewhere: the credential stays here
         scope = params.get("scope") or f"repository:{self.ref.path}:pull"
-        token = await self.reader.token(params["realm"], params.get("service"), scope, credential)
+        token = await self.reader.token(
+            params["realm"], params.get("service"), scope, credential, self.endpoint
+        )
         return {"Authorization": f"Bearer {token}"} if token else None
 
     def refused(self) -> str:
@@ -168,13 +284,7 @@ class RegistryReader:
         verify: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=access.ca_bundle) if access.ca_bundle else True
         )
-        self.http = http or httpx.AsyncClient(
-            verify=verify,
-            timeout=access.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        self.http = http or access.egress.async_client(verify, access.timeout)
         self._tokens: dict[tuple[str, str, str, str], _Token] = {}
 
     async def close(self) -> None:
@@ -184,8 +294,14 @@ class RegistryReader:
         return Session(self, ref, credentials)
 
     async def token(
-        self, realm: str, service: str | None, scope: str, credential: Credential | None
+        self,
+        realm: str,
+        service: str | None,
+        scope: str,
+        credential: Credential | None,
+        registry: str = "",
     ) -> str | None:
+        """A token from ``realm``; ``credential`` is the one stored for ``registry``."""
         who = (
             hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
             if credential
@@ -197,7 +313,9 @@ class RegistryReader:
             return cached.value
         query = {"scope": scope, **({"service": service} if service else {})}
         auth = (credential.username, credential.password) if credential else None
-        reply = await self.http.get(realm, params=query, auth=auth)
+        reply = await self.http.get(
+            realm, params=query, auth=auth, extensions=credential_for(registry)
+        )
         if reply.status_code != 200:
             return None
         try:
@@ -243,16 +361,15 @@ class RegistryReader:
 
     async def evidence(self, session: Session, digest: str, cosigned: bool, simple: bool) -> str:
         """A hash of where the signatures of ``digest`` are kept: what the
-        ``sha256-<hex>.sig`` tag names, which referrers the digest has, and the
+        ``sha256-<hex>.sig`` and ``.att`` tags name, which referrers the digest has, and the
         signature extension's list. A remembered verdict stands while this is
         unchanged; a signature deleted, replaced or added changes it. These are
         small reads (a HEAD and listings, no signature content), and Moorage
         answers the HEAD from its manifest cache."""
         path = session.ref.path
 
-        async def tag() -> list[Any]:
-            name = f"/v2/{path}/manifests/{cosign.signature_tag(digest)}"
-            head = await session.get(name, MANIFEST_TYPES, method="HEAD")
+        async def tag(name: str) -> list[Any]:
+            head = await session.get(f"/v2/{path}/manifests/{name}", MANIFEST_TYPES, method="HEAD")
             return [head.status_code, head.headers.get("docker-content-digest")]
 
         async def referrers() -> list[Any]:
@@ -263,7 +380,7 @@ class RegistryReader:
                     break
                 listed = await session.get(page, "application/vnd.oci.image.index.v1+json")
                 found.append([listed.status_code, _listed_digests(listed.content)])
-                page = _next_page(listed.headers.get("link"), path)
+                page = _next_page(session, listed.headers.get("link", ""))
             if page is not None:  # too many to compare: never equal, verified afresh
                 found.append(["more pages", time.monotonic()])
             return found
@@ -273,7 +390,8 @@ class RegistryReader:
             listed = await session.get(name, "application/json")
             return [listed.status_code, hashlib.sha256(listed.content).hexdigest()]
 
-        reads = [tag(), referrers()] if cosigned else []
+        tags = cosign.signature_tags(digest)  # .sig and .att
+        reads = [*(tag(t) for t in tags), referrers()] if cosigned else []
         reads += [extension()] if simple else []
         parts = await asyncio.gather(*reads, return_exceptions=True)  # one round trip, not 3
         for part in parts:
@@ -285,9 +403,11 @@ class RegistryReader:
                 raise part
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    async def _json(self, session: Session, path: str, accept: str) -> dict[str, Any] | None:
+    async def _json(
+        self, session: Session, path: str, accept: str, limit: int = MAX_MANIFEST
+    ) -> dict[str, Any] | None:
         reply = await session.get(path, accept)
-        if reply.status_code != 200 or len(reply.content) > MAX_MANIFEST:
+        if reply.status_code != 200 or len(reply.content) > limit:
             return None
         try:
             document = json.loads(reply.content)
@@ -305,7 +425,10 @@ class RegistryReader:
             if same:
                 reply = await session.get(urlsplit(target).path + _query(target))
             else:
-                reply = await self.http.get(target)
+                try:  # no credentials, and checked by the egress policy like any request
+                    reply = await self.http.get(target)
+                except Refused as exc:
+                    raise ReadError(f"{session.ref.host} redirected a blob: {exc}") from None
         if reply.status_code != 200 or len(reply.content) > limit:
             return None
         algorithm, _, expected = digest.partition(":")
@@ -313,65 +436,142 @@ class RegistryReader:
             return None
         return reply.content
 
-    async def cosign_signatures(
-        self, session: Session, digest: str
+    async def _referrers(
+        self, session: Session, digest: str, artifact_type: str, budget: Budget
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The descriptors of ``digest``'s referrers of one artifact type, every
+        page of them (``Link: <...>; rel="next"``, on the registry's own origin
+        only). The type is asked of the registry and checked again here, for a
+        registry that ignores the filter."""
+        path: str | None = f"/v2/{session.ref.path}/referrers/{digest}?" + urlencode(
+            {"artifactType": artifact_type}
+        )
+        seen: set[str] = set()
+        while path is not None and path not in seen:
+            seen.add(path)
+            budget.request()
+            reply = await session.get(path, "application/vnd.oci.image.index.v1+json")
+            if reply.status_code != 200:
+                return
+            budget.read(len(reply.content))
+            try:
+                index = json.loads(reply.content)
+            except (ValueError, RecursionError):
+                return
+            for entry in (index.get("manifests") if isinstance(index, dict) else None) or []:
+                if isinstance(entry, dict) and entry.get("artifactType") == artifact_type:
+                    yield entry
+            path = _next_page(session, reply.headers.get("link", ""))
+
+    async def cosign_documents(
+        self,
+        session: Session,
+        digest: str,
+        wanted: Wanted,
+        enough: Callable[[list[cosign.CosignSignature]], bool] = lambda _: False,
     ) -> list[cosign.CosignSignature]:
-        """Signatures from the ``sha256-<hex>.sig`` tag and from OCI 1.1
-        referrers (cosign's own and sigstore bundles)."""
-        path = session.ref.path
-        manifests: list[tuple[dict[str, Any], str]] = []
+        """The signed cosign documents of ``digest`` that could meet ``wanted``:
+        from the ``sha256-<hex>.sig``/``.att`` tags and every OCI 1.1 referrer of
+        the artifact types that hold them. What the unsigned annotations or a
+        certificate rule out is not fetched; a blob several layers share is
+        fetched once; fetches run ``FETCHES_AT_ONCE`` at a time, the tags first,
+        then the referrers in batches, until ``enough`` (given each batch's new
+        documents) says what was read meets the policy. The work is
+        bounded by a ``Budget`` (requests, bytes, documents); when it runs out
+        the check fails closed and says so, rather than judging from the first N
+        an attacker chose."""
+        budget = Budget()
         accept = "application/vnd.oci.image.manifest.v1+json, " + MANIFEST_TYPES
+        path = session.ref.path
+        signature_tag, attestation_tag = cosign.signature_tags(digest)
+        wanted_tags = [(signature_tag, "tag")] if wanted.signatures else []
+        wanted_tags += [(attestation_tag, "dsse")] if wanted.predicate_types else []
+        gate = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+        async def manifest(reference: str) -> dict[str, Any] | None:
+            budget.request()
+            async with gate:
+                return await self._json(session, f"/v2/{path}/manifests/{reference}", accept)
+
+        async def blob(value: str) -> tuple[str, bytes | None]:
+            budget.request()
+            async with gate:
+                body = await self._blob(session, value, cosign.MAX_PAYLOAD)
+            budget.read(len(body or b""))
+            return value, body
+
+        blobs: dict[str, bytes | None] = {}
+
+        async def read(sources: list[tuple[dict[str, Any], str]]) -> list[cosign.CosignSignature]:
+            layers = [(self._wanted_layers(found, wanted, budget), form) for found, form in sources]
+            missing = {x["digest"] for group, _ in layers for x in group} - set(blobs)
+            blobs.update(await asyncio.gather(*(blob(d) for d in missing)))
+            documents = []
+            for group, form in layers:
+                documents += cosign.from_manifest({"layers": group}, form, blobs.get)
+            return [d for d in documents if wanted.may_verify(d)]
+
+        documents: list[cosign.CosignSignature] = []
         try:
-            tagged = await self._json(
-                session, f"/v2/{path}/manifests/{cosign.signature_tag(digest)}", accept
-            )
-            if tagged is not None:
-                manifests.append((tagged, "tag"))
-            index = await self._json(
-                session, f"/v2/{path}/referrers/{digest}", "application/vnd.oci.image.index.v1+json"
-            )
-            for entry in ((index or {}).get("manifests") or [])[:MAX_SIGNATURES]:
-                if not isinstance(entry, dict):
-                    continue
-                kind = entry.get("artifactType")
-                if kind not in (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE):
-                    continue
-                found = await self._json(
-                    session, f"/v2/{path}/manifests/{entry.get('digest')}", accept
-                )
+            # The tags first, one at a time: the first request also signs in.
+            tagged = []
+            for reference, form in wanted_tags:
+                found = await manifest(reference)
                 if found is not None:
-                    manifests.append((found, "bundle" if kind == cosign.BUNDLE else "referrer"))
-            signatures: list[cosign.CosignSignature] = []
-            for manifest, form in manifests:
-                blobs: dict[str, bytes] = {}
-                for layer in (manifest.get("layers") or [])[:MAX_SIGNATURES]:
-                    if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
-                        continue
-                    if layer.get("mediaType") in (cosign.SIMPLE_SIGNING, cosign.BUNDLE):
-                        body = await self._blob(session, layer["digest"], cosign.MAX_PAYLOAD)
-                        if body is not None:
-                            blobs[layer["digest"]] = body
-                try:
-                    signatures += cosign.from_manifest(manifest, form, blobs.get)
-                except (cosign.FormatError, ValueError, TypeError):
-                    continue  # not a signature we can read: it vouches for nothing
+                    tagged.append((found, form))
+            documents += await read(tagged)
+            if enough(documents):
+                return documents
+            listed: dict[str, str] = {}  # referrer digest -> form
+            for artifact_type, form in wanted.artifact_types():
+                async for entry in self._referrers(session, digest, artifact_type, budget):
+                    if wanted.may_hold(entry.get("annotations")):
+                        listed.setdefault(str(entry.get("digest")), form)
+            pending = list(listed.items())
+            for start in range(0, len(pending), REFERRER_BATCH):
+                batch = pending[start : start + REFERRER_BATCH]
+                fetched = await asyncio.gather(*(manifest(d) for d, _ in batch))
+                sources = []
+                for found, (_, form) in zip(fetched, batch, strict=True):
+                    subject = (found or {}).get("subject")
+                    if found and isinstance(subject, dict) and subject.get("digest") == digest:
+                        sources.append((found, form))
+                new = await read(sources)
+                documents += new
+                if enough(new):
+                    break
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
-        return signatures[: MAX_SIGNATURES * 2]
+        return documents
+
+    @staticmethod
+    def _wanted_layers(
+        manifest: dict[str, Any], wanted: Wanted, budget: Budget
+    ) -> list[dict[str, Any]]:
+        listed = manifest.get("layers")
+        layers = [
+            layer
+            for layer in (listed if isinstance(listed, list) else [])
+            if isinstance(layer, dict)
+            and isinstance(layer.get("digest"), str)
+            and wanted.may_hold(layer.get("annotations"), layer.get("mediaType"))
+        ]
+        budget.documents(len(layers))
+        return layers
 
     async def simple_signatures(self, session: Session, digest: str) -> list[bytes]:
         """OpenPGP signatures kept through the registry's signature extension."""
         path = f"/extensions/v2/{session.ref.path}/signatures/{digest}"
         try:
-            document = await self._json(session, path, "application/json")
+            document = await self._json(session, path, "application/json", MAX_EXTENSION_LISTING)
         except httpx.HTTPError as exc:
             raise ReadError(
                 f"cannot read the signatures of {session.ref} ({type(exc).__name__})"
             ) from None
         found = []
-        for entry in ((document or {}).get("signatures") or [])[:MAX_SIGNATURES]:
+        for entry in (document or {}).get("signatures") or []:
             if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
                 continue
             try:
@@ -392,15 +592,18 @@ def _listed_digests(body: bytes) -> list[str] | str:
         return hashlib.sha256(body).hexdigest()
 
 
-def _next_page(link: str | None, path: str) -> str | None:
-    """The next page of a listing (the ``Link: <…>; rel="next"`` header), on the same
-    repository's referrers path only."""
-    if not link or 'rel="next"' not in link:
-        return None
-    target = urlsplit(link.split(";", 1)[0].strip().strip("<>"))
-    if target.netloc or not target.path.startswith(f"/v2/{path}/referrers/"):
-        return None
-    return target.path + (f"?{target.query}" if target.query else "")
+def _next_page(session: Session, link: str) -> str | None:
+    """The path of the next page a ``Link`` header names, if on the registry's origin."""
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' not in params.replace(" ", "") or not target.strip().startswith("<"):
+            continue
+        url = urljoin(f"{session.base}/", target.strip()[1:-1])
+        split = urlsplit(url)
+        if f"{split.scheme}://{split.netloc.lower()}" != session.base:
+            return None
+        return split.path + _query(url)
+    return None
 
 
 def _query(url: str) -> str:

@@ -32,8 +32,8 @@ from moorage.enforce.admission import ImageSite, Request
 from moorage.enforce.cache import VerdictCache
 from moorage.enforce.keys import CosignKey, GpgKeys, KeyError_, cosign_keys, gpg_keys
 from moorage.enforce.matching import Reference, ReferenceError_, identity_matches
-from moorage.enforce.policy import Policy, Require, Requirement, RequirementType
-from moorage.enforce.registry import ReadError, RegistryReader, Session
+from moorage.enforce.policy import KEYED, Policy, Require, Requirement, RequirementType
+from moorage.enforce.registry import ReadError, RegistryReader, Session, Wanted
 from moorage.enforce.state import ClusterState, Entry, PolicySet
 from moorage.kube.diagnose import effective_pull_secrets
 from moorage.kube.keyring import Keyring, KeyringError
@@ -43,6 +43,7 @@ from moorage.trust import cosign, simplesigning
 OPT_OUT_LABEL = "moorage.io/enforce"
 OPT_OUT_VALUE = "disabled"
 ALWAYS_EXEMPT = frozenset({"kube-system"})
+MAX_GPG_RUNS = 32  # per requirement and image: gpg runs only for signatures that could count
 _NAMESPACE_PATTERN = re.compile(r"^[a-z0-9*?](?:[-a-z0-9*?]{0,61}[a-z0-9*?])?\Z")
 
 
@@ -139,6 +140,10 @@ class _Check:
     @property
     def label(self) -> str:
         r = self.requirement
+        if r.type == RequirementType.ATTESTED_BY:
+            return (
+                f"a cosign attestation of {r.predicate_type} by the keys in secret {r.key_secret}"
+            )
         if r.type != RequirementType.SIGNED_BY:
             return f"{self.kind} requirement {r.type.value}"
         what = "cosign signature" if self.kind == "cosign" else "GPG (simple signing) signature"
@@ -424,7 +429,7 @@ class Enforcer:
         )
 
     def _resolve_keys(self, kind: str, requirement: Requirement, entry: Entry) -> _Check:
-        if requirement.type != RequirementType.SIGNED_BY:
+        if requirement.type not in KEYED:
             return _Check(kind, requirement)
         namespace, name = entry.key_namespace, requirement.key_secret or ""
         secret = self.state.secret(namespace, name)
@@ -443,10 +448,26 @@ class Enforcer:
     async def _verify(
         self, session: Session, ref: Reference, digest: str, policy: Policy, checks: list[_Check]
     ) -> Outcome:
+        keyed = [c for c in checks if c.kind == "cosign" and c.cosign_keys]
+        wanted = Wanted(
+            any(c.requirement.type == RequirementType.SIGNED_BY for c in keyed),
+            frozenset(c.requirement.predicate_type for c in keyed if c.requirement.predicate_type),
+            frozenset(k.id for c in keyed for k in c.cosign_keys),
+        )
+        unmet = list(keyed)
+
+        def enough(new: list[cosign.CosignSignature]) -> bool:
+            """Whether the cosign requirements are met now: reading more would not
+            change the outcome (each document is checked once here)."""
+            unmet[:] = [c for c in unmet if _cosign_check(c, new, ref, digest)[0] is None]
+            if policy.require == Require.ANY:
+                return len(unmet) < len(keyed)
+            return not unmet
+
         try:
             cosigned, simple = await asyncio.gather(
-                self.reader.cosign_signatures(session, digest)
-                if any(c.kind == "cosign" and c.cosign_keys for c in checks)
+                self.reader.cosign_documents(session, digest, wanted, enough)
+                if keyed
                 else _nothing(),
                 self.reader.simple_signatures(session, digest)
                 if any(c.kind == "simple" and c.gpg for c in checks)
@@ -483,23 +504,37 @@ async def _nothing() -> list[Any]:
 
 
 def _cosign_check(
-    check: _Check, signatures: list[cosign.CosignSignature], ref: Reference, digest: str
+    check: _Check, documents: list[cosign.CosignSignature], ref: Reference, digest: str
 ) -> tuple[str | None, str]:
+    """A signature (``signedBy``) or an attestation of the predicate type asked
+    for (``attestedBy``), by one of the check's keys, naming ``digest``. Which
+    of the two a document is comes from what is signed, never from where it
+    was stored or what its unsigned annotations say."""
+    predicate = check.requirement.predicate_type
+    if predicate is None:
+        candidates = [d for d in documents if d.is_signature]
+    else:
+        candidates = [d for d in documents if d.is_attestation and d.predicate_type == predicate]
     other, identity, unverified = 0, 0, 0
-    for signature in signatures:
-        if signature.manifest_digest != digest:
+    ids = {key.id for key in check.cosign_keys}
+    for signature in candidates:
+        if not signature.names(digest):
             other += 1
             continue
         wanted = check.requirement.signed_identity
         if wanted is not None and not identity_matches(wanted, ref, signature.docker_reference):
             identity += 1
             continue
+        if signature.named_key is not None and signature.named_key not in ids:
+            unverified += 1  # names another key: no use trying these
+            continue
         for key in check.cosign_keys:
             if cosign.verify(signature, key.key):
                 return key.describe(), ""
         unverified += 1
+    what = "attestation(s)" if predicate else "signature(s)"
     return None, f"{check.label} was asked for and not found" + _tally(
-        len(signatures), other, identity, unverified, "made by another key or altered"
+        len(candidates), other, identity, unverified, "made by another key or altered", what
     )
 
 
@@ -507,7 +542,7 @@ async def _simple_check(
     check: _Check, signatures: list[bytes], ref: Reference, digest: str
 ) -> tuple[str | None, str]:
     assert check.gpg is not None
-    other, identity, unverified = 0, 0, 0
+    other, identity, unverified, runs = 0, 0, 0, 0
     for content in signatures:
         try:
             claimed = simplesigning.read(content)
@@ -517,6 +552,16 @@ async def _simple_check(
         if not check.gpg.names(claimed.key_ids):
             unverified += 1
             continue
+        if claimed.manifest_digest != digest:  # what it claims, unverified: enough to skip
+            other += 1
+            continue
+        runs += 1
+        if runs > MAX_GPG_RUNS:  # each is a gpg process: bounded by cost, failing closed
+            return None, (
+                f"{check.label} was asked for, but more than {MAX_GPG_RUNS} signatures claim "
+                "its key and this digest; someone may have flooded them: a Manager can "
+                "delete what is not genuine"
+            )
         try:
             document, fingerprint = await asyncio.to_thread(
                 simplesigning.verify, content, [check.gpg.armored]
@@ -538,9 +583,11 @@ async def _simple_check(
     )
 
 
-def _tally(total: int, other: int, identity: int, unverified: int, bad: str) -> str:
+def _tally(
+    total: int, other: int, identity: int, unverified: int, bad: str, what: str = "signature(s)"
+) -> str:
     if not total:
-        return " (the image has no such signatures)"
+        return f" (the image has no such {what.replace('(s)', 's')})"
     parts = []
     if other:
         parts.append(f"{other} for another digest")
@@ -548,7 +595,7 @@ def _tally(total: int, other: int, identity: int, unverified: int, bad: str) -> 
         parts.append(f"{identity} naming another image")
     if unverified:
         parts.append(f"{unverified} {bad}")
-    return f" ({total} signature(s): {', '.join(parts)})"
+    return f" ({total} {what}: {', '.join(parts)})"
 
 
 def monotonic_ms(started: float) -> float:

@@ -531,14 +531,20 @@ class RegistryApp:
         body = await request.read(self.manifests.max_manifest_bytes)
         if body is None:
             raise self.manifests.too_large()
-        result = await self.db.run(
-            self.manifests.put,
+        write = await self.db.run(
+            self.manifests.prepare,
             call.repo,
             call.params["ref"],
             body,
             request.header("content-type"),
-            call.identity.account,
         )
+        if write.removes:
+            # Removing a signature is deleting: the token must carry delete too.
+            try:
+                await self.access.check(request, call.target, call.name, (DELETE,))
+            except RegistryError:
+                raise self.manifests.removal_denied(write) from None
+        result = await self.db.run(self.manifests.commit, write, call.identity.account)
         headers: Headers = [
             ("location", f"/v2/{call.name}/manifests/{result.digest}"),
             ("docker-content-digest", result.digest),

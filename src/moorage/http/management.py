@@ -230,8 +230,13 @@ class ManagementApi:
     ) -> None:
         await self._run(self.iam.require, p, action, region, namespace, services)
 
-    async def _admin(self, p: Principal) -> None:
-        await self._require(p, roles.MANAGE_IAM, services=SERVICES)
+    async def _identities(self, p: Principal) -> None:
+        """Members, service IDs and keys: Editor or Administrator on iam-identity."""
+        await self._run(self.iam.require_identities, p)
+
+    async def _act_for(self, p: Principal, kind: SubjectKind, subject: str) -> None:
+        """Changing another identity or its keys (``IamService.may_act_for``)."""
+        await self._run(self.iam.require_act_for, p, kind, subject)
 
     async def _viewer(self, p: Principal) -> None:
         await self._require(p, roles.VIEW, services=SERVICES)
@@ -260,9 +265,9 @@ class ManagementApi:
         }
 
     async def create_account(self, c: ApiCall) -> Any:
-        """Create an account with its administrator; only administrators of the
-        installation's first account do this."""
-        await self._admin(c.principal)
+        """Create an account with its administrator; only an Administrator on
+        iam-identity of the installation's first account does this."""
+        await self._require(c.principal, roles.MANAGE_POLICIES, services=(roles.IAM_IDENTITY,))
         if c.principal.account_id != await self._run(self.iam.default_account):
             raise Forbidden("only the installation's first account creates accounts")
         account, created = await self._run(self.iam.create_account, c.body.name, c.body.admin_email)
@@ -280,21 +285,37 @@ class ManagementApi:
 
     async def invite_user(self, c: ApiCall) -> Any:
         """Make a person a member of the account (a new identity gets the password)."""
-        await self._admin(c.principal)
+        await self._identities(c.principal)
         return await self._run(
             self.iam.invite_user, c.principal.account_id, c.body.email, c.body.password
         )
 
     async def remove_user(self, c: ApiCall) -> Any:
         """Remove a member from the account, with its keys and policies there."""
-        await self._admin(c.principal)
-        await self._run(self.iam.remove_user, c.principal.account_id, c.path("ref"))
+        await self._identities(c.principal)
+        user = await self._run(self.iam.user, c.principal.account_id, c.path("ref"))
+        await self._act_for(c.principal, USER, user.id)
+        await self._run(self.iam.remove_user, c.principal.account_id, user.id)
+
+    async def _check_policy(self, c: ApiCall) -> None:
+        """Before the subject is looked up, so that who may not give the policy
+        learns nothing of the account's identities."""
+        body: schemas.PolicyCreate = c.body
+        await self._run(
+            self.iam.check_policy,
+            c.principal,
+            body.roles,
+            body.service_name,
+            body.region,
+            body.resource_type,
+            body.resource,
+        )
 
     async def _create_policy(self, c: ApiCall, kind: SubjectKind, subject: str) -> Any:
         body: schemas.PolicyCreate = c.body
         return await self._run(
             self.iam.create_policy,
-            c.principal.account_id,
+            c.principal,
             kind,
             subject,
             body.roles,
@@ -312,8 +333,9 @@ class ManagementApi:
         return await self._run(self.iam.policies, account, USER, user.id)
 
     async def create_user_policy(self, c: ApiCall) -> Any:
-        """Give a member roles on a service, optionally in one region and namespace."""
-        await self._admin(c.principal)
+        """Give a member roles on a service, optionally in one region and namespace
+        (Administrator on that service, over that scope)."""
+        await self._check_policy(c)
         user = await self._run(self.iam.user, c.principal.account_id, c.path("ref"))
         return await self._create_policy(c, USER, user.id)
 
@@ -326,7 +348,7 @@ class ManagementApi:
 
     async def create_service_id(self, c: ApiCall) -> Any:
         """Create a service ID."""
-        await self._admin(c.principal)
+        await self._identities(c.principal)
         return await self._run(
             self.iam.create_service_id, c.principal.account_id, c.body.name, c.body.description
         )
@@ -342,8 +364,10 @@ class ManagementApi:
 
     async def delete_service_id(self, c: ApiCall) -> Any:
         """Delete a service ID with its API keys and policies."""
-        await self._admin(c.principal)
-        await self._run(self.iam.delete_service_id, c.principal.account_id, c.path("ref"))
+        await self._identities(c.principal)
+        sid = await self._service_id(c)
+        await self._act_for(c.principal, SERVICE_ID, sid)
+        await self._run(self.iam.delete_service_id, c.principal.account_id, sid)
 
     async def list_service_policies(self, c: ApiCall) -> Any:
         """A service ID's policies."""
@@ -352,14 +376,14 @@ class ManagementApi:
         return await self._run(self.iam.policies, c.principal.account_id, SERVICE_ID, sid)
 
     async def create_service_policy(self, c: ApiCall) -> Any:
-        """Give a service ID roles on a service, optionally in one region and namespace."""
-        await self._admin(c.principal)
+        """Give a service ID roles on a service, optionally in one region and namespace
+        (Administrator on that service, over that scope)."""
+        await self._check_policy(c)
         return await self._create_policy(c, SERVICE_ID, await self._service_id(c))
 
     async def delete_policy(self, c: ApiCall) -> Any:
-        """Delete a policy of the account."""
-        await self._admin(c.principal)
-        await self._run(self.iam.delete_policy, c.principal.account_id, c.path("id"))
+        """Delete a policy of the account (Administrator on its service, over its scope)."""
+        await self._run(self.iam.delete_policy, c.principal, c.path("id"))
 
     # -- API keys ------------------------------------------------------------
 
@@ -381,15 +405,24 @@ class ManagementApi:
         return await self._run(self.iam.api_keys, c.principal.account_id, SERVICE_ID, sid)
 
     async def create_service_key(self, c: ApiCall) -> Any:
-        """Create an API key for a service ID; the secret is in this answer only."""
-        await self._admin(c.principal)
-        return await self._new_key(c, SERVICE_ID, await self._service_id(c))
+        """Create an API key for a service ID; the secret is in this answer only.
+        Its holder acts as the service ID: this takes administering all it holds."""
+        await self._identities(c.principal)
+        sid = await self._service_id(c)
+        await self._act_for(c.principal, SERVICE_ID, sid)
+        return await self._new_key(c, SERVICE_ID, sid)
 
     async def _service_key(self, c: ApiCall) -> ApiKeyRecord:
         sid = await self._service_id(c)
         return await self._run(
             self.iam.api_key, c.principal.account_id, c.path("key"), (SERVICE_ID, sid)
         )
+
+    async def _service_key_to_change(self, c: ApiCall) -> ApiKeyRecord:
+        await self._identities(c.principal)
+        key = await self._service_key(c)
+        await self._act_for(c.principal, SERVICE_ID, key.owner_id)
+        return key
 
     async def get_service_key(self, c: ApiCall) -> Any:
         """One API key of a service ID, by ID or name."""
@@ -398,23 +431,19 @@ class ManagementApi:
 
     async def update_service_key(self, c: ApiCall) -> Any:
         """Rename an API key of a service ID or change its description."""
-        await self._admin(c.principal)
-        return await self._update(c, await self._service_key(c))
+        return await self._update(c, await self._service_key_to_change(c))
 
     async def lock_service_key(self, c: ApiCall) -> Any:
         """Lock an API key of a service ID: sign-ins with it are refused."""
-        await self._admin(c.principal)
-        return await self._lock(c, await self._service_key(c), True)
+        return await self._lock(c, await self._service_key_to_change(c), True)
 
     async def unlock_service_key(self, c: ApiCall) -> Any:
         """Unlock an API key of a service ID."""
-        await self._admin(c.principal)
-        return await self._lock(c, await self._service_key(c), False)
+        return await self._lock(c, await self._service_key_to_change(c), False)
 
     async def delete_service_key(self, c: ApiCall) -> Any:
         """Delete an API key of a service ID."""
-        await self._admin(c.principal)
-        key = await self._service_key(c)
+        key = await self._service_key_to_change(c)
         await self._run(self.iam.delete_api_key, c.principal.account_id, key.id)
 
     async def list_own_keys(self, c: ApiCall) -> Any:
@@ -442,13 +471,20 @@ class ManagementApi:
             await check(p)
         return await self._run(self.iam.api_key, p.account_id, ref)
 
+    async def _key_to_change(self, c: ApiCall) -> ApiKeyRecord:
+        """The caller's own key, or another's that the caller may act for."""
+        key = await self._own_or(c, self._identities)
+        if (key.owner_kind, key.owner_id) != (c.principal.kind, c.principal.id):
+            await self._act_for(c.principal, key.owner_kind, key.owner_id)
+        return key
+
     async def get_key(self, c: ApiCall) -> Any:
         """One API key: your own, or any for a viewer of the account."""
         return await self._own_or(c, self._viewer)
 
     async def update_key(self, c: ApiCall) -> Any:
-        """Rename an API key or change its description (yours, or any for an administrator)."""
-        return await self._update(c, await self._own_or(c, self._admin))
+        """Rename an API key or change its description (yours, or another's you may act for)."""
+        return await self._update(c, await self._key_to_change(c))
 
     async def _update(self, c: ApiCall, key: ApiKeyRecord) -> Any:
         body: schemas.ApiKeyUpdate = c.body
@@ -458,20 +494,20 @@ class ManagementApi:
 
     async def _lock(self, c: ApiCall, key: ApiKeyRecord, locked: bool) -> Any:
         p = c.principal
-        as_admin = await self._run(self.iam.is_admin, p)
+        as_admin = await self._run(self.iam.may_act_for, p, key.owner_kind, key.owner_id)
         return await self._run(self.iam.set_api_key_lock, p.account_id, key.id, locked, p, as_admin)
 
     async def lock_key(self, c: ApiCall) -> Any:
-        """Lock an API key (yours, or any for an administrator)."""
-        return await self._lock(c, await self._own_or(c, self._admin), True)
+        """Lock an API key (yours, or another's you may act for)."""
+        return await self._lock(c, await self._key_to_change(c), True)
 
     async def unlock_key(self, c: ApiCall) -> Any:
         """Unlock an API key; one an administrator locked only an administrator unlocks."""
-        return await self._lock(c, await self._own_or(c, self._admin), False)
+        return await self._lock(c, await self._key_to_change(c), False)
 
     async def delete_key(self, c: ApiCall) -> Any:
-        """Delete an API key (yours, or any for an administrator)."""
-        key = await self._own_or(c, self._admin)
+        """Delete an API key (yours, or another's you may act for)."""
+        key = await self._key_to_change(c)
         await self._run(self.iam.delete_api_key, c.principal.account_id, key.id)
 
     # -- container registry --------------------------------------------------
@@ -621,10 +657,14 @@ class ManagementApi:
         target, tag, target_ns = self._image(region, c.body.target)
         await self._may(c.principal, roles.PULL, region, source_ns)
         await self._may(c.principal, roles.TAG, region, target_ns)
-        digest = await self._run(
-            self.manifests.tag, source, reference, target, tag, c.principal.account_id
-        )
-        return {"tagged": f"{target.name}:{tag}", "digest": digest}
+        write = await self._run(self.manifests.prepare_tag, source, reference, target, tag)
+        if write.removes:  # moving a signature tag off what it holds deletes signatures
+            try:
+                await self._may(c.principal, roles.DELETE, region, target_ns)
+            except Forbidden:
+                raise self.manifests.removal_denied(write) from None
+        result = await self._run(self.manifests.commit, write, c.principal.account_id)
+        return {"tagged": f"{target.name}:{tag}", "digest": result.digest}
 
     async def list_tokens(self, c: ApiCall) -> Any:
         """The account's registry tokens for the region (deprecated)."""

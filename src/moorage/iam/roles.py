@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 REGISTRY = "container-registry"
 KUBERNETES = "containers-kubernetes"
-SERVICES = (REGISTRY, KUBERNETES)
+# Account-wide IAM (as IBM Cloud's IAM Identity Service): members, service IDs,
+# API keys of others, and policies on this service itself. A role on another
+# service never reaches it.
+IAM_IDENTITY = "iam-identity"
+SERVICES = (REGISTRY, KUBERNETES, IAM_IDENTITY)
+RESOURCE_SERVICES = (REGISTRY, KUBERNETES)  # services with regions and namespaces
 
 PULL = "pull"
 LIST = "list"
@@ -18,7 +23,10 @@ DELETE = "delete"
 MANAGE_NAMESPACES = "namespace.manage"
 MANAGE_TOKENS = "token.manage"
 VIEW = "view"
-MANAGE_IAM = "iam.manage"
+# Administrator on a service: policies on that service, within the policy's scope.
+MANAGE_POLICIES = "policy.manage"
+# Editor or Administrator on iam-identity: members, service IDs and their keys.
+MANAGE_IDENTITIES = "identity.manage"
 
 _READER = frozenset({PULL, LIST})
 _WRITER = _READER | {PUSH, TAG}
@@ -32,9 +40,10 @@ SERVICE_ROLES: dict[str, frozenset[str]] = {
 PLATFORM_ROLES: dict[str, frozenset[str]] = {
     "Viewer": frozenset({VIEW}),
     "Operator": frozenset({VIEW}),
-    "Editor": frozenset({VIEW}),
-    # Administrator also manages policies, service IDs and API keys of the account.
-    "Administrator": frozenset({VIEW, MANAGE_IAM}),
+    # Both are checked only on the service the work belongs to: identities on
+    # iam-identity, a policy on the policy's own service.
+    "Editor": frozenset({VIEW, MANAGE_IDENTITIES}),
+    "Administrator": frozenset({VIEW, MANAGE_IDENTITIES, MANAGE_POLICIES}),
 }
 ROLES = {**SERVICE_ROLES, **PLATFORM_ROLES}
 ROLE_ORDER = list(ROLES)

@@ -9,11 +9,12 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from moorage.privatefile import write_private
 
 PRESERVE_NOTICE = "Please preserve the API key! It cannot be retrieved after it's created."
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -32,17 +33,8 @@ def load_or_create_key(path: Path, size: int = 32) -> bytes:
             return data
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(size))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileExistsError):
-        os.link(tmp, path)  # never overwrite a key another process just made
-    tmp.unlink()
+    with contextlib.suppress(FileExistsError):  # never overwrite a key another process made
+        write_private(path, secrets.token_bytes(size), replace=False)
     return path.read_bytes()
 
 

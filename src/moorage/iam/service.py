@@ -19,8 +19,12 @@ from functools import cache
 
 from moorage.iam.errors import Conflict, Forbidden, Invalid, LimitReached, NotFound
 from moorage.iam.roles import (
-    MANAGE_IAM,
+    IAM_IDENTITY,
+    MANAGE_IDENTITIES,
+    MANAGE_POLICIES,
     REGISTRY,
+    RESOURCE_SERVICES,
+    SERVICE_ROLES,
     SERVICES,
     Grant,
     RoleError,
@@ -175,18 +179,18 @@ class IamService:
 
     def _add_account(self, tx: IamTx, name: str, admin_email: str, secret: str) -> tuple[str, str]:
         """An account, its administrator (an existing identity joins; a new one has
-        no password and signs in with the key), policies on every service, and an
-        API key."""
+        no password and signs in with the key), Administrator on every service
+        (iam-identity included, so it administers the account as a whole) and
+        Manager on the registry and Kubernetes, and an API key."""
         account_id = f"acct-{uuid.uuid4().hex}"
         tx.insert_account(account_id, name, _now())
         user_id, _ = tx.ensure_identity(f"User-{uuid.uuid4()}", admin_email, new_salt(), _now())
         tx.add_member(account_id, user_id, NO_PASSWORD, _now())
         for service in SERVICES:
-            tx.insert_policy(
-                self._policy(
-                    account_id, USER, user_id, ("Administrator", "Manager"), service, None, None
-                )
+            roles = (
+                ("Manager", "Administrator") if service in RESOURCE_SERVICES else ("Administrator",)
             )
+            tx.insert_policy(self._policy(account_id, USER, user_id, roles, service, None, None))
         key_id = self._insert_key(tx, account_id, USER, user_id, "administrator", "", secret)
         return account_id, key_id
 
@@ -530,23 +534,33 @@ class IamService:
             _now(),
         )
 
-    def create_policy(
+    def check_policy(
         self,
-        account_id: str,
-        kind: SubjectKind,
-        subject_id: str,
+        actor: Principal,
         roles: str | Iterable[str],
         service_name: str,
         region: str | None = None,
         resource_type: str | None = None,
         resource: str | None = None,
-    ) -> PolicyRecord:
+    ) -> tuple[str, ...]:
+        """A policy's fields checked (400 when wrong), then whether ``actor`` may
+        give it (403): Administrator on that very service, over all of the
+        policy's scope. Returns the roles in canonical order."""
         try:
             parsed = parse_roles(roles)
         except RoleError as exc:
             raise Invalid(str(exc)) from exc
         if service_name not in SERVICES:
             raise Invalid(f"unknown service {service_name!r}; valid: {', '.join(SERVICES)}")
+        if service_name not in RESOURCE_SERVICES:
+            if region is not None or resource_type is not None or resource is not None:
+                raise Invalid(f"{service_name} has no regions or namespaces: give neither")
+            service_roles = [r for r in parsed if r in SERVICE_ROLES]
+            if service_roles:
+                raise Invalid(
+                    f"{service_name} takes platform roles only (Viewer, Operator, Editor, "
+                    f"Administrator), not {', '.join(service_roles)}"
+                )
         if region is not None and region not in self.regions:
             raise Invalid(f"unknown region {region!r}; valid: {', '.join(self.regions)}")
         if (resource_type is None) != (resource is None):
@@ -555,6 +569,30 @@ class IamService:
             if resource_type != "namespace":
                 raise Invalid("the only resource type is 'namespace'")
             validate_namespace(resource or "")
+        if not self.administers(actor, service_name, region, resource):
+            where = "".join(
+                f" {what} {value}" for what, value in (("in", region), ("on", resource)) if value
+            )
+            raise Forbidden(
+                f"you may not give access to {service_name}{where}: that takes Administrator "
+                "on that service, over at least that scope"
+            )
+        return parsed
+
+    def create_policy(
+        self,
+        actor: Principal,
+        kind: SubjectKind,
+        subject_id: str,
+        roles: str | Iterable[str],
+        service_name: str,
+        region: str | None = None,
+        resource_type: str | None = None,
+        resource: str | None = None,
+    ) -> PolicyRecord:
+        """A policy in the actor's account, if the actor may give it (``check_policy``)."""
+        parsed = self.check_policy(actor, roles, service_name, region, resource_type, resource)
+        account_id = actor.account_id
         policy = self._policy(account_id, kind, subject_id, parsed, service_name, region, resource)
         with self.store.write() as tx:
             duplicate = tx.identical_policy(policy)
@@ -570,7 +608,19 @@ class IamService:
         with self.store.read() as tx:
             return tx.policies([account_id], kind, subject_id)
 
-    def delete_policy(self, account_id: str, policy_id: str) -> None:
+    def delete_policy(self, actor: Principal, policy_id: str) -> None:
+        """Taking access away takes what giving it takes: Administrator on the
+        policy's service over all of its scope."""
+        account_id = actor.account_id
+        with self.store.read() as tx:
+            found = tx.policy(account_id, policy_id)
+        if found is None:
+            raise NotFound(f"policy {policy_id[:100]} not found")
+        if not self.administers(actor, found.service_name, found.region, found.resource):
+            raise Forbidden(
+                f"you may not remove access to {found.service_name}: that takes Administrator "
+                "on that service, over at least the policy's scope"
+            )
         with self.store.write() as tx:
             if tx.policy(account_id, policy_id) is None:
                 raise NotFound(f"policy {policy_id[:100]} not found")
@@ -636,8 +686,58 @@ class IamService:
             where = f" in {region}" if region else ""
             raise Forbidden(f"you are not allowed to {action}{where}")
 
-    def is_admin(self, principal: Principal) -> bool:
-        return self.allows(principal, MANAGE_IAM, services=SERVICES)
+    def administers(
+        self,
+        principal: Principal,
+        service: str,
+        region: str | None,
+        namespace: str | None,
+        grants: list[Grant] | None = None,
+    ) -> bool:
+        """Administrator on ``service`` covering the whole scope (a grant limited
+        to a region or namespace covers only policies limited to it as well)."""
+        return MANAGE_POLICIES in allowed_actions(
+            self.grants(principal) if grants is None else grants,
+            service,
+            region,
+            namespace,
+            principal.account_id,
+        )
+
+    def manages_identities(self, principal: Principal) -> bool:
+        """Editor or Administrator on iam-identity: members, service IDs, keys."""
+        return self.allows(principal, MANAGE_IDENTITIES, services=(IAM_IDENTITY,))
+
+    def require_identities(self, principal: Principal) -> None:
+        if not self.manages_identities(principal):
+            raise Forbidden(
+                "you are not allowed to manage identities: that takes Editor or Administrator "
+                f"on {IAM_IDENTITY}"
+            )
+
+    def may_act_for(self, principal: Principal, kind: SubjectKind, subject_id: str) -> bool:
+        """Whether ``principal`` may change another identity or its credentials
+        (make, lock or delete its keys, remove it). Whoever holds an identity's
+        key acts as it, so this takes, besides identity management, Administrator
+        over every policy that identity holds: no one reaches through another
+        identity what they could not have given themselves."""
+        if not self.manages_identities(principal):
+            return False
+        if (kind, subject_id) == (principal.kind, principal.id):
+            return True
+        grants = self.grants(principal)
+        return all(
+            self.administers(principal, p.service_name, p.region, p.resource, grants)
+            for p in self.policies(principal.account_id, kind, subject_id)
+        )
+
+    def require_act_for(self, principal: Principal, kind: SubjectKind, subject_id: str) -> None:
+        self.require_identities(principal)
+        if not self.may_act_for(principal, kind, subject_id):
+            raise Forbidden(
+                "that identity holds access you do not administer; only someone who "
+                "administers all of it may change it or its API keys"
+            )
 
     # -- namespaces ----------------------------------------------------------
 

@@ -19,6 +19,9 @@ class Cluster:
     # other registry is reached over HTTPS only.
     insecure_registries: tuple[str, ...] = field(default_factory=tuple)
     ca_bundle: str | None = None  # PEM file of the CA that signs private registries
+    # Hosts (host[:port]) and networks (CIDR) on loopback, link-local, private or
+    # cluster addresses that fetches for this cluster may reach (moorage.egress).
+    allow_private: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_json(cls, name: str, entry: dict[str, Any]) -> Cluster:
@@ -29,6 +32,7 @@ class Cluster:
             region=entry.get("region"),
             insecure_registries=tuple(entry.get("insecure_registries") or ()),
             ca_bundle=entry.get("ca_bundle"),
+            allow_private=tuple(entry.get("allow_private") or ()),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -38,6 +42,7 @@ class Cluster:
             "region": self.region,
             "insecure_registries": list(self.insecure_registries),
             "ca_bundle": self.ca_bundle,
+            "allow_private": list(self.allow_private),
         }
 
     def api_client(self) -> Any:

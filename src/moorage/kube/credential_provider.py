@@ -6,7 +6,14 @@ long-lived API key (read from a file only root can read) for a short-lived,
 pull-only credential bound to the image's registry domain, and answers with a
 CredentialProviderResponse the kubelet caches per registry for a little less
 than the credential lives. Locking or deleting the key stops new credentials
-at once, and the registry re-checks the key whenever an issued one is used."""
+at once, and the registry re-checks the key whenever an issued one is used.
+
+The kubelet's ``matchImages`` decide only when the provider runs: the key is
+sent only to a registry named by ``--registry`` (exactly, port included), and
+through ``moorage.egress``, so never to a loopback, link-local, private or
+cluster address unless ``--allow-private`` allows it, and over plain HTTP
+(``--scheme http``) only to such an allowed address. Anything else is refused
+before any request."""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import httpx
 import jwt
 
 from moorage.client import ClientError, tls_verification, unreachable
+from moorage.egress import Egress
 
 API_VERSION = "credentialprovider.kubelet.k8s.io/v1"
 CREDENTIAL_USER = "iamrefreshtoken"
@@ -42,25 +50,24 @@ def _duration(seconds: int) -> str:
 def exchange(
     host: str,
     api_key: str,
-    scheme: str,
+    egress: Egress,
     timeout: float = 10,
     verify: ssl.SSLContext | bool = True,
 ) -> tuple[str, int]:
     """A pull credential for ``host`` and its expiry (epoch seconds)."""
     try:
-        reply = httpx.post(
-            f"{scheme}://{host}/oauth/token",
-            timeout=timeout,
-            data={
-                "grant_type": "password",
-                "username": "iamapikey",
-                "password": api_key,
-                "service": host.split(":", 1)[0],
-                "access_type": "offline",
-                "client_id": "moorage-credential-provider",
-            },
-            verify=verify,
-        )
+        with egress.client(verify, timeout) as http:
+            reply = http.post(
+                f"{egress.scheme(host)}://{host}/oauth/token",
+                data={
+                    "grant_type": "password",
+                    "username": "iamapikey",
+                    "password": api_key,
+                    "service": host.split(":", 1)[0],
+                    "access_type": "offline",
+                    "client_id": "moorage-credential-provider",
+                },
+            )
     except httpx.HTTPError as exc:
         raise ProviderError(unreachable(host, exc)) from None
     if reply.status_code != 200:
@@ -73,8 +80,14 @@ def exchange(
 
 
 def respond(
-    request: dict[str, Any], api_key: str, scheme: str, verify: ssl.SSLContext | bool = True
+    request: dict[str, Any],
+    api_key: str,
+    registries: frozenset[str],
+    egress: Egress,
+    verify: ssl.SSLContext | bool = True,
 ) -> dict[str, Any]:
+    """The kubelet's answer for a request, or ProviderError before any request
+    when the image's registry is not one ``registries`` names."""
     if (
         request.get("apiVersion") != API_VERSION
         or request.get("kind") != "CredentialProviderRequest"
@@ -84,7 +97,12 @@ def respond(
     host = image.split("/", 1)[0]
     if not host or "/" not in image:
         raise ProviderError("the request names no registry image")
-    credential, expires = exchange(host, api_key, scheme, verify=verify)
+    host = host.lower()
+    if host not in registries:
+        raise ProviderError(
+            f"{host} is not a registry this provider serves (--registry): the API key was not sent"
+        )
+    credential, expires = exchange(host, api_key, egress, verify=verify)
     cache = expires - int(time.time()) - SAFETY_MARGIN
     if cache <= 0:
         raise ProviderError("the registry issued a credential that is already expiring")
@@ -104,7 +122,23 @@ def main(argv: list[str] | None = None) -> int:
         "--scheme",
         choices=["https", "http"],
         default="https",
-        help="how to reach the registry's token endpoint",
+        help="how to reach the registry's token endpoint; http only to an --allow-private address",
+    )
+    parser.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry domain the API key may be sent to (repeatable; the server's "
+        "regional domains); every other image is refused",
+    )
+    parser.add_argument(
+        "--allow-private",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]|CIDR",
+        help="a registry on a loopback, link-local, private or cluster address "
+        "(repeatable); refused otherwise",
     )
     parser.add_argument(
         "--ca-file",
@@ -114,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        registries = frozenset(h.lower() for h in args.registry)
+        if not registries:
+            raise ProviderError("no --registry: name the registry domains this provider serves")
+        insecure = registries if args.scheme == "http" else ()
+        egress = Egress.parse(args.allow_private, insecure, allow_option="--allow-private")
         verify = tls_verification(args.ca_file or True)
         request = json.loads(sys.stdin.read())
         api_key = args.apikey_file.read_text().strip()
         if not api_key:
             raise ProviderError(f"{args.apikey_file} is empty")
-        sys.stdout.write(json.dumps(respond(request, api_key, args.scheme, verify)))
+        sys.stdout.write(json.dumps(respond(request, api_key, registries, egress, verify)))
     except ClientError as exc:
         sys.stderr.write(f"moorage-credential-provider: {exc.message}\n")
         return 1

@@ -8,9 +8,11 @@ Rules (an attacker may own any registry an image names):
 - Moorage's own domains (regional and legacy, from ``/api/v1/cr/regions``) are
   never signed in to: the Moorage management API answers ``pull-check`` and
   explains denials itself.
-- Any other registry is reached over HTTPS (plain HTTP only when the cluster's
-  registration lists it as insecure), and a Bearer token service is followed
-  only when it lives on the registry's own host."""
+- Any other registry is reached through ``moorage.egress``: over HTTPS (plain
+  HTTP only when the cluster's registration lists it as insecure), never on a
+  loopback, link-local, private or cluster address the registration does not
+  allow (``--allow-private``), and a Bearer token service is followed only
+  when it lives on the registry's own host."""
 
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
 from moorage.client import ClientError, ManagementClient
+from moorage.egress import Egress, Refused, credential_for
 from moorage.kube.keyring import Credential, is_default_registry
 
 MANIFEST_TYPES = ", ".join(
@@ -147,16 +149,22 @@ class RegistryCheck:
     """Signs in at a registry that is not Moorage's, on that host only."""
 
     def __init__(
-        self, insecure: tuple[str, ...] = (), ca_bundle: str | None = None, timeout: float = 10
+        self,
+        insecure: tuple[str, ...] = (),
+        ca_bundle: str | None = None,
+        timeout: float = 10,
+        allow_private: tuple[str, ...] = (),
     ) -> None:
-        self.insecure = {h.lower() for h in insecure}
+        self.egress = Egress.parse(
+            allow_private, insecure, allow_option="moorage ks cluster-register --allow-private"
+        )
         self.verify: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         )
         self.timeout = timeout
 
     def scheme(self, host: str) -> str:
-        return "http" if host in self.insecure else "https"
+        return self.egress.scheme(host)
 
     def __call__(self, image: ImageRef, credential: Credential) -> CheckResult:
         if image.host == "docker.io":
@@ -173,11 +181,15 @@ class RegistryCheck:
             )
         scheme = self.scheme(image.host)
         base = f"{scheme}://{image.host}"
-        with httpx.Client(
-            verify=self.verify, timeout=self.timeout, follow_redirects=False, trust_env=False
-        ) as http:
+        with self.egress.client(self.verify, self.timeout) as http:
             try:
                 return self._check(http, base, image, credential)
+            except Refused as exc:
+                return CheckResult(
+                    Verdict.UNKNOWN,
+                    f"{exc}; nothing was sent",
+                    "allow only registries you trust on private addresses",
+                )
             except httpx.HTTPError as exc:
                 fix = (
                     f"if the nodes reach {image.host} over plain HTTP, register it with "
@@ -203,23 +215,28 @@ class RegistryCheck:
             return self._verdict(anonymous, image)
         scheme, params = _challenge(anonymous.headers.get("www-authenticate", ""))
         basic = (credential.username, credential.password)
+        bound = credential_for(image.host)
         if scheme == "basic":
-            return self._verdict(http.head(manifest, headers=headers, auth=basic), image)
+            signed_in = http.head(manifest, headers=headers, auth=basic, extensions=bound)
+            return self._verdict(signed_in, image)
         if scheme != "bearer" or not params.get("realm"):
             return CheckResult(
                 Verdict.UNKNOWN, f"{image.host} asks for an unknown sign-in ({scheme or 'none'})"
             )
-        realm = urlsplit(params["realm"])
-        if (realm.netloc.lower(), realm.scheme) != (image.host, self.scheme(image.host)):
+        try:
+            realm = httpx.URL(params["realm"])
+        except httpx.InvalidURL:
+            realm = None
+        if realm is None or not self.egress.may_send_credential(image.host, realm):
             return CheckResult(
                 Verdict.UNKNOWN,
-                f"the token service of {image.host} is on another host or scheme "
-                f"({realm.scheme}://{realm.netloc}) and was not contacted",
+                f"the token service of {image.host} is on another host "
+                f"({params['realm']}) and was not contacted",
             )
         query: dict[str, Any] = {"scope": params.get("scope") or f"repository:{image.path}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        token = http.get(params["realm"], params=query, auth=basic)
+        token = http.get(params["realm"], params=query, auth=basic, extensions=bound)
         if token.status_code in (401, 403):
             return CheckResult(
                 Verdict.DENIED,
@@ -237,7 +254,9 @@ class RegistryCheck:
             bearer = ""
         if not bearer:
             return CheckResult(Verdict.UNKNOWN, f"the token service of {image.host} gave no token")
-        signed = http.head(manifest, headers={**headers, "Authorization": f"Bearer {bearer}"})
+        signed = http.head(
+            manifest, headers={**headers, "Authorization": f"Bearer {bearer}"}, extensions=bound
+        )
         return self._verdict(signed, image)
 
     @staticmethod

@@ -48,7 +48,12 @@ from moorage.trust import cosign, notation
 
 BLOB_REFERENCE = "blob"
 # Referrers that are signatures of their subject: cosign's, sigstore bundles, notation.
-SIGNATURE_ARTIFACT_TYPES = (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE, notation.ARTIFACT_TYPE)
+SIGNATURE_ARTIFACT_TYPES = (
+    cosign.SIGNATURE_ARTIFACT,
+    cosign.BUNDLE,
+    cosign.INTOTO,
+    notation.ARTIFACT_TYPE,
+)
 
 
 class SignatureExists(ValueError):
@@ -83,11 +88,29 @@ class UploadSession:
     repo: RepoRef
     owner: str | None  # who started it
     offset: int  # bytes received so far
+    version: int  # moved on by every save of its progress
+
+
+class UploadMoved(LookupError):
+    """The upload session a commit was to end moved on (another chunk saved)
+    or ended since the commit read it: the commit lost, and changed nothing."""
 
 
 class NamespaceChanged(LookupError):
     """The namespace a write was authorised for no longer belongs to that account
     (removed, perhaps claimed by another) by the time the write commits."""
+
+
+@dataclass(frozen=True)
+class TagWas:
+    """A precondition on a tag write: the tag still names ``digest`` (None: no
+    manifest at all) when the write commits, as it did when it was checked."""
+
+    digest: str | None
+
+
+class TagMoved(LookupError):
+    """A tag write's precondition failed: the tag changed since it was checked."""
 
 
 class BlobsUnlinked(LookupError):
@@ -381,12 +404,15 @@ class MetadataStore:
         epoch: str,
         account: str | None = None,
         ending_upload: str | None = None,
+        ending_version: int | None = None,
     ) -> bool:
         """Link a blob whose bytes were published under the pin ``epoch``
         into ``repo``, idempotently, and end the upload session
         ``ending_upload`` in the same transaction. False, changing nothing,
         when the pin was lost: a collector deleted (or is deleting) the blob
-        since, so the bytes published may be gone."""
+        since, so the bytes published may be gone. With ``ending_version``,
+        the session ends only if it is still at that version; else
+        UploadMoved, changing nothing: a chunk saved meanwhile won."""
         with self._write() as (conn, _):
             self._check_account(conn, repo, account)
             row = conn.execute(
@@ -401,7 +427,11 @@ class MetadataStore:
             )
             self._link(conn, self._ensure_repository(conn, repo), digest)
             if ending_upload is not None:
-                conn.execute(delete(Upload).where(Upload.id == ending_upload))
+                ending = delete(Upload).where(Upload.id == ending_upload)
+                if ending_version is not None:
+                    ending = ending.where(Upload.version == ending_version)
+                if conn.execute(ending).rowcount == 0 and ending_version is not None:
+                    raise UploadMoved(ending_upload)
             return True
 
     @staticmethod
@@ -488,14 +518,16 @@ class MetadataStore:
             )
 
     def upload_session(self, upload_id: str) -> UploadSession | None:
-        """The repository an upload belongs to, who started it and its offset."""
+        """The repository an upload belongs to, who started it, its offset and version."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(Upload.region, Upload.repository, Upload.owner, Upload.offset).where(
-                    Upload.id == upload_id
-                )
+                select(
+                    Upload.region, Upload.repository, Upload.owner, Upload.offset, Upload.version
+                ).where(Upload.id == upload_id)
             ).first()
-        return None if row is None else UploadSession(RepoRef(row[0], row[1]), row[2], row[3])
+        if row is None:
+            return None
+        return UploadSession(RepoRef(row[0], row[1]), row[2], row[3], row[4])
 
     def upload_progress(self, upload_id: str) -> tuple[int, int, str | None] | None:
         """An upload's offset, version and storage state."""
@@ -596,12 +628,28 @@ class MetadataStore:
         return int(manifest_id)
 
     def put_manifest(
-        self, repo: RepoRef, manifest: NewManifest, tag: str | None, account: str | None = None
+        self,
+        repo: RepoRef,
+        manifest: NewManifest,
+        tag: str | None,
+        account: str | None = None,
+        tag_was: TagWas | None = None,
     ) -> None:
-        """Store a manifest (once per repository) and point ``tag`` at it, atomically."""
+        """Store a manifest (once per repository) and point ``tag`` at it,
+        atomically; with ``tag_was``, only if the tag still names what it did
+        (else TagMoved, and nothing changes)."""
         with self._write() as (conn, topics):
             self._check_account(conn, repo, account)
             repo_id = self._ensure_repository(conn, repo)
+            if tag is not None and tag_was is not None:
+                now = conn.scalar(
+                    select(Manifest.digest)
+                    .join(Tag, Tag.manifest_id == Manifest.id)
+                    .where(Tag.repository_id == repo_id, Tag.name == tag)
+                    .with_for_update()
+                )
+                if now != tag_was.digest:
+                    raise TagMoved(tag)
             manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:
                 self._require_links(conn, repo_id, manifest.blob_digests)
@@ -610,7 +658,19 @@ class MetadataStore:
                 manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:  # pragma: no cover - stored, then deleted meanwhile
                 raise RuntimeError(f"manifest {manifest.digest} vanished while being stored")
-            if tag is not None:
+            if tag is not None and tag_was is not None and tag_was.digest is None:
+                # No row to lock yet: of two writers creating the tag, one inserts it.
+                created = conn.scalar(
+                    upsert(conn, Tag)
+                    .values(
+                        repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=_now()
+                    )
+                    .on_conflict_do_nothing(index_elements=["repository_id", "name"])
+                    .returning(Tag.name)
+                )  # (rowcount says -1 here on PostgreSQL: RETURNING tells)
+                if created is None:
+                    raise TagMoved(tag)
+            elif tag is not None:
                 self._set_tag(conn, repo_id, tag, manifest_id)
             topics.append(repository_topic(repo.region, repo.name))
 

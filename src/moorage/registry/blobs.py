@@ -16,7 +16,14 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from moorage.metadata import DatabaseThreads, MetadataStore, NamespaceChanged, RepoRef
+from moorage.metadata import (
+    DatabaseThreads,
+    MetadataStore,
+    NamespaceChanged,
+    RepoRef,
+    UploadMoved,
+    UploadSession,
+)
 from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import Digest, DigestError, parse_digest
 from moorage.registry.errors import (
@@ -33,6 +40,7 @@ from moorage.registry.errors import (
 from moorage.storage import (
     BlobSource,
     BlobStore,
+    Committed,
     DigestMismatch,
     OffsetMismatch,
     StorageError,
@@ -255,15 +263,15 @@ class BlobService:
         session = await self.db.run(self.metadata.upload_session, upload_id)
         return session.owner if session is not None and session.repo == repo else None
 
-    async def _session(self, repo: RepoRef, upload_id: str) -> int:
-        """The session's offset, from its row: the same on every replica."""
+    async def _session(self, repo: RepoRef, upload_id: str) -> UploadSession:
+        """The session's row: the same offset on every replica."""
         session = await self.db.run(self.metadata.upload_session, upload_id)
         if session is None or session.repo != repo:
             raise BlobUploadUnknown("blob upload unknown to registry")
-        return session.offset
+        return session
 
     async def status(self, repo: RepoRef, upload_id: str) -> UploadState:
-        return UploadState(upload_id, await self._session(repo, upload_id))
+        return UploadState(upload_id, (await self._session(repo, upload_id)).offset)
 
     def _check_range(
         self, size: int, content_range: str | None, length: int | None
@@ -297,7 +305,7 @@ class BlobService:
         content_range: str | None,
         length: int | None,
     ) -> UploadState:
-        size = await self._session(repo, upload_id)
+        size = (await self._session(repo, upload_id)).offset
         expected, offset = self._check_range(size, content_range, length)
         return UploadState(upload_id, await self._append(upload_id, body, expected, offset))
 
@@ -311,27 +319,43 @@ class BlobService:
         length: int | None,
         account: str | None = None,
     ) -> Digest:
-        size = await self._session(repo, upload_id)
+        """The closing PUT, with or without a last chunk. A refused one (416,
+        a wrong digest or length, a blob too large) leaves the session as it
+        was, its offset and bytes, so the client can resume from its Range.
+        The session ends only at the version whose bytes were committed: if
+        a chunk landed meanwhile (a PATCH racing this PUT) that chunk won, and
+        this PUT is refused like any loser of a race."""
+        session = await self._session(repo, upload_id)
+        size = session.offset
         digest = require_digest(digest_value)
         pin = _Pin(self, digest)
-        try:
-            if body is not None and size == 0:
-                # Nothing staged yet and the digest known before the bytes: the
-                # store writes the blob straight to its place (S3: no copy).
-                expected, _ = self._check_range(size, content_range, length)
-                committed = await self._put(digest, body, expected, pin)
-            else:
-                if body is not None:
-                    expected, offset = self._check_range(size, content_range, length)
-                    await self._append(upload_id, body, expected, offset)
-                committed = await self._commit(upload_id, digest, pin)
-        except (DigestInvalid, BlobUploadInvalid):
-            await self._end_session(upload_id)
-            raise
+        if body is not None and size == 0:
+            # Nothing staged yet and the digest known before the bytes: the
+            # store writes the blob straight to its place (S3: no copy).
+            expected, _ = self._check_range(size, content_range, length)
+            committed = Committed(await self._put(digest, body, expected, pin), session.version)
+        elif body is not None:
+            expected, offset = self._check_range(size, content_range, length)
+            committed = await self._commit(upload_id, digest, pin, body, expected, offset)
+        else:
+            committed = await self._commit(upload_id, digest, pin)
         try:
             await self._record(
-                repo, digest, committed, pin.epoch(), account, ending_upload=upload_id
+                repo,
+                digest,
+                committed.size,
+                pin.epoch(),
+                account,
+                ending_upload=upload_id,
+                ending_version=committed.version,
             )
+        except UploadMoved:
+            # The blob stays unlinked (garbage collection takes it); the session is the winner's.
+            now = (await self._session(repo, upload_id)).offset
+            raise RangeInvalid(
+                f"the upload moved on to offset {now} while it was being committed",
+                headers={"Range": range_header(now)},
+            ) from None
         except BaseException:
             await self._end_session(upload_id)
             raise
@@ -358,6 +382,7 @@ class BlobService:
         epoch: str,
         account: str | None,
         ending_upload: str | None = None,
+        ending_version: int | None = None,
     ) -> None:
         """Link the published blob into ``repo``. If a collector deleted it
         since the pin (the upload outlasted the grace period), the bytes count
@@ -372,6 +397,7 @@ class BlobService:
                     epoch=epoch,
                     account=account,
                     ending_upload=ending_upload,
+                    ending_version=ending_version,
                 ):
                     return
             if attempt:
@@ -400,48 +426,26 @@ class BlobService:
         expected: int | None,
         offset: int | None = None,
     ) -> int:
-        try:
-            async with _backend():
-                return await self.store.append(upload_id, body, expected, offset)
-        except UploadMissing as exc:
-            raise BlobUploadUnknown("blob upload unknown to registry") from exc
-        except OffsetMismatch as exc:
-            # Another chunk for the same range got there first.
-            raise RangeInvalid(
-                f"chunk at offset {offset} does not continue the upload at offset {exc.size}",
-                headers={"Range": range_header(exc.size)},
-            ) from exc
-        except TruncatedBody as exc:
-            raise SizeInvalid(str(exc)) from exc
-        except UploadTooLarge as exc:
-            raise BlobUploadInvalid(str(exc)) from exc
+        async with _refusals(None):
+            return await self.store.append(upload_id, body, expected, offset)
 
     async def _put(
         self, digest: Digest, body: AsyncIterable[bytes], expected: int | None, pin: _Pin
     ) -> int:
-        try:
-            async with _backend():
-                return await self.store.put(digest, body, expected, pin)
-        except TruncatedBody as exc:
-            raise SizeInvalid(str(exc)) from exc
-        except UploadTooLarge as exc:
-            raise BlobUploadInvalid(str(exc)) from exc
-        except DigestMismatch as exc:
-            raise _digest_invalid(digest, exc) from exc
+        async with _refusals(digest):
+            return await self.store.put(digest, body, expected, pin)
 
-    async def _commit(self, upload_id: str, digest: Digest, pin: _Pin) -> int:
-        try:
-            async with _backend():
-                return await self.store.commit(upload_id, digest, pin)
-        except UploadMissing as exc:
-            raise BlobUploadUnknown("blob upload unknown to registry") from exc
-        except DigestMismatch as exc:
-            raise _digest_invalid(digest, exc) from exc
-        except OffsetMismatch as exc:  # a chunk saved while the commit read the upload
-            raise RangeInvalid(
-                "the upload changed while it was being committed",
-                headers={"Range": range_header(exc.size)},
-            ) from exc
+    async def _commit(
+        self,
+        upload_id: str,
+        digest: Digest,
+        pin: _Pin,
+        body: AsyncIterable[bytes] | None = None,
+        expected: int | None = None,
+        offset: int | None = None,
+    ) -> Committed:
+        async with _refusals(digest):
+            return await self.store.commit(upload_id, digest, pin, body, expected, offset)
 
     # -- crash recovery ----------------------------------------------------
 
@@ -456,11 +460,30 @@ class BlobService:
         return {"sessions": len(sessions), "deleted_staging": len(swept.removed)}
 
 
-def _digest_invalid(digest: Digest, exc: DigestMismatch) -> DigestInvalid:
-    return DigestInvalid(
-        "provided digest did not match uploaded content",
-        detail={"digest": str(digest), "reason": str(exc)},
-    )
+@asynccontextmanager
+async def _refusals(digest: Digest | None) -> AsyncIterator[None]:
+    """The store's refusals of one request as the spec's errors. The store
+    promises each leaves the upload as it was, so none ends the session."""
+    try:
+        async with _backend():
+            yield
+    except UploadMissing as exc:
+        raise BlobUploadUnknown("blob upload unknown to registry") from exc
+    except OffsetMismatch as exc:
+        # Another chunk for the same range got there first, or this one is out of order.
+        raise RangeInvalid(
+            f"the chunk does not continue the upload at offset {exc.size}",
+            headers={"Range": range_header(exc.size)},
+        ) from exc
+    except TruncatedBody as exc:
+        raise SizeInvalid(str(exc)) from exc
+    except UploadTooLarge as exc:
+        raise BlobUploadInvalid(str(exc)) from exc
+    except DigestMismatch as exc:
+        raise DigestInvalid(
+            "provided digest did not match uploaded content",
+            detail={"digest": str(digest), "reason": str(exc)},
+        ) from exc
 
 
 class _Pin:

@@ -6,7 +6,7 @@ repository, and it is stored byte-exact with its tag in one transaction."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moorage.metadata import (
@@ -16,6 +16,8 @@ from moorage.metadata import (
     NewManifest,
     RepoRef,
     StoredManifest,
+    TagMoved,
+    TagWas,
 )
 from moorage.metadata.cache import SharedCache, repository_group
 from moorage.oci.digest import digest_bytes
@@ -23,6 +25,8 @@ from moorage.oci.manifest import OCI_INDEX, ManifestError, ParsedManifest, parse
 from moorage.oci.names import NameError_, is_digest, validate_tag
 from moorage.registry.blobs import namespace_checked, require_digest
 from moorage.registry.errors import (
+    Conflict,
+    Denied,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -32,6 +36,7 @@ from moorage.registry.errors import (
     SizeInvalid,
     Unsupported,
 )
+from moorage.trust import cosign
 
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Manifests kept in memory, in bytes of content; 0 turns the cache off.
@@ -51,6 +56,31 @@ class ManifestTooLarge(RegistryError):
 class PutResult:
     digest: str
     subject: str | None
+
+
+@dataclass(frozen=True)
+class ManifestWrite:
+    """A manifest push checked but not stored yet (``ManifestService.prepare``).
+
+    ``removes`` counts the signed documents the push would take away: the
+    layers of what a ``sha256-<hex>.sig`` or ``.att`` tag names now that the
+    new manifest does not keep, in order, at its start. cosign adds a
+    signature by pushing the manifest again with one more layer (removes 0,
+    a Writer's right); anything else that drops one is removing a signature,
+    which needs the delete right (Manager), and the caller must hold it
+    before ``commit``. The commit happens only while the tag still names
+    ``tag_was``: a signature added meanwhile is never lost to a write judged
+    without it."""
+
+    repo: RepoRef
+    reference: str
+    digest: str
+    parsed: ParsedManifest
+    body: bytes
+    tag: str | None
+    tag_was: TagWas | None = None
+    removes: int = 0
+    source: RepoRef | None = None  # a server-side copy: link its blobs from there first
 
 
 @dataclass(frozen=True)
@@ -147,16 +177,10 @@ class ManifestService:
         if length is not None and length > self.max_manifest_bytes:
             raise self.too_large()
 
-    def put(
-        self,
-        repo: RepoRef,
-        reference: str,
-        body: bytes,
-        content_type: str | None,
-        account: str | None = None,
-    ) -> PutResult:
-        """``account``, here and below: the account the caller was authorised as the
-        namespace's owner; the write commits only if it still is."""
+    def prepare(
+        self, repo: RepoRef, reference: str, body: bytes, content_type: str | None
+    ) -> ManifestWrite:
+        """Check a push (digest, format) and find what it would overwrite."""
         self.check_size(len(body))
         by_digest = self._reference(reference)
         if by_digest:
@@ -176,7 +200,41 @@ class ManifestService:
             if exc.unsupported:
                 raise Unsupported(str(exc)) from exc
             raise ManifestInvalid(str(exc)) from exc
+        tag = None if by_digest else reference
+        if tag is None or not cosign.is_signature_tag(tag):
+            return ManifestWrite(repo, reference, digest, parsed, body, tag)
+        # Read past the cache: the judgement must be about the tag as stored.
+        current = self.metadata.get_manifest(repo, tag, by_digest=False)
+        if current is None:
+            return ManifestWrite(repo, reference, digest, parsed, body, tag, TagWas(None))
+        return ManifestWrite(
+            repo,
+            reference,
+            digest,
+            parsed,
+            body,
+            tag,
+            TagWas(current.digest),
+            _dropped_layers(current.content, body),
+        )
 
+    @staticmethod
+    def removal_denied(write: ManifestWrite) -> Denied:
+        return Denied(
+            f"overwriting tag {write.tag} would remove {write.removes} signed document(s) "
+            "(signatures or attestations); removing a signature needs the delete right "
+            "(Manager). To add one, push the manifest again with every layer it has, "
+            "and the new one after them, as cosign does",
+            detail={"tag": write.tag, "removes": write.removes},
+        )
+
+    def commit(self, write: ManifestWrite, account: str | None = None) -> PutResult:
+        """Store a prepared push, once everything it names is in the repository.
+        ``account``, here and below: the account the caller was authorised as the
+        namespace's owner; the write commits only if it still is."""
+        repo, parsed = write.repo, write.parsed
+        if write.source is not None and write.source != repo:
+            self._link_parsed(repo, write.source, parsed, account)
         blobs = parsed.required_blobs
         missing = self.metadata.missing_blobs(repo, (b.digest for b in blobs))
         if missing:
@@ -199,13 +257,20 @@ class ManifestService:
             )
         try:
             with namespace_checked():
-                self._store(repo, digest, parsed, body, None if by_digest else reference, account)
+                self._store(
+                    repo, write.digest, parsed, write.body, write.tag, account, write.tag_was
+                )
         except BlobsUnlinked as exc:  # garbage collection dropped a link since the check
             raise ManifestBlobUnknown(
                 "manifest references blobs unknown to this repository",
                 detail={"missing": exc.missing},
             ) from None
-        return PutResult(digest, parsed.subject.digest if parsed.subject else None)
+        except TagMoved:
+            raise Conflict(
+                f"tag {write.tag} changed while this push was checked; push again",
+                detail={"tag": write.tag},
+            ) from None
+        return PutResult(write.digest, parsed.subject.digest if parsed.subject else None)
 
     def _store(
         self,
@@ -215,6 +280,7 @@ class ManifestService:
         body: bytes,
         tag: str | None,
         account: str | None,
+        tag_was: TagWas | None = None,
     ) -> None:
         blobs = parsed.required_blobs
         self.metadata.put_manifest(
@@ -231,6 +297,7 @@ class ManifestService:
             ),
             tag=tag,
             account=account,
+            tag_was=tag_was,
         )
 
     def link_blobs(
@@ -241,7 +308,13 @@ class ManifestService:
         account: str | None = None,
     ) -> None:
         """Make what an image manifest names visible in ``target`` too (a server-side copy)."""
-        parsed = parse_manifest(manifest.content, manifest.media_type)
+        self._link_parsed(
+            target, source, parse_manifest(manifest.content, manifest.media_type), account
+        )
+
+    def _link_parsed(
+        self, target: RepoRef, source: RepoRef, parsed: ParsedManifest, account: str | None
+    ) -> None:
         if parsed.is_index:
             raise Unsupported("copying an index to another repository is not supported")
         for blob in parsed.required_blobs:
@@ -252,21 +325,14 @@ class ManifestService:
                     "source image is incomplete", detail={"missing": blob.digest}
                 )
 
-    def tag(
-        self,
-        source: RepoRef,
-        reference: str,
-        target: RepoRef,
-        tag: str,
-        account: str | None = None,
-    ) -> str:
-        """Point ``target:tag`` at the manifest ``source:reference`` names, linking
-        its blobs into ``target`` first; returns the manifest's digest."""
+    def prepare_tag(
+        self, source: RepoRef, reference: str, target: RepoRef, tag: str
+    ) -> ManifestWrite:
+        """Pointing ``target:tag`` at the manifest ``source:reference`` names, as
+        a push of that manifest to the tag (``commit`` links its blobs first)."""
         manifest = self.get(source, reference, [])
-        if target != source:
-            self.link_blobs(target, source, manifest, account)
-        self.put(target, tag, manifest.content, manifest.media_type, account)
-        return manifest.digest
+        write = self.prepare(target, tag, manifest.content, manifest.media_type)
+        return replace(write, source=source)
 
     def delete(self, repo: RepoRef, reference: str, account: str | None = None) -> None:
         """By digest: the manifest and its tags. By tag: only that tag."""
@@ -317,4 +383,37 @@ class ManifestService:
         return json.dumps(index, separators=(",", ":")).encode()
 
 
-__all__ = ["ManifestService", "ManifestTooLarge", "Page", "PutResult", "SizeInvalid"]
+def _layers(content: bytes) -> list[str]:
+    """A manifest's layer descriptors, each as canonical JSON (annotations and all:
+    a cosign signature is its payload's digest plus the signature annotation)."""
+    try:
+        document = json.loads(content)
+    except (ValueError, RecursionError):
+        return []
+    layers = document.get("layers") if isinstance(document, dict) else None
+    return (
+        [json.dumps(x, sort_keys=True) for x in layers if isinstance(x, dict)]
+        if isinstance(layers, list)
+        else []
+    )
+
+
+def _dropped_layers(old: bytes, new: bytes) -> int:
+    """How many of ``old``'s layers ``new`` does not keep as its first layers, in order."""
+    before, after = _layers(old), _layers(new)
+    kept = 0
+    for mine, theirs in zip(before, after, strict=False):
+        if mine != theirs:
+            break
+        kept += 1
+    return len(before) - kept
+
+
+__all__ = [
+    "ManifestService",
+    "ManifestTooLarge",
+    "ManifestWrite",
+    "Page",
+    "PutResult",
+    "SizeInvalid",
+]

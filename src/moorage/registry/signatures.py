@@ -44,12 +44,22 @@ MAX_SIGNATURES = 100  # per image and kind: listing reads each one
 
 @dataclass(frozen=True)
 class SignatureInfo:
-    kind: str  # "cosign", "cosign bundle", "simple signing" or "notation"
+    # "cosign", "cosign bundle", "cosign attestation", "simple signing" or "notation"
+    kind: str
     stored_as: str  # the tag, referrer digest or extension name that holds it
     identity: str  # who the signature says signed it
     signer: str | None = None  # the namespace's signer whose key verifies it
     verified: bool | None = None  # None: no signer's key to check it with
     problem: str = ""
+    predicate_type: str | None = None  # an attestation's, from its signed statement
+
+
+# Referrers that hold signed documents, and how each is read.
+_REFERRER_FORMS = {
+    cosign.SIGNATURE_ARTIFACT: "referrer",
+    cosign.BUNDLE: "bundle",
+    cosign.INTOTO: "dsse",
+}
 
 
 class SignatureService:
@@ -100,35 +110,43 @@ class SignatureService:
         digest = str(require_digest(digest_value))
         signers = self.metadata.signers(repo.region, repo.name.split("/", 1)[0])
         found: list[SignatureInfo] = []
-        tag = cosign.signature_tag(digest)
-        document = self._manifest_json(repo, tag)
-        if document is not None:
-            for sig in cosign.from_manifest(document, "tag", read)[:MAX_SIGNATURES]:
-                found.append(self._cosign(sig, f"tag {tag}", digest, signers))
-        for ref in self.metadata.referrers(repo, digest, None)[:MAX_SIGNATURES]:
+        for tag, form in zip(cosign.signature_tags(digest), ("tag", "dsse"), strict=True):
+            document = self._manifest_json(repo, tag)
+            if document is not None:
+                found += self._cosign_all(document, form, f"tag {tag}", digest, signers, read)
+        # Each type on its own: referrers of other types never crowd these out.
+        for artifact_type, form in _REFERRER_FORMS.items():
+            for ref in self.metadata.referrers(repo, digest, artifact_type)[:MAX_SIGNATURES]:
+                document = self._manifest_json(repo, ref.digest)
+                if document is not None:
+                    where = f"referrer {ref.digest}"
+                    found += self._cosign_all(document, form, where, digest, signers, read)
+        for ref in self.metadata.referrers(repo, digest, notation.ARTIFACT_TYPE)[:MAX_SIGNATURES]:
             document = self._manifest_json(repo, ref.digest)
             if document is None:
                 continue
-            if ref.artifact_type in (cosign.SIGNATURE_ARTIFACT, cosign.BUNDLE):
-                form = "bundle" if ref.artifact_type == cosign.BUNDLE else "referrer"
-                try:
-                    signatures = cosign.from_manifest(document, form, read)
-                except cosign.FormatError as exc:
-                    found.append(
-                        SignatureInfo("cosign", f"referrer {ref.digest}", "", None, False, str(exc))
-                    )
-                    continue
-                for sig in signatures:
-                    found.append(self._cosign(sig, f"referrer {ref.digest}", digest, signers))
-            elif ref.artifact_type == notation.ARTIFACT_TYPE:
-                layers = document.get("layers") or [{}]
-                layer = layers[0] if isinstance(layers[0], dict) else {}
-                envelope = read(str(layer.get("digest"))) or b""
-                who = notation.identity(str(layer.get("mediaType")), envelope)
-                found.append(SignatureInfo("notation", f"referrer {ref.digest}", who))
+            layers = document.get("layers") or [{}]
+            layer = layers[0] if isinstance(layers[0], dict) else {}
+            envelope = read(str(layer.get("digest"))) or b""
+            who = notation.identity(str(layer.get("mediaType")), envelope)
+            found.append(SignatureInfo("notation", f"referrer {ref.digest}", who))
         for stored in (self.metadata.simple_signatures(repo, digest) or [])[:MAX_SIGNATURES]:
             found.append(self._simple(stored.content, f"extension {stored.name}", digest, signers))
         return found
+
+    def _cosign_all(
+        self,
+        document: dict[str, Any],
+        form: str,
+        where: str,
+        digest: str,
+        signers: list[SignerRecord],
+        read: Callable[[str], bytes | None],
+    ) -> list[SignatureInfo]:
+        documents = cosign.from_manifest(document, form, read)[:MAX_SIGNATURES]
+        if not documents and form != "tag":
+            return [SignatureInfo("cosign", where, "", None, False, "no readable signed document")]
+        return [self._cosign(d, where, digest, signers) for d in documents]
 
     def _cosign(
         self,
@@ -137,13 +155,23 @@ class SignatureService:
         digest: str,
         signers: list[SignerRecord],
     ) -> SignatureInfo:
-        kind = "cosign bundle" if sig.form == "bundle" else "cosign"
-        info = SignatureInfo(kind, where, sig.identity())
-        if sig.manifest_digest != digest:
-            return _with(
-                info, verified=False, problem=f"signs {sig.manifest_digest}, not this image"
+        if sig.is_attestation:
+            info = SignatureInfo(
+                "cosign attestation", where, sig.identity(), predicate_type=sig.predicate_type
             )
-        named = f"sha256:{base64.b64decode(sig.key_hint).hex()}" if sig.key_hint else None
+        else:
+            kind = "cosign" if not sig.dsse else "cosign bundle"
+            info = SignatureInfo(kind, where, sig.identity())
+        if not sig.is_signature and not sig.is_attestation:
+            problem = f"neither a signature nor an attestation: its payload is {sig.payload_type!r}"
+            if sig.predicate_type == cosign.SIGN_PREDICATE:
+                problem = "cosign's sign predicate counts in a bundle only, as cosign has it"
+            elif sig.payload_type == cosign.INTOTO:
+                problem = "neither a signature nor an attestation: no predicate type"
+            return _with(info, verified=False, problem=problem)
+        if not sig.names(digest):
+            return _with(info, verified=False, problem=_elsewhere(sig.manifest_digest))
+        named = sig.named_key
         for signer in signers:
             if signer.kind != "cosign" or (named and named not in signer.key_ids):
                 continue

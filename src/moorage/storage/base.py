@@ -24,6 +24,9 @@ Guarantees every driver gives (``tests/test_storage.py`` checks them on each):
 - A sized append (``expected_length``) is all or nothing: a body shorter or
   longer than announced leaves the upload exactly as it was. A streamed
   append (no length) that is cut short keeps the prefix that arrived.
+- Every other refusal leaves the upload as it was, resumable: an append at
+  the wrong offset, a commit whose digest does not match (with or without a
+  last chunk), a blob too large. Only the caller ends an upload.
 - Any process holding the same ledger can continue or commit an upload that
   another began (a "second replica")."""
 
@@ -108,6 +111,16 @@ class UploadLedger(Protocol):
         """Take ``count`` consecutive numbers (S3 part numbers) no other caller
         will ever get for this upload; returns the first, or None when the
         session is gone. Does not change the version."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit published: the blob's size, and the ledger version of
+    the upload whose bytes it verified. The caller ends the session only if
+    it is still at that version: a chunk saved since on another replica won."""
+
+    size: int
+    version: int
 
 
 # -- how a blob is served ----------------------------------------------------
@@ -227,14 +240,24 @@ class BlobStore(Protocol):
         arrived. UploadMissing when the session or its staged bytes are gone."""
 
     async def commit(
-        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
-    ) -> int:
+        self,
+        upload_id: str,
+        digest: Digest,
+        before_publish: BeforePublish | None = None,
+        chunks: AsyncIterable[bytes] | None = None,
+        expected_length: int | None = None,
+        offset: int | None = None,
+    ) -> Committed:
         """Verify the staged bytes against ``digest`` (hashing them again when
         this process did not see them all), then make them durable and visible
-        as that blob, atomically; returns its size. DigestMismatch publishes
-        nothing. Committing content that is already stored keeps one copy. The
-        ledger row is the caller's to delete afterwards. ``before_publish`` as
-        in :meth:`put`."""
+        as that blob, atomically. ``chunks`` is a last chunk
+        (a PUT with a body), at ``offset`` as in :meth:`append`: it counts only
+        together with the commit. A refused commit (DigestMismatch,
+        OffsetMismatch, TruncatedBody, UploadTooLarge, a cut body) publishes
+        nothing and leaves the upload as it was: same offset, same bytes, and
+        it takes appends and commits as before. Committing content that is
+        already stored keeps one copy. The ledger row is the caller's to
+        delete afterwards. ``before_publish`` as in :meth:`put`."""
 
     async def discard_upload(self, upload_id: str) -> None:
         """Drop an upload's staged bytes; dropping an unknown upload succeeds."""

@@ -33,6 +33,7 @@ from moorage.storage.base import (
     BeforePublish,
     BlobMissing,
     BlobSource,
+    Committed,
     DigestMismatch,
     LocalFile,
     OffsetMismatch,
@@ -400,34 +401,64 @@ class FilesystemBlobStore:
         return saved
 
     async def commit(
-        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
-    ) -> int:
+        self,
+        upload_id: str,
+        digest: Digest,
+        before_publish: BeforePublish | None = None,
+        chunks: AsyncIterable[bytes] | None = None,
+        expected_length: int | None = None,
+        offset: int | None = None,
+    ) -> Committed:
+        """A last chunk is written past the offset and checked with the rest
+        before anything is saved: refused, it is cut off again and the ledger
+        never saw it (published, the caller deletes the row)."""
         async with self._lock(upload_id):
             fd, path, record = await self._open_locked(upload_id)
             try:
-                size = record.offset
+                start = size = record.offset
+                if offset is not None and offset != start:
+                    raise OffsetMismatch(start)
                 on_disk = os.fstat(fd).st_size
-                if on_disk < size:
+                if on_disk < start:
                     raise UploadMissing(f"{upload_id} holds fewer bytes than its offset")
-                if on_disk > size:
-                    os.ftruncate(fd, size)
+                if on_disk > start:
+                    os.ftruncate(fd, start)
+                running = None
                 if digest.algorithm == STAGING_ALGORITHM:
-                    actual = (await self._running_hash(upload_id, path, record)).hexdigest()
-                else:
-                    actual = (
-                        await self._off_loop(_hash_prefix, path, digest.algorithm, size)
-                    ).hexdigest()
-                if actual != digest.hex:
-                    raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
-                if before_publish is not None:
-                    await before_publish()
+                    running = (await self._running_hash(upload_id, path, record)).copy()
+                try:
+                    if chunks is not None:
+                        os.lseek(fd, start, os.SEEK_SET)
+                        # Another algorithm's digest is checked by reading the file back.
+                        hasher = running or new_hasher(STAGING_ALGORITHM)
+                        try:
+                            size += await _pipelined_write(
+                                fd, hasher, chunks, expected_length, self._io, _Progress()
+                            )
+                        except BodyFailed as exc:
+                            raise unwrap(exc) from None
+                    if running is not None:
+                        actual = running.hexdigest()
+                    else:
+                        actual = (
+                            await self._off_loop(_hash_prefix, path, digest.algorithm, size)
+                        ).hexdigest()
+                    if actual != digest.hex:
+                        raise DigestMismatch(f"content hashes to {digest.algorithm}:{actual}")
+                    if before_publish is not None:
+                        await before_publish()
+                except BaseException:
+                    if chunks is not None:  # cut the refused chunk off again
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, start)
+                    raise
                 # Renamed while the flock is held: a process waiting for it then
                 # finds the path gone and answers UploadMissing.
                 await self._off_loop(self._publish, fd, path, digest)
             finally:
                 os.close(fd)
         self._forget(upload_id)
-        return size
+        return Committed(size, record.version)
 
     def _publish(self, fd: int, staged: Path, digest: Digest) -> None:
         """Always rename, even over a copy already there: a look-up saying it

@@ -37,6 +37,7 @@ from moorage.storage.base import (
     BlobMissing,
     BlobSource,
     ByteStream,
+    Committed,
     DigestMismatch,
     OffsetMismatch,
     Redirect,
@@ -543,42 +544,165 @@ class S3BlobStore:
         return end
 
     async def commit(
-        self, upload_id: str, digest: Digest, before_publish: BeforePublish | None = None
-    ) -> int:
+        self,
+        upload_id: str,
+        digest: Digest,
+        before_publish: BeforePublish | None = None,
+        chunks: AsyncIterable[bytes] | None = None,
+        expected_length: int | None = None,
+        offset: int | None = None,
+    ) -> Committed:
+        """A last chunk is checked before it is saved when this process holds
+        the running hash; otherwise it is saved, and a refused commit sets the
+        upload back to the offset it had (see :meth:`_rewind`)."""
         async with self._lock(upload_id):
             record, state = await self._load(upload_id)
-            hasher = None
-            if digest.algorithm == STAGING_ALGORITHM:
-                hasher = self._cached_hasher(upload_id, record)
-            if hasher is not None:
-                # Every byte went through this process: check before assembling.
-                _check_digest(hasher, digest)
-            target = self._blob_key(digest)
-            if not state.parts and not state.assembled:
-                # Less than one part in all: the tail alone is the blob.
-                data = await self._read_tail(upload_id, state, record)
-                if hasher is None:
-                    hasher = new_hasher(digest.algorithm)
-                    await self.hash_in_thread(hasher, memoryview(data))
-                    _check_digest(hasher, digest)
-                if before_publish is not None:
-                    await before_publish()
-                if await self.bucket.head_object(target) is None:
-                    await self.bucket.put_object(target, data)
-                self._forget(upload_id)
-                return len(data)
-            data_key = self._data_key(upload_id)
-            if not state.assembled:
-                await self._assemble(upload_id, record, state, data_key)
+            keep = record.offset
+            if chunks is not None:
+                record, state = await self._last_chunk(
+                    upload_id, record, state, digest, chunks, expected_length, offset
+                )
+            try:
+                return await self._commit(upload_id, record, state, digest, before_publish)
+            except DigestMismatch:
+                await self._settler.settle(self._rewind(upload_id, keep))
+                raise
+
+    async def _last_chunk(
+        self,
+        upload_id: str,
+        record: UploadRecord,
+        state: _State,
+        digest: Digest,
+        chunks: AsyncIterable[bytes],
+        expected_length: int | None,
+        offset: int | None,
+    ) -> tuple[UploadRecord, _State]:
+        """Stage a PUT's body as an append that saves only once the whole
+        upload is known to match (when it can be known here), and whole or
+        not at all: a cut body keeps nothing."""
+        if state.assembled:
+            raise UploadMissing(f"{upload_id} is being committed")
+        if offset is not None and offset != record.offset:
+            raise OffsetMismatch(record.offset)
+        tail = await self._read_tail(upload_id, state, record)
+        writer = _PartWriter(
+            self,
+            self._data_key(upload_id),
+            state.mpu,
+            _Numbers(self.ledger, upload_id),
+            self._cached_hasher(upload_id, record),
+            tail,
+        )
+        try:
+            await writer.consume(chunks, expected_length)
+            if writer.hasher is not None and digest.algorithm == STAGING_ALGORITHM:
+                await writer.hash_rest()
+                _check_digest(writer.hasher.copy(), digest)
+        except BaseException as exc:
+            await self._settler.settle(writer.abort())
+            if exc is not unwrap(exc):
+                raise unwrap(exc) from None
+            raise
+        await self._settler.settle(self._save(upload_id, record, state, writer), True)
+        return await self._load(upload_id)
+
+    async def _commit(
+        self,
+        upload_id: str,
+        record: UploadRecord,
+        state: _State,
+        digest: Digest,
+        before_publish: BeforePublish | None,
+    ) -> Committed:
+        hasher = None
+        if digest.algorithm == STAGING_ALGORITHM:
+            hasher = self._cached_hasher(upload_id, record)
+        if hasher is not None:
+            # Every byte went through this process: check before assembling.
+            _check_digest(hasher, digest)
+        target = self._blob_key(digest)
+        if not state.parts and not state.assembled:
+            # Less than one part in all: the tail alone is the blob.
+            data = await self._read_tail(upload_id, state, record)
             if hasher is None:
-                await self._hash_object(data_key, digest)
+                hasher = new_hasher(digest.algorithm)
+                await self.hash_in_thread(hasher, memoryview(data))
+                _check_digest(hasher, digest)
             if before_publish is not None:
                 await before_publish()
-            existing = await self.bucket.head_object(target)
-            if existing is None:
-                await self._copy(data_key, target, record.offset)
+            if await self.bucket.head_object(target) is None:
+                await self.bucket.put_object(target, data)
             self._forget(upload_id)
-            return record.offset
+            return Committed(len(data), record.version)
+        data_key = self._data_key(upload_id)
+        version = record.version
+        if not state.assembled:
+            await self._assemble(upload_id, record, state, data_key)
+            version += 1
+        if hasher is None:
+            await self._hash_object(data_key, digest)
+        if before_publish is not None:
+            await before_publish()
+        existing = await self.bucket.head_object(target)
+        if existing is None:
+            await self._copy(data_key, target, record.offset)
+        self._forget(upload_id)
+        return Committed(record.offset, version)
+
+    async def _rewind(self, upload_id: str, keep: int) -> None:
+        """After a refused commit: make the upload take appends again at
+        ``keep`` bytes, the offset it had before the request. Its bytes are
+        in a tail, or (assembled to be hashed) in the data object; a new
+        multipart upload is made of copies of the first ``keep`` bytes, cut
+        at the part size, and the rest becomes a new tail. Costs a server-side
+        copy, paid only by a refused commit this process could not check
+        before assembling."""
+        record, state = await self._load(upload_id)
+        if not state.assembled and record.offset == keep:
+            return  # refused before anything was saved or assembled
+        if state.assembled:
+            source = self._data_key(upload_id)
+        elif state.tail is not None:
+            source = state.tail
+        else:  # pragma: no cover - an upload of parts is assembled before it is hashed
+            raise StorageError(f"upload {upload_id} cannot be set back to offset {keep}")
+        whole = keep // self.part_size * self.part_size if state.assembled else 0
+        key = self._data_key(upload_id)
+        mpu: str | None = None
+        parts: list[tuple[int, str, int]] = []
+        tail: str | None = None
+        try:
+            if whole:
+                mpu = await self.bucket.create_multipart_upload(key)
+                numbers = _Numbers(self.ledger, upload_id)
+                count = whole // self.part_size
+                for start in range(0, whole, self.part_size):
+                    number = await numbers.take(count)
+                    end = start + self.part_size - 1
+                    etag = await self.bucket.upload_part_copy(key, mpu, number, source, start, end)
+                    parts.append((number, etag, self.part_size))
+            if keep > whole:
+                tail = self._tail_key(upload_id)
+                await self.bucket.put_object(
+                    tail, await self.bucket.get_bytes(source, whole, keep - 1)
+                )
+            rewound = _State(mpu, parts, tail, keep - whole if tail else 0)
+            if not await self.ledger.save(upload_id, record.version, keep, rewound.dump()):
+                raise UploadMissing(f"{upload_id} changed while it was being set back")
+        except BaseException as exc:
+            log.warning("upload %s could not be set back to offset %d: %s", upload_id, keep, exc)
+            if mpu is not None:
+                with contextlib.suppress(StorageError):
+                    await self.bucket.abort_multipart_upload(key, mpu)
+            if tail is not None:
+                with contextlib.suppress(StorageError):
+                    await self.bucket.delete_object(tail)
+            raise
+        self._uploads.saved(upload_id, None, record.version + 1)
+        if state.tail:
+            with contextlib.suppress(StorageError):
+                await self.bucket.delete_object(state.tail)
 
     async def _assemble(
         self, upload_id: str, record: UploadRecord, state: _State, data_key: str

@@ -7,7 +7,20 @@ in an annotation; as the same manifest pushed as an OCI 1.1 referrer (artifact
 type ``application/vnd.dev.cosign.artifact.sig.v1+json``); or as a sigstore
 bundle referrer whose DSSE envelope signs an in-toto statement. Each names the
 manifest digest it vouches for inside what is signed, so a signature copied to
-another image, or an image changed after signing, does not verify."""
+another image, or an image changed after signing, does not verify.
+
+An attestation (``cosign attest``) is a DSSE envelope too: in a layer of the
+``sha256-<hex>.att`` tag, in an in-toto referrer, or in a bundle referrer, the
+same artifact type a bundle signature has. Only what is signed tells them
+apart: a bundle is a signature when its envelope carries an in-toto statement
+(payload type ``application/vnd.in-toto+json``) whose predicate type is
+cosign's signature predicate; any other in-toto statement is an attestation of
+its predicate type, and a bundle of any other payload type is neither. (cosign
+2.6.5's ``cosign verify`` takes every verified bundle as a signature whatever
+its predicate type; this module is stricter on purpose: an attestation saying
+``"result": "FAILED"`` is not a signature.) The annotations beside a
+referrer (``dev.sigstore.bundle.predicateType``) are not signed: they may
+only narrow what is fetched, never decide."""
 
 from __future__ import annotations
 
@@ -27,6 +40,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+DSSE = "application/vnd.dsse.envelope.v1+json"  # an attestation layer (.att tag, in-toto referrer)
+INTOTO = "application/vnd.in-toto+json"  # DSSE payload type; also the in-toto referrers' type
+SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # what `cosign sign` puts in a bundle
+BUNDLE_PREDICATE_ANNOTATION = "dev.sigstore.bundle.predicateType"  # unsigned: a filter only
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
 MAX_PAYLOAD = 1 << 20
@@ -40,31 +57,73 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True)
 class CosignSignature:
-    form: str  # "tag", "referrer" or "bundle"
+    """A signed cosign document: a signature proper or, for the DSSE forms, maybe
+    an attestation (see ``is_signature`` and ``predicate_type``)."""
+
+    form: str  # "tag", "referrer", "bundle" or "dsse" (an .att layer or in-toto referrer)
     signed: bytes  # exactly the bytes the signature covers
     signature: bytes
     payload: bytes  # what vouches for the image: simple signing JSON or in-toto statement
     certificate: x509.Certificate | None = None
     key_hint: str | None = None  # a bundle's: base64 SHA-256 of the key
+    payload_type: str = ""  # the DSSE forms': the envelope's payloadType
+
+    @property
+    def _document(self) -> dict[str, Any] | None:
+        try:
+            document = json.loads(self.payload)
+        except (ValueError, RecursionError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    @property
+    def dsse(self) -> bool:
+        return self.form in ("bundle", "dsse")
+
+    @property
+    def statement(self) -> dict[str, Any] | None:
+        """The in-toto statement a DSSE form signs; None for anything else."""
+        return self._document if self.dsse and self.payload_type == INTOTO else None
+
+    @property
+    def predicate_type(self) -> str | None:
+        value = (self.statement or {}).get("predicateType")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_signature(self) -> bool:
+        """What ``cosign sign`` makes: a simple-signing payload, or a bundle whose
+        in-toto statement has cosign's signature predicate."""
+        return not self.dsse or (self.form == "bundle" and self.predicate_type == SIGN_PREDICATE)
+
+    @property
+    def is_attestation(self) -> bool:
+        """What ``cosign attest`` makes: an in-toto statement of another predicate."""
+        return self.predicate_type is not None and self.predicate_type != SIGN_PREDICATE
+
+    def _subjects(self) -> list[str]:
+        if self.dsse:
+            found = []
+            for subject in (self.statement or {}).get("subject") or []:
+                digests = subject.get("digest") if isinstance(subject, dict) else None
+                for algorithm, value in (digests if isinstance(digests, dict) else {}).items():
+                    if isinstance(value, str):
+                        found.append(f"{algorithm}:{value}")
+            return found
+        critical = (self._document or {}).get("critical") or {}
+        value = (critical.get("image") or {}).get("docker-manifest-digest")
+        return [value] if isinstance(value, str) else []
 
     @property
     def manifest_digest(self) -> str | None:
-        """The manifest digest the signed payload names."""
-        try:
-            document = json.loads(self.payload)
-        except ValueError:
-            return None
-        if not isinstance(document, dict):
-            return None
-        if self.form == "bundle":
-            for subject in document.get("subject") or []:
-                value = (subject or {}).get("digest", {}).get("sha256")
-                if isinstance(value, str):
-                    return f"sha256:{value}"
-            return None
-        critical = document.get("critical") or {}
-        value = (critical.get("image") or {}).get("docker-manifest-digest")
-        return value if isinstance(value, str) else None
+        """The (first) manifest digest the signed payload names."""
+        subjects = self._subjects()
+        return subjects[0] if subjects else None
+
+    def names(self, digest: str) -> bool:
+        """Whether the signed payload vouches for ``digest`` (an in-toto statement
+        may name several subjects; one of them is enough, as for cosign)."""
+        return digest in self._subjects()
 
     @property
     def docker_reference(self) -> str | None:
@@ -74,12 +133,23 @@ class CosignSignature:
             return None
         return value if isinstance(value, str) else None
 
+    @property
+    def named_key(self) -> str | None:
+        """``sha256:<hex>`` of the key a bundle names, when it names one readably."""
+        if not self.key_hint:
+            return None
+        try:
+            raw = base64.b64decode(self.key_hint, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return f"sha256:{raw.hex()}" if len(raw) == 32 else None
+
     def identity(self) -> str:
         """Who signed, as far as the signature itself says."""
         if self.certificate is not None:
             return certificate_identity(self.certificate)
-        if self.key_hint:
-            return f"key sha256:{base64.b64decode(self.key_hint).hex()}"
+        if self.named_key:
+            return f"key {self.named_key}"
         return "a key (not named in the signature)"
 
 
@@ -131,42 +201,57 @@ def _b64(value: Any, what: str) -> bytes:
 def from_manifest(
     manifest: dict[str, Any], form: str, read_blob: Callable[[str], bytes | None]
 ) -> list[CosignSignature]:
-    """The signatures of a ``.sig`` manifest (``form`` "tag") or of a cosign
-    referrer ("referrer" or, for a sigstore bundle, "bundle")."""
+    """The signed documents of a ``.sig`` manifest (``form`` "tag"), of a cosign
+    referrer ("referrer" or, for a sigstore bundle, "bundle"), or of an ``.att``
+    manifest or in-toto referrer ("dsse"). A layer that is not a readable
+    document is skipped on its own: anyone who may append a layer to a
+    ``.sig`` manifest must not be able to spoil the layers beside it."""
     found = []
-    for layer in manifest.get("layers") or []:
+    layers = manifest.get("layers")
+    for layer in layers if isinstance(layers, list) else []:
         if not isinstance(layer, dict):
             continue
-        media_type, digest = layer.get("mediaType"), layer.get("digest")
-        if not isinstance(digest, str) or int(layer.get("size") or 0) > MAX_PAYLOAD:
+        try:
+            document = _from_layer(layer, form, read_blob)
+        except (FormatError, ValueError, TypeError, AttributeError):
             continue
-        if media_type == SIMPLE_SIGNING:
-            annotations = layer.get("annotations") or {}
-            payload = read_blob(digest)
-            if payload is None or SIGNATURE_ANNOTATION not in annotations:
-                continue
-            certificate = None
-            if CERTIFICATE_ANNOTATION in annotations:
-                try:
-                    certificate = x509.load_pem_x509_certificate(
-                        str(annotations[CERTIFICATE_ANNOTATION]).encode()
-                    )
-                except ValueError:
-                    certificate = None
-            found.append(
-                CosignSignature(
-                    form,
-                    payload,
-                    _b64(annotations[SIGNATURE_ANNOTATION], "the signature annotation"),
-                    payload,
-                    certificate,
-                )
-            )
-        elif media_type == BUNDLE:
-            body = read_blob(digest)
-            if body is not None:
-                found.append(from_bundle(body))
+        if document is not None:
+            found.append(document)
     return found
+
+
+def _from_layer(
+    layer: dict[str, Any], form: str, read_blob: Callable[[str], bytes | None]
+) -> CosignSignature | None:
+    media_type, digest = layer.get("mediaType"), layer.get("digest")
+    if not isinstance(digest, str) or int(layer.get("size") or 0) > MAX_PAYLOAD:
+        return None
+    if media_type == SIMPLE_SIGNING:
+        annotations = layer.get("annotations") or {}
+        if SIGNATURE_ANNOTATION not in annotations:
+            return None
+        payload = read_blob(digest)
+        if payload is None:
+            return None
+        certificate = None
+        if CERTIFICATE_ANNOTATION in annotations:
+            try:
+                certificate = x509.load_pem_x509_certificate(
+                    str(annotations[CERTIFICATE_ANNOTATION]).encode()
+                )
+            except ValueError:
+                certificate = None
+        signature = _b64(annotations[SIGNATURE_ANNOTATION], "the signature annotation")
+        return CosignSignature(form, payload, signature, payload, certificate)
+    if media_type == BUNDLE:
+        body = read_blob(digest)
+        return from_bundle(body) if body is not None else None
+    if media_type == DSSE:
+        body = read_blob(digest)
+        if body is None:
+            return None
+        return from_envelope(_json_object(body, "the DSSE envelope"), "dsse")
+    return None
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -175,13 +260,35 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def from_bundle(body: bytes) -> CosignSignature:
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        bundle = json.loads(body)
+        document = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise FormatError("the bundle is not JSON") from exc
-    if not isinstance(bundle, dict):
-        raise FormatError("the bundle is not a JSON object")
+        raise FormatError(f"{what} is not JSON") from exc
+    if not isinstance(document, dict):
+        raise FormatError(f"{what} is not a JSON object")
+    return document
+
+
+def from_envelope(
+    envelope: dict[str, Any],
+    form: str,
+    certificate: x509.Certificate | None = None,
+    hint: str | None = None,
+) -> CosignSignature:
+    """A DSSE envelope's signed statement (its first signature: cosign makes one)."""
+    payload = _b64(envelope.get("payload"), "the DSSE payload")
+    payload_type = str(envelope.get("payloadType") or "")
+    signatures = envelope.get("signatures")
+    first = signatures[0] if isinstance(signatures, list) and signatures else {}
+    signature = _b64(first.get("sig") if isinstance(first, dict) else None, "the DSSE signature")
+    return CosignSignature(
+        form, pae(payload_type, payload), signature, payload, certificate, hint, payload_type
+    )
+
+
+def from_bundle(body: bytes) -> CosignSignature:
+    bundle = _json_object(body, "the bundle")
     material = bundle.get("verificationMaterial") or {}
     hint = (material.get("publicKey") or {}).get("hint")
     certificate = None
@@ -193,14 +300,27 @@ def from_bundle(body: bytes) -> CosignSignature:
             certificate = None
     envelope = bundle.get("dsseEnvelope")
     if isinstance(envelope, dict):
-        payload = _b64(envelope.get("payload"), "the DSSE payload")
-        payload_type = str(envelope.get("payloadType") or "")
-        signatures = envelope.get("signatures") or [{}]
-        signature = _b64((signatures[0] or {}).get("sig"), "the DSSE signature")
-        return CosignSignature(
-            "bundle", pae(payload_type, payload), signature, payload, certificate, hint
-        )
+        return from_envelope(envelope, "bundle", certificate, hint)
     raise FormatError("only DSSE bundles are understood")
+
+
+def signature_tags(manifest_digest: str) -> tuple[str, str]:
+    """The tags cosign keeps signed documents of a manifest under: ``.sig``, ``.att``."""
+    base = signature_tag(manifest_digest)[: -len(".sig")]
+    return f"{base}.sig", f"{base}.att"
+
+
+def is_signature_tag(tag: str) -> bool:
+    """``<alg>-<hex>.sig`` or ``.att``: a tag whose layers are signed documents."""
+    stem, dot, suffix = tag.rpartition(".")
+    algorithm, dash, hex_ = stem.partition("-")
+    return (
+        bool(dot and dash)
+        and suffix in ("sig", "att")
+        and algorithm in ("sha256", "sha384", "sha512")
+        and len(hex_) >= 64
+        and all(c in "0123456789abcdef" for c in hex_)
+    )
 
 
 def verify(signature: CosignSignature, key: PublicKey) -> bool:
