@@ -23,7 +23,7 @@ from kubernetes import client
 
 from moorage.egress import Egress, Refused, credential_for
 from moorage.enforce.matching import Reference
-from moorage.enforce.registry import Access, ReadError, RegistryReader
+from moorage.enforce.registry import Access, ReadError, RegistryReader, Wanted
 from moorage.kube.keyring import Credential, Keyring
 from moorage.kube.registry_check import ImageRef, RegistryCheck
 from tests.attacker_registry import AttackerRegistry
@@ -77,7 +77,7 @@ def read_signatures(attacker: AttackerRegistry, egress: Egress) -> str:
                 Reference.parse(attacker.image()), [credential_for_host(attacker.host)]
             )
             digest = await reader.resolve(session)
-            await reader.cosign_signatures(session, digest)
+            await reader.cosign_documents(session, digest, Wanted(signatures=True))
             return "read"
         except ReadError as exc:
             return str(exc)
