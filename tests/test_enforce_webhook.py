@@ -83,6 +83,20 @@ def _policy(host: str) -> dict[str, Any]:
                 {"name": f"{repo}/kept:*", "policy": {"cosign": cosign, "mutateImage": False}},
                 {"name": f"{repo}/exempt-tag:v1"},  # this tag only: no checks
                 {
+                    "name": f"{repo}/revoke-att",
+                    "policy": {
+                        "cosign": {
+                            "requirements": [
+                                {
+                                    "type": "attestedBy",
+                                    "keySecret": "cosign-release",
+                                    "predicateType": "https://example.com/test-result/v1",
+                                }
+                            ]
+                        }
+                    },
+                },
+                {
                     "name": f"{repo}/rotating-*",
                     "policy": {
                         "cosign": {
@@ -160,6 +174,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         revoked = ("revoke-tag", "revoke-ref", "revoke-image", "rotating-app")
         for repo in revoked:
             digests[repo] = images.push(repo)
+        digests["revoke-att"] = images.push("revoke-att")
         digests["exempt-tag"] = images.push("exempt-tag")  # v1: what the entry exempts
         digests["exempt-tag-side"] = images.push("exempt-tag", "side")  # unsigned, elsewhere
         for form in ("tag", "ref", "bundle"):
@@ -622,6 +637,20 @@ def test_a_deleted_gpg_signature_stops_admitting_within_ten_seconds(world: World
     message = _revoked_within(world, "gpg-revoke", world.images.ref("gpg-revoke"), revoke)
     assert "a GPG (simple signing) signature by the keys in secret gpg-release" in message
     assert "the image has no such signatures" in message
+
+
+def test_a_deleted_attestation_stops_admitting_within_ten_seconds(world: World) -> None:
+    digest = world.digests["revoke-att"]
+    pinned = world.images.pinned("revoke-att", digest)
+    world.signer.attest(pinned, {"result": "PASSED"}, TEST_RESULT, bundle=False)  # the .att tag
+    tag = "sha256-" + digest.split(":", 1)[1] + ".att"
+    attestation = world.images.manifest("revoke-att", tag).headers["Docker-Content-Digest"]
+
+    def revoke() -> None:
+        assert world.images.delete_manifest("revoke-att", attestation).status_code == 202
+
+    message = _revoked_within(world, "revoke-att", world.images.ref("revoke-att"), revoke)
+    assert "the image has no such attestations" in message
 
 
 def test_a_deleted_image_stops_admitting_by_digest_within_ten_seconds(world: World) -> None:
