@@ -97,6 +97,49 @@ def test_the_most_specific_pattern_wins() -> None:
     assert best_entry(_entries("reg.io/*"), Reference.parse("other.io/x")) is None
 
 
+def test_a_tag_pattern_applies_to_a_digest_only_through_its_tag() -> None:
+    """The kubelet pulls the digest and ignores the tag: ``busybox:1.36@<any>`` is not
+    ``busybox:1.36`` until the registry says the tag names that digest."""
+    digest = "sha256:" + "e" * 64
+    exempt = Pattern.parse("docker.io/library/busybox:1.36")
+    both = Reference.parse(f"busybox:1.36@{digest}")
+    assert exempt.tag_scoped and exempt.matches(Reference.parse("busybox:1.36"))
+    assert not exempt.matches(both)
+    assert exempt.matches(both, tag_confirmed=True)
+    assert not Pattern.parse("busybox:1.*").matches(both)
+    assert not Pattern.parse(f"busybox@{digest}").tag_scoped
+    assert Pattern.parse(f"busybox@{digest}").matches(both)  # a digest entry names what is pulled
+    policies = _entries("*", "docker.io/library/busybox:1.36")
+    chosen = best_entry(policies, both)
+    assert chosen is not None and chosen.pattern.text == "*"
+    chosen = best_entry(policies, both, tag_confirmed=True)
+    assert chosen is not None and chosen.pattern.text == "docker.io/library/busybox:1.36"
+    assert best_entry(_entries("docker.io/library/busybox:1.36"), both) is None
+
+
+def test_spellings_the_kubelet_pulls_alike_match_alike() -> None:
+    """``nginx`` is ``nginx:latest``; ``index.docker.io/x`` and ``docker.io/x`` are
+    ``docker.io/library/x``: a policy for one spelling holds for every other."""
+    for spelling in (
+        "busybox:1.36",
+        "docker.io/busybox:1.36",
+        "index.docker.io/library/busybox:1.36",
+        "INDEX.docker.io/busybox:1.36",
+    ):
+        ref = Reference.parse(spelling)
+        assert (ref.repository, ref.tag) == ("docker.io/library/busybox", "1.36"), spelling
+        assert matches("docker.io/library/busybox:1.36", spelling)
+        assert matches("docker.io/busybox:1.36", spelling)
+        assert matches("index.docker.io/library/busybox:1.36", spelling)
+    assert matches("nginx:latest", "nginx") and not matches("nginx:1.25", "nginx")
+    assert not matches("nginx:latest", "nginx@sha256:" + "f" * 64)  # no tag is pulled
+    assert matches("docker.io/*", "index.docker.io/team/app:v1")
+    assert identity_matches(None, Reference.parse("nginx"), "docker.io/library/nginx:latest")
+    assert identity_matches(None, Reference.parse("nginx:latest"), "docker.io/library/nginx")
+    exact = SignedIdentity(type="matchExact")
+    assert identity_matches(exact, Reference.parse("nginx"), "docker.io/library/nginx:latest")
+
+
 def test_signed_identities_follow_containers_policy() -> None:
     tagged = Reference.parse("reg.io/team/app:v1")
     pinned = Reference.parse("reg.io/team/app@sha256:" + "d" * 64)
@@ -338,14 +381,24 @@ PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 def test_install_refuses_to_lock_the_webhook_out_of_its_own_namespace() -> None:
     options = install.InstallOptions(namespace="webhooks", ca_bundle=PEM)
-    install.check(options, None)  # install creates it, labelled exempt
+    install.check(options, None)  # install creates it: exempt as the webhook's own
+    assert "webhooks" in options.exempt
+    install.check(options, {"app.kubernetes.io/managed-by": "moorage"})  # made by install
     with pytest.raises(install.InstallError, match="namespace webhooks is not exempt"):
         install.check(options, {"team": "x"})
-    install.check(options, {"moorage.io/enforce": "disabled"})
+    with pytest.raises(install.InstallError, match="pass --exempt-namespace webhooks"):
+        install.check(options, {"moorage.io/enforce": "disabled"})  # a label is not an exemption
     exempt = install.InstallOptions(
         namespace="webhooks", ca_bundle=PEM, exempt_namespaces=("webhooks",)
     )
     install.check(exempt, {})
+    for bad in (
+        install.InstallOptions(ca_bundle=PEM, exempt_namespaces=("team-*",)),
+        install.InstallOptions(ca_bundle=PEM, exempt_namespaces=("Bad_Name",)),
+        install.InstallOptions(ca_bundle=PEM, opt_out_namespaces=("a,b",)),
+    ):
+        with pytest.raises(install.InstallError, match="is not a namespace name"):
+            install.check(bad, None)
     with pytest.raises(install.InstallError, match="HTTPS"):
         install.check(install.InstallOptions(url="http://127.0.0.1:1", ca_bundle=PEM), None)
     with pytest.raises(install.InstallError, match="not a PEM certificate"):
@@ -353,23 +406,39 @@ def test_install_refuses_to_lock_the_webhook_out_of_its_own_namespace() -> None:
 
 
 def test_the_webhook_configurations_fail_closed_and_cover_every_kind() -> None:
-    objects = install.objects(install.InstallOptions(ca_bundle=PEM, exempt_namespaces=("a",)))
+    objects = install.objects(
+        install.InstallOptions(
+            ca_bundle=PEM, exempt_namespaces=("a",), opt_out_namespaces=("dev-*", "sandbox")
+        )
+    )
     configurations = [o for o in objects if o["kind"].endswith("WebhookConfiguration")]
     assert objects[-2:] == configurations  # applied last, once what they call exists
     resources = set()
     for configuration in configurations:
         (hook,) = configuration["webhooks"]
         assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
-        expressions = hook["namespaceSelector"]["matchExpressions"]
-        assert {"key": "moorage.io/enforce", "operator": "NotIn", "values": ["disabled"]} in (
-            expressions
-        )
-        assert expressions[1]["values"] == ["a", "kube-system"]
+        # Exempt by name only: no label a tenant may set keeps the webhook from being called.
+        assert hook["namespaceSelector"] == {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": ["a", "kube-system", "moorage-enforce"],
+                }
+            ]
+        }
         assert hook["clientConfig"]["service"]["name"] == install.NAME
         assert base64.b64decode(hook["clientConfig"]["caBundle"]) == PEM
         for rule in hook["rules"]:
             resources |= set(rule["resources"])
     assert resources == {k.kind.lower() + "s" for k in KINDS} | {"pods/ephemeralcontainers"}
+    (namespace,) = [o for o in objects if o["kind"] == "Namespace"]
+    assert "moorage.io/enforce" not in namespace["metadata"]["labels"]
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert configmap["data"] == {
+        "exempt-namespaces": "a,kube-system,moorage-enforce",
+        "opt-out-namespaces": "dev-*,sandbox",
+    }
     default = next(o for o in objects if o["kind"] == CLUSTER_IMAGE_POLICY)
     parse_spec(default["spec"])
 
@@ -423,6 +492,8 @@ def test_the_cache_runs_work_once_and_a_clear_wins_over_work_in_flight() -> None
         assert cache.get("k") == "ok"
         assert await cache.once("n", work, keep=lambda v: False) == "ok"
         assert cache.get("n") is None
+        cache.discard("k")  # a verdict whose evidence changed
+        assert cache.get("k") is None
         unkept: VerdictCache[str] = VerdictCache(ttl=0)
         unkept.put("k", "v")
         assert unkept.get("k") is None

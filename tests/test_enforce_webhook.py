@@ -7,13 +7,16 @@ every admission webhook and return the object as it would be stored."""
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kubernetes import client
 
 from moorage.kube.workloads import KINDS
@@ -36,7 +39,7 @@ from tests.enforce_env import (
     submit,
     workload,
 )
-from tests.iam_helpers import ADMIN_KEY, Api
+from tests.iam_helpers import ADMIN_KEY, Api, bearer
 from tests.kube import KubeCluster, api_client, make_namespace, wait_for
 from tests.server import MoorageServer, ensure_region_hosts, free_port
 
@@ -78,6 +81,29 @@ def _policy(host: str) -> dict[str, Any]:
                     "policy": {"require": "any", "cosign": cosign, "simple": simple},
                 },
                 {"name": f"{repo}/kept:*", "policy": {"cosign": cosign, "mutateImage": False}},
+                {"name": f"{repo}/exempt-tag:v1"},  # this tag only: no checks
+                {
+                    "name": f"{repo}/revoke-att",
+                    "policy": {
+                        "cosign": {
+                            "requirements": [
+                                {
+                                    "type": "attestedBy",
+                                    "keySecret": "cosign-release",
+                                    "predicateType": "https://example.com/test-result/v1",
+                                }
+                            ]
+                        }
+                    },
+                },
+                {
+                    "name": f"{repo}/rotating-*",
+                    "policy": {
+                        "cosign": {
+                            "requirements": [{"type": "signedBy", "keySecret": "cosign-rotating"}]
+                        }
+                    },
+                },
             ]
         },
     }
@@ -124,6 +150,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         signer = Signer(server, writer, tmp / "signing")
         key_secret(core, NAMESPACE, "cosign-release", {"cosign.pub": signer.public_key("release")})
         key_secret(core, NAMESPACE, "gpg-release", {"key": signer.gpg_public.encode()})
+        key_secret(core, NAMESPACE, "cosign-rotating", {"cosign.pub": signer.public_key("release")})
         apply_policy(cluster, _policy(host))
         # apps: the registry secret is attached to the service account only.
         make_namespace(core, "apps")
@@ -132,7 +159,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "default", "apps", {"imagePullSecrets": [{"name": "registry"}]}
         )
         make_namespace(core, "nosecret")
-        make_namespace(core, "optout", {"moorage.io/enforce": "disabled"})
+        make_namespace(core, "optout", {"moorage.io/enforce": "disabled"})  # a tenant's label
+        make_namespace(core, "sandbox-1", {"moorage.io/enforce": "disabled"})  # allowed there
         make_namespace(core, "tolerated")
         core.create_namespaced_service_account(
             "kube-system", client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
@@ -143,13 +171,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             digests[repo] = images.push(repo)
         for repo in ("untrusted", "tampered", "changed", "both-all", "both-any", "flush", "kept"):
             digests[repo] = images.push(repo)
+        revoked = ("revoke-tag", "revoke-ref", "revoke-image", "rotating-app")
+        for repo in revoked:
+            digests[repo] = images.push(repo)
+        digests["revoke-att"] = images.push("revoke-att")
+        digests["exempt-tag"] = images.push("exempt-tag")  # v1: what the entry exempts
+        digests["exempt-tag-side"] = images.push("exempt-tag", "side")  # unsigned, elsewhere
         for form in ("tag", "ref", "bundle"):
             repo = f"cosign-{form}"
             signer.sign(images.pinned(repo, digests[repo]), form=form.replace("ref", "referrer"))
-        for repo in ("tampered", "changed", "both-all", "both-any", "flush", "kept"):
-            signer.sign(images.pinned(repo, digests[repo]))
+        for repo in ("tampered", "changed", "both-all", "both-any", "flush", "kept", *revoked):
+            form = "referrer" if repo == "revoke-ref" else "tag"
+            signer.sign(images.pinned(repo, digests[repo]), form=form)
         signer.sign(images.pinned("untrusted", digests["untrusted"]), key="stranger")
         signer.skopeo_sign(images.layout("gpg"), "enforce/gpg-app:v1")
+        signer.skopeo_sign(images.layout("gpg-revoke"), "enforce/gpg-revoke:v1")
         # The webhook signs in as the service account install made: its RBAC must do.
         own = service_account_kubeconfig(cluster, NAMESPACE, "moorage-enforce")
         register_cluster(config, cluster, host, name="webhook", kubeconfig=own)
@@ -160,6 +196,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             tmp / "webhook.log",
             "--exempt-namespace",
             "tolerated",
+            "--allow-opt-out",
+            "sandbox-*",
             "--cache-ttl",
             "3600",
             cluster="webhook",
@@ -366,16 +404,32 @@ def test_a_broken_policy_denies_in_its_scope_and_says_so(world: World) -> None:
 # -- exemptions -------------------------------------------------------------------------
 
 
-def test_the_opt_out_label_and_the_exempt_list_are_honoured(world: World) -> None:
+def test_exemptions_are_the_operators_and_each_is_logged(world: World) -> None:
+    """Anyone who may create a namespace may label it: the label exempts only where the
+    webhook's options allow (``--allow-opt-out sandbox-*``); the exempt list and
+    kube-system always do."""
     unsigned = world.images.ref("unsigned")
-    for namespace in ("optout", "tolerated"):
+    message = denial(world.api, "optout", workload("Pod", "free", unsigned))
+    assert message is not None and f"image {unsigned}" in message  # the label is ignored
+    for namespace in ("sandbox-1", "tolerated"):
         stored = submit(world.api, namespace, workload("Pod", "free", unsigned))
         assert image_of("Pod", stored) == unsigned
+    opted = [d for d in world.webhook.decisions() if d.get("namespace") == "sandbox-1"]
+    assert opted and opted[-1]["verdict"] == "allowed"
+    assert (
+        "opted out (moorage.io/enforce=disabled), allowed in namespaces 'sandbox-*'"
+        in (opted[-1]["exempt"])
+    )
     # The webhook checks too, should the API server call it anyway.
-    for namespace in ("optout", "tolerated", "kube-system"):
+    for namespace, allowed in (
+        ("optout", False),
+        ("sandbox-1", True),
+        ("tolerated", True),
+        ("kube-system", True),
+    ):
         review = _review("Pod", namespace, workload("Pod", "free", unsigned))
         answer = world.webhook.post("/validate", json.dumps(review).encode()).json()
-        assert answer["response"]["allowed"] is True
+        assert answer["response"]["allowed"] is allowed, namespace
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -503,22 +557,146 @@ def test_cache_flush_revokes_verified_digests_at_once(world: World) -> None:
     hits = world.webhook.metric("moorage_enforce_verification_cache_total", result="hit")
     assert pod(world, "flush-2", image) is None
     assert world.webhook.metric("moorage_enforce_verification_cache_total", result="hit") > hits
-    # The signature goes; the remembered verdict would admit the image for an hour.
-    tag = "sha256-" + world.digests["flush"].split(":", 1)[1] + ".sig"
-    signature = world.images.manifest("flush", tag).headers["Docker-Content-Digest"]
-    assert world.images.delete_manifest("flush", signature).status_code == 202
-    assert pod(world, "flush-3", image) is None
     flushed = moorage(world.config, "enforce", "cache-flush", "--cluster", "test")
     assert flushed.returncode == 0, flushed.stderr
     attempts = []
 
-    def denied() -> str | None:
+    def verified_again() -> bool:
         attempts.append(1)
-        return pod(world, "flush-4", image)
+        assert pod(world, "flush-3", image) is None
+        verdict = _last_verdict(world, "flush-3")
+        return verdict is not None and verdict["cached"] is False
 
-    message = wait_for(denied, seconds=10)
-    assert message is not None and "the image has no such signatures" in message
+    assert wait_for(verified_again, seconds=10)
     assert len(attempts) <= 2, "a flush takes effect within a watch event"
+
+
+def _last_verdict(world: World, name: str) -> dict[str, Any] | None:
+    """The verdict on the one image of the last mutating review of object ``name`` (the
+    validating one that follows it is answered from the cache the mutating one filled)."""
+    found = [
+        d
+        for d in world.webhook.decisions()
+        if d.get("name") == name and d["endpoint"] == "mutate" and d["images"]
+    ]
+    return found[-1]["images"][0] if found else None
+
+
+def _revoked_within(world: World, name: str, image: str, revoke: Any, bound: float = 10) -> str:
+    """Admit ``image`` twice (the second from the cache), ``revoke()``, then wait for the
+    denial; the denial's message. The cache TTL is an hour: only revalidation can deny."""
+    assert pod(world, f"{name}-1", image) is None
+    assert pod(world, f"{name}-2", image) is None
+    remembered = _last_verdict(world, f"{name}-2")
+    assert remembered is not None and remembered["cached"] is True
+    revoke()
+    started = time.monotonic()
+    message = wait_for(lambda: pod(world, f"{name}-3", image), seconds=bound)
+    assert message is not None, f"{image} was still admitted {bound:g} s after revocation"
+    assert time.monotonic() - started < bound
+    return message
+
+
+@pytest.mark.parametrize("form", ["tag", "ref"])
+def test_a_deleted_signature_stops_admitting_within_ten_seconds(world: World, form: str) -> None:
+    repo = f"revoke-{form}"
+    digest = world.digests[repo]
+    if form == "tag":
+        tag = "sha256-" + digest.split(":", 1)[1] + ".sig"
+        signature = world.images.manifest(repo, tag).headers["Docker-Content-Digest"]
+    else:
+        headers = bearer(world.server, US, ADMIN_KEY, f"repository:enforce/{repo}:pull")
+        index = requests.get(
+            f"http://{world.host}/v2/enforce/{repo}/referrers/{digest}", headers=headers, timeout=10
+        ).json()
+        (entry,) = index["manifests"]
+        signature = entry["digest"]
+    stale = world.webhook.metric("moorage_enforce_verification_cache_total", result="stale")
+
+    def revoke() -> None:
+        assert world.images.delete_manifest(repo, signature).status_code == 202
+
+    message = _revoked_within(world, repo, world.images.ref(repo), revoke)
+    assert f"({digest})" in message and "the image has no such signatures" in message
+    assert world.webhook.metric("moorage_enforce_verification_cache_total", result="stale") > stale
+
+
+def test_a_deleted_gpg_signature_stops_admitting_within_ten_seconds(world: World) -> None:
+    digest = world.images.manifest("gpg-revoke", "v1").headers["Docker-Content-Digest"]
+    scope = "repository:enforce/gpg-revoke:pull,push,delete"
+    headers = bearer(world.server, US, ADMIN_KEY, scope)
+    url = f"http://{world.host}/extensions/v2/enforce/gpg-revoke/signatures/{digest}"
+    (signature,) = requests.get(url, headers=headers, timeout=10).json()["signatures"]
+
+    def revoke() -> None:
+        deleted = requests.delete(
+            url, params={"name": signature["name"]}, headers=headers, timeout=10
+        )
+        assert deleted.status_code == 202, deleted.text
+
+    message = _revoked_within(world, "gpg-revoke", world.images.ref("gpg-revoke"), revoke)
+    assert "a GPG (simple signing) signature by the keys in secret gpg-release" in message
+    assert "the image has no such signatures" in message
+
+
+def test_a_deleted_attestation_stops_admitting_within_ten_seconds(world: World) -> None:
+    digest = world.digests["revoke-att"]
+    pinned = world.images.pinned("revoke-att", digest)
+    world.signer.attest(pinned, {"result": "PASSED"}, TEST_RESULT, bundle=False)  # the .att tag
+    tag = "sha256-" + digest.split(":", 1)[1] + ".att"
+    attestation = world.images.manifest("revoke-att", tag).headers["Docker-Content-Digest"]
+
+    def revoke() -> None:
+        assert world.images.delete_manifest("revoke-att", attestation).status_code == 202
+
+    message = _revoked_within(world, "revoke-att", world.images.ref("revoke-att"), revoke)
+    assert "the image has no such attestations" in message
+
+
+def test_a_deleted_image_stops_admitting_by_digest_within_ten_seconds(world: World) -> None:
+    digest = world.digests["revoke-image"]
+    image = world.images.pinned("revoke-image", digest)
+
+    def revoke() -> None:
+        assert world.images.delete_manifest("revoke-image", digest).status_code == 202
+
+    message = _revoked_within(world, "revoke-image", image, revoke)
+    assert "does not exist in its registry" in message
+
+
+def test_a_signer_removed_from_its_secret_stops_admitting_within_ten_seconds(
+    world: World,
+) -> None:
+    image = world.images.ref("rotating-app")
+
+    def revoke() -> None:
+        stranger = base64.b64encode(world.signer.public_key("stranger")).decode()
+        world.core.patch_namespaced_secret(
+            "cosign-rotating", NAMESPACE, {"data": {"cosign.pub": stranger}}
+        )
+
+    message = _revoked_within(world, "rotating", image, revoke)
+    assert "1 made by another key or altered" in message
+
+
+# -- a tag and a digest in one reference ----------------------------------------------------
+
+
+def test_a_tag_entry_applies_to_a_digest_only_if_the_tag_names_it(world: World) -> None:
+    """``exempt-tag:v1`` is exempt from checks; a Writer's unsigned push elsewhere in the
+    repository, spelled ``exempt-tag:v1@<its digest>``, is not (the kubelet would pull
+    the digest and ignore the tag)."""
+    named, side = world.digests["exempt-tag"], world.digests["exempt-tag-side"]
+    base = f"{world.host}/enforce/exempt-tag"
+    for image in (f"{base}:v1", f"{base}:v1@{named}"):
+        stored = submit(world.api, "apps", workload("Pod", "exempt-tag", image))
+        assert image_of("Pod", stored) == image  # no checks, no pinning
+    smuggled = f"{base}:v1@{side}"
+    message = pod(world, "smuggled", smuggled)
+    assert message is not None
+    assert f"image {smuggled} ({side}) is not admitted by ClusterImagePolicy enforce" in message
+    assert f"(repository '{world.host}/enforce/*')" in message
+    assert f"is for tag v1, which names {named}, not this digest" in message
 
 
 # -- signatures, attestations and what a Writer may do to them -----------------
@@ -656,6 +834,9 @@ def test_with_the_webhook_down_admission_fails_closed_except_where_exempt(world:
     message = pod(world, "down", world.images.ref("cosign-tag"))
     assert message is not None and "failed calling webhook" in message
     unsigned = world.images.ref("unsigned")
-    for namespace in ("kube-system", "optout", "tolerated"):
+    for namespace in ("kube-system", "tolerated"):
         stored = submit(world.api, namespace, workload("Pod", "down", unsigned))
         assert image_of("Pod", stored) == unsigned
+    for namespace in ("optout", "sandbox-1"):  # judged by the webhook: closed without it
+        message = denial(world.api, namespace, workload("Pod", "down", unsigned))
+        assert message is not None and "failed calling webhook" in message

@@ -26,6 +26,14 @@ ExemptOption = Annotated[
     list[str] | None,
     typer.Option("--exempt-namespace", help="A namespace never checked (repeatable)"),
 ]
+OptOutOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-opt-out",
+        help="Namespaces (a name or glob, repeatable) whose label moorage.io/enforce=disabled "
+        "exempts them; elsewhere the label is ignored",
+    ),
+]
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -49,6 +57,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8443,
     namespace: NamespaceOption = "moorage-enforce",
     exempt_namespace: ExemptOption = None,
+    allow_opt_out: OptOutOption = None,
     insecure_registry: Annotated[
         list[str] | None,
         typer.Option("--insecure-registry", help="HOST[:PORT] read over plain HTTP (repeatable)"),
@@ -73,17 +82,31 @@ def serve(
         ),
     ] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a verified digest is remembered")] = 300,
+    revalidate_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds after which a remembered verdict's signatures are looked up again "
+            "(0: at every admission)"
+        ),
+    ] = 2,
     deadline: Annotated[float, typer.Option(help="Seconds one admission may take")] = 8,
 ) -> None:
     """Serve the admission webhook (POST /mutate, /validate; GET /metrics, /healthz, /readyz)."""
     from moorage.egress import Egress
     from moorage.enforce.registry import Access
-    from moorage.enforce.verify import ALWAYS_EXEMPT, Settings
+    from moorage.enforce.verify import ALWAYS_EXEMPT, Settings, namespace_patterns
     from moorage.enforce.webhook import ServeOptions, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if in_cluster == bool(cluster):
         raise CliError("give --cluster NAME or --in-cluster")
+    if not 0 <= revalidate_after <= 10:
+        raise CliError("--revalidate-after is 0 to 10 seconds")
+    try:
+        exempt = namespace_patterns(exempt_namespace or [], globs=False)
+        opt_out = namespace_patterns(allow_opt_out or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     insecure = set(insecure_registry or [])
     allowed = list(allow_private or [])
     ca = str(ca_bundle) if ca_bundle else None
@@ -113,8 +136,10 @@ def serve(
         access=Access(egress, ca),
         settings=Settings(
             namespace=namespace,
-            exempt_namespaces=ALWAYS_EXEMPT | set(exempt_namespace or []),
+            exempt_namespaces=ALWAYS_EXEMPT | exempt,
+            opt_out_namespaces=opt_out,
             cache_ttl=cache_ttl,
+            revalidate_after=revalidate_after,
             deadline=deadline,
         ),
     )
@@ -176,6 +201,7 @@ def install(
         typer.Option("--tls-dir", help="ca.crt, server.crt, server.key (`moorage enforce certs`)"),
     ] = None,
     exempt_namespace: ExemptOption = None,
+    allow_opt_out: OptOutOption = None,
     default_policy: Annotated[
         str, typer.Option(help="ClusterImagePolicy 'default': signed, allow-all or none")
     ] = "signed",
@@ -215,6 +241,7 @@ def install(
         tls_cert=cert,
         tls_key=key,
         exempt_namespaces=tuple(exempt_namespace or ()),
+        opt_out_namespaces=tuple(allow_opt_out or ()),
         default_policy=policy,
         cosign_key=_read(cosign_key, "--cosign-key"),
         gpg_key=gpg.decode(errors="replace") if gpg else None,

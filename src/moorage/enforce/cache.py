@@ -3,7 +3,10 @@ image is admitted from memory. Only admissions are kept: an image signed
 after it was denied is admitted on the next try. Each entry is keyed by the
 digest and by everything the verdict depended on (the policy's requirements,
 the keys' identities, the tag for identity rules), so a changed policy or
-rotated key never meets an old verdict. ``clear()`` (a new cache generation,
+rotated key never meets an old verdict. What the registry held when a
+verdict was reached is the caller's to record and compare (``verify.py``
+keeps the signatures' evidence beside each verdict and drops one whose
+evidence changed, ``discard()``). ``clear()`` (a new cache generation,
 ``moorage enforce cache-flush``) revokes every entry at once."""
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class VerdictCache(Generic[T]):
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()

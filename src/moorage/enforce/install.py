@@ -3,11 +3,19 @@ objects that put the webhook in front of a cluster's admissions, built here
 as plain dicts (``objects()``, printed by ``--dry-run``) and applied with
 server-side apply.
 
+Exemptions are the operator's: the namespaces named here (kube-system, the
+webhook's own, ``--exempt-namespace``) are left out by the configurations'
+``namespaceSelector`` and listed in the ConfigMap the webhook reads. A
+namespace's ``moorage.io/enforce=disabled`` label is not in the selector:
+whoever may create a namespace may label it, so the webhook is called there
+and honours the label only in namespaces ``--allow-opt-out`` names, logging
+each exemption.
+
 Install refuses a configuration that would lock the webhook out of its own
 namespace: with ``failurePolicy: Fail``, a webhook whose pods need its own
-approval to start never starts. The webhook's namespace must be exempt (by
-``--exempt-namespace`` or by the opt-out label, which install sets on a
-namespace it creates)."""
+approval to start never starts. A namespace install creates is exempt as
+the webhook's own; an existing one must be named with ``--exempt-namespace``
+(so that no namespace with workloads in it is exempted by surprise)."""
 
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from moorage.enforce.policy import (
     crd,
 )
 from moorage.enforce.state import CONFIGMAP
-from moorage.enforce.verify import ALWAYS_EXEMPT, OPT_OUT_LABEL, OPT_OUT_VALUE
+from moorage.enforce.verify import ALWAYS_EXEMPT, namespace_patterns
 from moorage.kube.errors import KubeError, kube_errors
 from moorage.kube.workloads import KINDS
 
@@ -60,6 +68,7 @@ class InstallOptions:
     tls_cert: bytes | None = None  # for the Service's pods (secret moorage-enforce-tls)
     tls_key: bytes | None = None
     exempt_namespaces: tuple[str, ...] = ()
+    opt_out_namespaces: tuple[str, ...] = ()  # globs where the opt-out label is honoured
     default_policy: DefaultPolicy = DefaultPolicy.SIGNED
     cosign_key: bytes | None = None  # PEM public key for secret moorage-signers
     gpg_key: str | None = None  # ASCII-armored public key for secret moorage-signers
@@ -67,7 +76,9 @@ class InstallOptions:
 
     @property
     def exempt(self) -> list[str]:
-        return sorted(ALWAYS_EXEMPT | set(self.exempt_namespaces))
+        """Every namespace left unchecked by name: kube-system, the webhook's own, and
+        those given."""
+        return sorted(ALWAYS_EXEMPT | {self.namespace} | set(self.exempt_namespaces))
 
 
 def service_names(namespace: str) -> list[str]:
@@ -97,9 +108,11 @@ def rules() -> list[dict[str, Any]]:
 
 
 def namespace_selector(options: InstallOptions) -> dict[str, Any]:
+    """The operator's exempt namespaces, by name (``kubernetes.io/metadata.name`` is
+    set by the API server, not by whoever creates the namespace); no label a tenant
+    may set."""
     return {
         "matchExpressions": [
-            {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
             {
                 "key": "kubernetes.io/metadata.name",
                 "operator": "NotIn",
@@ -226,7 +239,7 @@ def objects(options: InstallOptions) -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": ns, "labels": {**MANAGED, OPT_OUT_LABEL: OPT_OUT_VALUE}},
+            "metadata": {"name": ns, "labels": MANAGED},
         }
     )
     found += rbac(ns)
@@ -235,7 +248,10 @@ def objects(options: InstallOptions) -> list[dict[str, Any]]:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": CONFIGMAP, "namespace": ns, "labels": MANAGED},
-            "data": {"exempt-namespaces": ",".join(options.exempt)},
+            "data": {
+                "exempt-namespaces": ",".join(options.exempt),
+                "opt-out-namespaces": ",".join(sorted(set(options.opt_out_namespaces))),
+            },
         }
     )
     signers: dict[str, str] = {}
@@ -289,6 +305,11 @@ def objects(options: InstallOptions) -> list[dict[str, Any]]:
 def check(options: InstallOptions, namespace_labels: dict[str, str] | None) -> None:
     """Refuse a configuration that would block the webhook's own pods.
     ``namespace_labels`` are those of the existing namespace (None: install creates it)."""
+    try:
+        namespace_patterns(options.exempt_namespaces, globs=False)
+        namespace_patterns(options.opt_out_namespaces)
+    except ValueError as exc:
+        raise InstallError(str(exc)) from None
     if not options.ca_bundle.strip().startswith(b"-----BEGIN CERTIFICATE-----"):
         raise InstallError("the CA bundle is not a PEM certificate (--ca-file)")
     if options.url:
@@ -298,14 +319,15 @@ def check(options: InstallOptions, namespace_labels: dict[str, str] | None) -> N
     if bool(options.tls_cert) != bool(options.tls_key):
         raise InstallError("give both the webhook's certificate and its key")
     ns = options.namespace
-    if namespace_labels is None or ns in options.exempt:
+    manager = "app.kubernetes.io/managed-by"
+    made_here = namespace_labels is None or namespace_labels.get(manager) == MANAGED[manager]
+    if made_here or ns in options.exempt_namespaces or ns in ALWAYS_EXEMPT:
         return
-    if namespace_labels.get(OPT_OUT_LABEL) != OPT_OUT_VALUE:
-        raise InstallError(
-            f"namespace {ns} is not exempt from image enforcement, so the webhook could not "
-            f"start its own pods there (failurePolicy Fail): pass --exempt-namespace {ns}, or "
-            f"kubectl label namespace {ns} {OPT_OUT_LABEL}={OPT_OUT_VALUE}"
-        )
+    raise InstallError(
+        f"namespace {ns} is not exempt from image enforcement (it exists and install did "
+        "not make it), so the webhook could not start its own pods there (failurePolicy "
+        f"Fail): pass --exempt-namespace {ns}"
+    )
 
 
 @dataclass

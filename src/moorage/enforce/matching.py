@@ -8,7 +8,12 @@ in the host never reaches into the path, so ``*.example.com/*`` cannot match
 ``evil.test/x.example.com/app``; in the path ``*`` spans ``/``. A pattern with
 no path covers every repository on its hosts, and ``*`` alone covers every
 image. Of several matches the most specific wins: the one with the most
-literal characters, then the fewest wildcards."""
+literal characters, then the fewest wildcards.
+
+The kubelet pulls the digest of a reference that carries one and ignores its
+tag, so a tag-scoped pattern (``busybox:1.36``) says nothing about
+``busybox:1.36@sha256:…`` by itself: it applies only once the caller has
+confirmed that the tag names that digest now (``tag_confirmed``)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ _PATH = re.compile(
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}\Z")
 DEFAULT_HOST = "docker.io"
+LEGACY_HOSTS = frozenset({"index.docker.io"})  # the kubelet reads them as docker.io
 MAX_IMAGE = 1024
 
 
@@ -62,6 +68,11 @@ class Reference:
         """The tag or digest a registry is asked for (the digest when both are given)."""
         return self.digest or self.tag or "latest"
 
+    @property
+    def named_tag(self) -> str | None:
+        """The tag the kubelet reads: ``latest`` when neither tag nor digest is given."""
+        return self.tag or (None if self.digest else "latest")
+
     def __str__(self) -> str:
         tag = f":{self.tag}" if self.tag else ""
         return self.repository + tag + (f"@{self.digest}" if self.digest else "")
@@ -82,6 +93,10 @@ class Reference:
         first, sep, rest = name.partition("/")
         if sep and _looks_like_host(first):
             host, path = first.lower(), rest
+            if host in LEGACY_HOSTS:
+                host = DEFAULT_HOST
+            if host == DEFAULT_HOST and "/" not in path:
+                path = f"library/{path}"  # docker.io/busybox is docker.io/library/busybox
         else:
             host, path = DEFAULT_HOST, name if sep else f"library/{name}"
         if not _HOST.match(host) or not _PATH.match(path):
@@ -116,7 +131,8 @@ class Pattern:
         first, sep, rest = value.partition("/")
         if not sep:
             if _host_only(value):
-                return cls(text, value.lower(), None, reference)
+                host = value.lower()
+                return cls(text, DEFAULT_HOST if host in LEGACY_HOSTS else host, None, reference)
             first, rest = DEFAULT_HOST, f"library/{value}"
         elif not (_looks_like_host(first) or "*" in first or "?" in first):
             first, rest = DEFAULT_HOST, value
@@ -124,9 +140,21 @@ class Pattern:
         if ":" in last and reference is None:
             reference = last.split(":", 1)[1]
             rest = rest[: len(rest) - len(last)] + last.split(":", 1)[0]
-        return cls(text, first.lower(), rest, reference)
+        host = first.lower()
+        if host in LEGACY_HOSTS:
+            host = DEFAULT_HOST
+        if host == DEFAULT_HOST and "/" not in rest and not any(c in rest for c in "*?"):
+            rest = f"library/{rest}"  # as references are read
+        return cls(text, host, rest, reference)
 
-    def matches(self, ref: Reference) -> bool:
+    @property
+    def tag_scoped(self) -> bool:
+        """Whether the pattern names tags (and so applies to a digest only through its tag)."""
+        return self.reference is not None and not self.reference.startswith("@")
+
+    def matches(self, ref: Reference, tag_confirmed: bool = False) -> bool:
+        """``tag_confirmed``: the caller checked that ``ref``'s tag names its digest now;
+        without that, a tag pattern never matches a reference that carries a digest."""
         if not _glob(self.host, "[^/]*").match(ref.host):
             return False
         if self.path is not None and not _glob(self.path, ".*").match(ref.path):
@@ -137,7 +165,10 @@ class Pattern:
             return ref.digest is not None and bool(
                 _glob(self.reference[1:], ".*").match(ref.digest)
             )
-        return ref.tag is not None and bool(_glob(self.reference, ".*").match(ref.tag))
+        tag = ref.named_tag
+        if tag is None or (ref.digest is not None and not tag_confirmed):
+            return False
+        return bool(_glob(self.reference, ".*").match(tag))
 
     @property
     def specificity(self) -> tuple[int, int]:
@@ -170,11 +201,11 @@ def identity_matches(identity: SignedIdentity | None, ref: Reference, signed: st
     if kind in (IdentityType.DEFAULT, IdentityType.MATCH_REPO_DIGEST_OR_EXACT):
         if image.tag is None and image.digest is not None:
             return claimed.repository == image.repository
-        return claimed.repository == image.repository and claimed.tag == image.tag
+        return claimed.repository == image.repository and claimed.named_tag == image.named_tag
     if kind == IdentityType.MATCH_EXACT:
-        return image.tag is not None and (claimed.repository, claimed.tag) == (
+        return image.named_tag is not None and (claimed.repository, claimed.named_tag) == (
             image.repository,
-            image.tag,
+            image.named_tag,
         )
     if kind == IdentityType.MATCH_REPOSITORY:
         return claimed.repository == image.repository
@@ -183,5 +214,5 @@ def identity_matches(identity: SignedIdentity | None, ref: Reference, signed: st
         return claimed.repository == Reference.parse(identity.docker_repository or "").repository
     if kind == IdentityType.MATCH_EXACT_REFERENCE:
         wanted = Reference.parse(identity.docker_reference or "")
-        return (claimed.repository, claimed.tag) == (wanted.repository, wanted.tag)
+        return (claimed.repository, claimed.named_tag) == (wanted.repository, wanted.named_tag)
     return False

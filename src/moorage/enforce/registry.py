@@ -62,6 +62,7 @@ MAX_DOCUMENTS = 5000
 MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
 FETCHES_AT_ONCE = 16
 REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
+MAX_REFERRER_PAGES = 10  # compared as a verdict's evidence; more: verified afresh
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -332,10 +333,13 @@ class RegistryReader:
 
     # -- what the webhook asks ---------------------------------------------------
 
-    async def resolve(self, session: Session) -> str:
-        """The digest the image's tag (or digest) names now."""
+    async def resolve(self, session: Session, tag: str | None = None) -> str:
+        """The digest the image's tag (or digest) names now; with ``tag``, the
+        digest that tag of the repository names (a reference may carry both)."""
         ref = session.ref
-        path = f"/v2/{ref.path}/manifests/{ref.reference}"
+        reference = tag or ref.reference
+        what = f"{ref.repository}:{tag}" if tag else str(ref)
+        path = f"/v2/{ref.path}/manifests/{reference}"
         try:
             reply = await session.get(path, MANIFEST_TYPES, method="HEAD")
             if reply.status_code == 200 and not reply.headers.get("docker-content-digest"):
@@ -345,15 +349,59 @@ class RegistryReader:
         except httpx.HTTPError as exc:
             raise ReadError(f"cannot reach {ref.host} ({type(exc).__name__})") from None
         if reply.status_code in (401, 403):
-            raise ReadError(f"cannot read {ref}: {session.refused()}")
+            raise ReadError(f"cannot read {what}: {session.refused()}")
         if reply.status_code == 404:
-            raise ReadError(f"{ref} does not exist in its registry")
+            raise ReadError(f"{what} does not exist in its registry")
         if reply.status_code != 200:
-            raise ReadError(f"{ref.host} answered HTTP {reply.status_code} for {ref}")
+            raise ReadError(f"{ref.host} answered HTTP {reply.status_code} for {what}")
         digest = reply.headers["docker-content-digest"]
-        if ref.digest and digest != ref.digest:
+        if tag is None and ref.digest and digest != ref.digest:
             raise ReadError(f"{ref.host} answered {digest} for {ref}")
         return str(digest)
+
+    async def evidence(self, session: Session, digest: str, cosigned: bool, simple: bool) -> str:
+        """A hash of where the signatures of ``digest`` are kept: what the
+        ``sha256-<hex>.sig`` and ``.att`` tags name, which referrers the digest has, and the
+        signature extension's list. A remembered verdict stands while this is
+        unchanged; a signature deleted, replaced or added changes it. These are
+        small reads (a HEAD and listings, no signature content), and Moorage
+        answers the HEAD from its manifest cache."""
+        path = session.ref.path
+
+        async def tag(name: str) -> list[Any]:
+            head = await session.get(f"/v2/{path}/manifests/{name}", MANIFEST_TYPES, method="HEAD")
+            return [head.status_code, head.headers.get("docker-content-digest")]
+
+        async def referrers() -> list[Any]:
+            found: list[Any] = []
+            page: str | None = f"/v2/{path}/referrers/{digest}"
+            for _ in range(MAX_REFERRER_PAGES):
+                if page is None:
+                    break
+                listed = await session.get(page, "application/vnd.oci.image.index.v1+json")
+                found.append([listed.status_code, _listed_digests(listed.content)])
+                page = _next_page(session, listed.headers.get("link", ""))
+            if page is not None:  # too many to compare: never equal, verified afresh
+                found.append(["more pages", time.monotonic()])
+            return found
+
+        async def extension() -> list[Any]:
+            name = f"/extensions/v2/{path}/signatures/{digest}"
+            listed = await session.get(name, "application/json")
+            return [listed.status_code, hashlib.sha256(listed.content).hexdigest()]
+
+        tags = cosign.signature_tags(digest)  # .sig and .att
+        reads = [*(tag(t) for t in tags), referrers()] if cosigned else []
+        reads += [extension()] if simple else []
+        parts = await asyncio.gather(*reads, return_exceptions=True)  # one round trip, not 3
+        for part in parts:
+            if isinstance(part, httpx.HTTPError):
+                raise ReadError(
+                    f"cannot read the signatures of {session.ref} ({type(part).__name__})"
+                ) from None
+            if isinstance(part, BaseException):
+                raise part
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     async def _json(
         self, session: Session, path: str, accept: str, limit: int = MAX_MANIFEST
@@ -533,6 +581,15 @@ class RegistryReader:
             if len(content) <= simplesigning.MAX_SIGNATURE:
                 found.append(content)
         return found
+
+
+def _listed_digests(body: bytes) -> list[str] | str:
+    """The digests a referrers index lists, in order; its hash when it is not one."""
+    try:
+        document = json.loads(body)
+        return sorted(str(m["digest"]) for m in document["manifests"])
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return hashlib.sha256(body).hexdigest()
 
 
 def _next_page(session: Session, link: str) -> str | None:

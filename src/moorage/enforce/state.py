@@ -30,7 +30,7 @@ from moorage.kube.informer import Informer
 from moorage.kube.keyring import DOCKERCFG, DOCKERCONFIGJSON
 
 log = logging.getLogger("moorage.enforce")
-CONFIGMAP = "moorage-enforce"  # data: generation, exempt-namespaces
+CONFIGMAP = "moorage-enforce"  # data: generation, exempt-namespaces, opt-out-namespaces
 KEY_SECRET_TYPE = "Opaque"
 
 
@@ -118,6 +118,11 @@ def parse_object(kind: str, raw: dict[str, Any], enforce_namespace: str) -> list
     ]
 
 
+def _names(value: Any) -> frozenset[str]:
+    """A ConfigMap's comma-separated list of namespace names or globs."""
+    return frozenset(n.strip() for n in str(value or "").split(",") if n.strip())
+
+
 class ClusterState:
     def __init__(
         self,
@@ -134,6 +139,7 @@ class ClusterState:
         self._policies: dict[tuple[str, str, str], list[Entry] | PolicyError] = {}
         self.generation: str | None = None
         self.exempt: frozenset[str] = frozenset()  # the ConfigMap's exempt-namespaces
+        self.opt_out: frozenset[str] = frozenset()  # its opt-out-namespaces (globs)
         core = client.CoreV1Api(api_client)
         w = watch_seconds
         self.informers = [
@@ -221,8 +227,8 @@ class ClusterState:
 
     def _configmap_changed(self, old: Any, new: Any) -> None:
         data = (new.data or {}) if new is not None else {}
-        listed = str(data.get("exempt-namespaces") or "").split(",")
-        self.exempt = frozenset(n.strip() for n in listed if n.strip())
+        self.exempt = _names(data.get("exempt-namespaces"))
+        self.opt_out = _names(data.get("opt-out-namespaces"))
         value = str(data.get("generation", ""))
         if value != self.generation:
             first = self.generation is None and old is None

@@ -6,13 +6,23 @@ A signature counts only when it verifies with one of the policy's keys and
 the document it signs names exactly the digest being admitted (for GPG, the
 document gpg verified, never the unverified bytes). Everything that cannot be
 decided (no policy, an unreadable registry, a missing key Secret, time run
-out) is a denial that says why."""
+out) is a denial that says why.
+
+A remembered verdict is used only while the registry still holds what it
+stood on: each admission resolves the image again (a digest reference too,
+so a deleted image stops admitting), and a verdict whose signatures' evidence
+(``RegistryReader.evidence``) was last compared more than
+``Settings.revalidate_after`` seconds ago is compared again; a signature
+deleted or replaced sends the image back to full verification. A key
+removed from its Secret or a policy changed makes a different cache key."""
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,13 +44,32 @@ OPT_OUT_LABEL = "moorage.io/enforce"
 OPT_OUT_VALUE = "disabled"
 ALWAYS_EXEMPT = frozenset({"kube-system"})
 MAX_GPG_RUNS = 32  # per requirement and image: gpg runs only for signatures that could count
+_NAMESPACE_PATTERN = re.compile(r"^[a-z0-9*?](?:[-a-z0-9*?]{0,61}[a-z0-9*?])?\Z")
+
+
+def namespace_patterns(
+    values: list[str] | tuple[str, ...] | frozenset[str], globs: bool = True
+) -> frozenset[str]:
+    """Namespace names, or (``globs``) patterns of them (``team-*``); ValueError
+    names a bad one."""
+    for value in values:
+        if not _NAMESPACE_PATTERN.match(value) or (not globs and any(c in value for c in "*?")):
+            what = "a namespace name or pattern" if globs else "a namespace name"
+            raise ValueError(f"{value[:80]!r} is not {what}")
+    return frozenset(values)
 
 
 @dataclass(frozen=True)
 class Settings:
     namespace: str = "moorage-enforce"  # the webhook's own; ClusterImagePolicy keys live here
     exempt_namespaces: frozenset[str] = ALWAYS_EXEMPT
+    # Where a namespace's own label (moorage.io/enforce=disabled) exempts it: globs of
+    # namespace names. None by default: whoever may label a namespace is not the operator.
+    opt_out_namespaces: frozenset[str] = frozenset()
     cache_ttl: float = 300.0
+    # A remembered verdict's evidence is read again when older than this (0: at every
+    # admission); the bound on a removed signature admitting, well under 10 s.
+    revalidate_after: float = 2.0
     deadline: float = 8.0  # seconds for one admission, below the configurations' timeout
     max_images: int = admission.MAX_IMAGES
 
@@ -52,6 +81,16 @@ class Outcome:
     allowed: bool
     reason: str
     keys: tuple[str, ...] = ()  # the keys that signed, as "cosign key … in secret ns/name"
+
+
+@dataclass
+class _Remembered:
+    """A verdict with the evidence (``RegistryReader.evidence``) it was reached on,
+    and when that evidence was last found unchanged (monotonic seconds)."""
+
+    outcome: Outcome
+    evidence: str
+    checked: float
 
 
 @dataclass(frozen=True)
@@ -120,9 +159,10 @@ class _Check:
         ]
 
 
-def best_entry(policies: PolicySet, ref: Reference) -> Entry | None:
-    """The most specific matching entry; ties go to the first by object name."""
-    matching = [e for e in policies.entries if e.pattern.matches(ref)]
+def best_entry(policies: PolicySet, ref: Reference, tag_confirmed: bool = False) -> Entry | None:
+    """The most specific matching entry; ties go to the first by object name.
+    ``tag_confirmed``: ``ref``'s tag names its digest now, so tag patterns count."""
+    matching = [e for e in policies.entries if e.pattern.matches(ref, tag_confirmed)]
     if not matching:
         return None
     top = max(e.pattern.specificity for e in matching)
@@ -141,9 +181,10 @@ class Enforcer:
         self.state = state
         self.reader = reader
         self.settings = settings
-        self.cache: VerdictCache[Outcome] = VerdictCache(settings.cache_ttl)
+        self.cache: VerdictCache[_Remembered] = VerdictCache(settings.cache_ttl)
         self.hits = 0
         self.misses = 0
+        self.stale = 0  # remembered verdicts whose evidence had changed: verified again
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the server
 
     def flush(self) -> None:
@@ -156,12 +197,24 @@ class Enforcer:
     # -- the object ------------------------------------------------------------------
 
     def exemption(self, namespace: str) -> str | None:
-        if namespace in self.settings.exempt_namespaces | ALWAYS_EXEMPT | self.state.exempt:
+        """Why ``namespace`` is not checked, or None. Exemptions are the operator's:
+        the webhook's options and its ConfigMap; a namespace's own opt-out label
+        counts only where they allow it."""
+        settings = self.settings
+        named = settings.exempt_namespaces | ALWAYS_EXEMPT | self.state.exempt
+        if namespace in named | {settings.namespace}:
             return f"namespace {namespace} is exempt from image enforcement"
         labels = self.state.namespace_labels(namespace)
-        if labels is not None and labels.get(OPT_OUT_LABEL) == OPT_OUT_VALUE:
-            return f"namespace {namespace} opted out ({OPT_OUT_LABEL}={OPT_OUT_VALUE})"
-        return None
+        if labels is None or labels.get(OPT_OUT_LABEL) != OPT_OUT_VALUE:
+            return None
+        allowed = sorted(settings.opt_out_namespaces | self.state.opt_out)
+        pattern = next((p for p in allowed if fnmatch.fnmatchcase(namespace, p)), None)
+        if pattern is None:
+            return None  # a tenant's label, where the operator did not allow opting out
+        return (
+            f"namespace {namespace} opted out ({OPT_OUT_LABEL}={OPT_OUT_VALUE}), "
+            f"allowed in namespaces {pattern!r}"
+        )
 
     async def decide(self, request: Request, mutate: bool) -> Decision:
         if request.workload is None:
@@ -265,10 +318,13 @@ class Enforcer:
             ref = Reference.parse(image)
         except ReferenceError_ as exc:
             return ImageVerdict(image, False, f"is not admitted: {exc}")
-        entry = best_entry(policies, ref)
+        session = self.reader.session(ref, ring.lookup(ref.repository))
+        entry, note = await self._entry(policies, ref, session)
         if entry is None:
             return ImageVerdict(
-                image, False, f"is not admitted: no policy among {policies.scope} matches it"
+                image,
+                False,
+                f"is not admitted: no policy among {policies.scope} matches it{note}",
             )
         policy = entry.policy
         checks = [self._resolve_keys(kind, r, entry) for kind, r in policy.requirements()]
@@ -276,12 +332,13 @@ class Enforcer:
             return ImageVerdict(
                 image,
                 True,
-                f"is admitted by {entry.describe()}, which asks for no signature",
+                f"is admitted by {entry.describe()}, which asks for no signature{note}",
                 entry.describe(),
+                ref.digest,
+                credential=session.credential_used,
             )
-        session = self.reader.session(ref, ring.lookup(ref.repository))
         try:
-            digest = ref.digest or await self.reader.resolve(session)
+            digest = await self.reader.resolve(session)  # a digest too: is the image still there?
         except ReadError as exc:
             problems = f" ({'; '.join(ring.problems)})" if ring.problems else ""
             return ImageVerdict(
@@ -293,26 +350,49 @@ class Enforcer:
         # The tag matters only to identity rules (GPG's by default); without them a
         # pinned image finds what its tagged form verified.
         tag_matters = any(c.kind == "simple" or c.requirement.signed_identity for c in checks)
-        facts: list[Any] = [ref.repository, ref.tag if tag_matters else None, digest]
+        facts: list[Any] = [ref.repository, ref.named_tag if tag_matters else None, digest]
         facts.append(policy.require.value)
         facts.append([c.fingerprint() for c in checks])
         key = hashlib.sha256(json.dumps(facts).encode()).hexdigest()
-        cached = self.cache.get(key)
-        if cached is not None:
+        cosigned = any(c.kind == "cosign" and c.cosign_keys for c in checks)
+        simple = any(c.kind == "simple" and c.gpg for c in checks)
+        remembered = self.cache.get(key)
+        due = time.monotonic() - self.settings.revalidate_after
+        if remembered is not None and remembered.checked <= due:
+            checked = time.monotonic()
+            try:
+                evidence = await self.reader.evidence(session, digest, cosigned, simple)
+            except ReadError:
+                evidence = None
+            if evidence != remembered.evidence:
+                self.cache.discard(key)  # what it stood on changed: verify again
+                self.stale += 1
+                remembered = None
+            else:
+                remembered.checked = checked
+        cached = remembered is not None
+        if remembered is not None:
             self.hits += 1
-            outcome = cached
         else:
             self.misses += 1
-            outcome = await self.cache.once(
-                key,
-                lambda: self._verify(session, ref, digest, policy, checks),
-                keep=lambda o: o.allowed,
-            )
+
+            async def verified() -> _Remembered:
+                checked = time.monotonic()
+                try:
+                    evidence = await self.reader.evidence(session, digest, cosigned, simple)
+                except ReadError as exc:
+                    return _Remembered(Outcome(False, str(exc)), "", checked)
+                # Read before verifying: a signature that goes meanwhile changes it.
+                outcome = await self._verify(session, ref, digest, policy, checks)
+                return _Remembered(outcome, evidence, checked)
+
+            remembered = await self.cache.once(key, verified, keep=lambda r: r.outcome.allowed)
+        outcome = remembered.outcome
         pinned = ref.pinned(digest) if outcome.allowed and policy.mutate_image else None
         if outcome.allowed:
-            reason = f"is admitted by {entry.describe()}: {outcome.reason}"
+            reason = f"is admitted by {entry.describe()}: {outcome.reason}{note}"
         else:
-            reason = f"({digest}) is not admitted by {entry.describe()}: {outcome.reason}"
+            reason = f"({digest}) is not admitted by {entry.describe()}: {outcome.reason}{note}"
         return ImageVerdict(
             image,
             outcome.allowed,
@@ -321,8 +401,31 @@ class Enforcer:
             digest,
             pinned,
             outcome.keys,
-            cached is not None,
+            cached,
             session.credential_used,
+        )
+
+    async def _entry(
+        self, policies: PolicySet, ref: Reference, session: Session
+    ) -> tuple[Entry | None, str]:
+        """The entry that applies, and a note when a tag-scoped entry did not. The
+        kubelet pulls a reference's digest, so an entry for ``repo:tag`` applies to
+        ``repo:tag@digest`` only while that tag names that digest (asked of the
+        registry with the pod's credentials); otherwise the next-best entry does."""
+        entry = best_entry(policies, ref)
+        if ref.digest is None or ref.tag is None:
+            return entry, ""
+        tagged = best_entry(policies, ref, tag_confirmed=True)
+        if tagged is None or tagged is entry or not tagged.pattern.tag_scoped:
+            return entry, ""
+        try:
+            named = await self.reader.resolve(session, ref.tag)
+        except ReadError as exc:
+            return entry, f" ({tagged.describe()} is for the tag, which could not be read: {exc})"
+        if named == ref.digest:
+            return tagged, ""
+        return entry, (
+            f" ({tagged.describe()} is for tag {ref.tag}, which names {named}, not this digest)"
         )
 
     def _resolve_keys(self, kind: str, requirement: Requirement, entry: Entry) -> _Check:

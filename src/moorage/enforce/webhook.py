@@ -56,7 +56,8 @@ class Metrics:
         )
         self.cache = Counter(
             "moorage_enforce_verification_cache",
-            "Image verifications answered from the cache (hit) or by the registry (miss)",
+            "Image verifications answered from the cache (hit) or by the registry (miss); "
+            "stale: a remembered verdict whose signatures changed in the registry",
             ["result"],
             registry=self.registry,
         )
@@ -95,7 +96,8 @@ class Webhook:
 
     async def _review(self, http: web.Request, endpoint: str) -> web.Response:
         started = time.monotonic()
-        hits, misses = self.enforcer.hits, self.enforcer.misses
+        enforcer = self.enforcer
+        hits, misses, stale = enforcer.hits, enforcer.misses, enforcer.stale
         try:
             body = await http.read()
         except web.HTTPRequestEntityTooLarge:
@@ -113,6 +115,7 @@ class Webhook:
         decision = await self.enforcer.decide(request, mutate=endpoint == "mutate")
         self.metrics.cache.labels("hit").inc(self.enforcer.hits - hits)
         self.metrics.cache.labels("miss").inc(self.enforcer.misses - misses)
+        self.metrics.cache.labels("stale").inc(self.enforcer.stale - stale)
         self._record(endpoint, started, request.uid, request, decision)
         return web.json_response(
             admission.review(request.uid, decision.allowed, decision.message, decision.patch)
