@@ -441,6 +441,24 @@ class S3BlobStore:
         check_upload_id(upload_id)
         self._uploads.start(upload_id)
 
+    async def _writer_at(
+        self, upload_id: str, record: UploadRecord, state: _State, offset: int | None
+    ) -> _PartWriter:
+        """A writer continuing the upload where it stands, refusing (before any
+        byte is read) an upload being committed or a chunk not at its offset."""
+        if state.assembled:
+            raise UploadMissing(f"{upload_id} is being committed")
+        if offset is not None and offset != record.offset:
+            raise OffsetMismatch(record.offset)
+        return _PartWriter(
+            self,
+            self._data_key(upload_id),
+            state.mpu,
+            _Numbers(self.ledger, upload_id),
+            self._cached_hasher(upload_id, record),
+            await self._read_tail(upload_id, state, record),
+        )
+
     async def _read_tail(self, upload_id: str, state: _State, record: UploadRecord) -> bytes:
         if state.tail is None:
             return b""
@@ -466,19 +484,7 @@ class S3BlobStore:
     ) -> int:
         async with self._lock(upload_id):
             record, state = await self._load(upload_id)
-            if state.assembled:
-                raise UploadMissing(f"{upload_id} is being committed")
-            if offset is not None and offset != record.offset:
-                raise OffsetMismatch(record.offset)
-            tail = await self._read_tail(upload_id, state, record)
-            writer = _PartWriter(
-                self,
-                self._data_key(upload_id),
-                state.mpu,
-                _Numbers(self.ledger, upload_id),
-                self._cached_hasher(upload_id, record),
-                tail,
-            )
+            writer = await self._writer_at(upload_id, record, state, offset)
             try:
                 await writer.consume(chunks, expected_length)
             except BaseException as exc:
@@ -581,19 +587,7 @@ class S3BlobStore:
         """Stage a PUT's body as an append that saves only once the whole
         upload is known to match (when it can be known here), and whole or
         not at all: a cut body keeps nothing."""
-        if state.assembled:
-            raise UploadMissing(f"{upload_id} is being committed")
-        if offset is not None and offset != record.offset:
-            raise OffsetMismatch(record.offset)
-        tail = await self._read_tail(upload_id, state, record)
-        writer = _PartWriter(
-            self,
-            self._data_key(upload_id),
-            state.mpu,
-            _Numbers(self.ledger, upload_id),
-            self._cached_hasher(upload_id, record),
-            tail,
-        )
+        writer = await self._writer_at(upload_id, record, state, offset)
         try:
             await writer.consume(chunks, expected_length)
             if writer.hasher is not None and digest.algorithm == STAGING_ALGORITHM:
