@@ -220,6 +220,23 @@ def test_plain_http_never_goes_to_a_public_address() -> None:
     allowed.check_address("registry.svc", 5000, _address("10.96.0.10"), plain=True)
 
 
+def test_ipv4_carried_in_nat64_translated_or_compatible_ipv6_is_checked_as_ipv4() -> None:
+    """A NAT64 gateway (64:ff9b::/96, 64:ff9b:1::/48) or an SIIT or IPv4-compatible
+    form delivers to the IPv4 address inside: the metadata service, loopback."""
+    policy = Egress()
+    for carried in (
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a00:1",
+        "::ffff:0:7f00:1",
+        "::7f00:1",
+        "fec0::1",
+    ):
+        with pytest.raises(Refused, match="address"):
+            policy.check_address("example.com", 443, _address(carried), plain=False)
+    policy.check_address("example.com", 443, _address("64:ff9b::5db8:d70e"), plain=False)
+
+
 def _address(text: str) -> object:
     import ipaddress
 

@@ -10,7 +10,8 @@ policy decides, for every connection and every request:
   it resolves to is checked, and the socket is opened to the checked address
   (a DNS answer that changes afterwards cannot swap it). Loopback,
   link-local, private, shared (CGNAT), reserved and multicast addresses (and
-  IPv4 addresses inside IPv6 ones) are refused unless the operator allowed
+  IPv4 addresses inside IPv6 ones: mapped, 6to4, NAT64, IPv4-compatible;
+  and site-local IPv6) are refused unless the operator allowed
   them: a network (``10.96.0.0/12``) or a host (``registry.internal:5000``;
   without a port, any port).
 - **Schemes.** HTTPS, except for a host the operator listed as insecure, and
@@ -66,12 +67,22 @@ def credential_for(host: str) -> dict[str, Any]:
     return {CREDENTIAL_FOR: host.lower()}
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a translator delivers to:
+# NAT64 (RFC 6052, RFC 8215), SIIT's IPv4-translated, the old IPv4-compatible.
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+
+
 def _embedded(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4), which is where it goes."""
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64 and the like),
+    which is where it goes."""
     if isinstance(address, ipaddress.IPv6Address):
         inner = address.ipv4_mapped or address.sixtofour
         if inner is not None:
             return inner
+        if any(address in net for net in _CARRIES_IPV4):
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 
@@ -174,7 +185,8 @@ class Egress:
         if allowed:
             return
         where = authority(host, port)
-        if not target.is_global or target.is_multicast:
+        site_local = isinstance(target, ipaddress.IPv6Address) and target.is_site_local
+        if not target.is_global or target.is_multicast or site_local:
             raise Refused(
                 f"refused {where}: it resolves to {address}, {_kind(target)} "
                 f"(allow it with {self.allow_option})"
