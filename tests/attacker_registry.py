@@ -42,11 +42,16 @@ class Listener:
 
 
 class AttackerRegistry:
-    """``mode``: "redirect" (blobs redirect to ``metadata``) or "realm" (every
-    /v2 request answers a Bearer challenge whose realm is ``token``)."""
+    """``mode``: "redirect" (blobs redirect to ``metadata``), "realm" (every
+    /v2 request answers a Bearer challenge whose realm is ``token``) or
+    "endless" (blobs answer with a body of ``ENDLESS`` bytes, counted in
+    ``sent`` as they go, until the client hangs up)."""
+
+    ENDLESS = 64 << 20
 
     def __init__(self, mode: str = "redirect") -> None:
         self.mode = mode
+        self.sent = 0
         self.registry = Listener("registry")
         self.metadata = Listener("metadata")  # 169.254.169.254 in real life
         self.token = Listener("token")
@@ -154,10 +159,25 @@ class AttackerRegistry:
                 return web.Response(status=404)
             headers = {"Docker-Content-Digest": _digest(body), "Content-Type": OCI_MANIFEST}
             return web.Response(body=None if request.method == "HEAD" else body, headers=headers)
+        if "/blobs/" in path and self.mode == "endless":
+            return await self._endless(request)
         if "/blobs/" in path:
             location = f"http://{self.metadata.host}/latest/meta-data/iam/security-credentials/"
             return web.Response(status=307, headers={"Location": location})
         return web.Response(status=404)
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await reply.prepare(request)
+        chunk = b"\0" * (1 << 20)
+        try:
+            while self.sent < self.ENDLESS:
+                await reply.write(chunk)
+                self.sent += len(chunk)
+        except (ConnectionError, RuntimeError):
+            return reply  # the client hung up: what it was sent is counted
+        await reply.write_eof()
+        return reply
 
 
 def _digest(data: bytes) -> str:

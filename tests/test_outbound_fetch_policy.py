@@ -87,6 +87,18 @@ def read_signatures(attacker: AttackerRegistry, egress: Egress) -> str:
     return asyncio.run(run())
 
 
+def test_an_endless_reply_is_given_up_past_the_readers_limit() -> None:
+    # The reader's own limits (a payload, a manifest, the budget) are checked on
+    # what was read; the hostile registry must not get to fill memory first.
+    endless = AttackerRegistry("endless").start()
+    try:
+        outcome = read_signatures(endless, only_this_registry(endless))
+        assert outcome == "read", outcome  # the blob is skipped, as any too large
+        assert endless.sent < AttackerRegistry.ENDLESS // 2, endless.sent
+    finally:
+        endless.stop()
+
+
 def only_this_registry(attacker: AttackerRegistry) -> Egress:
     return Egress.parse([attacker.host], [attacker.host, attacker.metadata.host])
 

@@ -60,6 +60,7 @@ MAX_REQUESTS = 4000
 MAX_BYTES = 32 << 20
 MAX_DOCUMENTS = 5000
 MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
+MAX_REPLY = MAX_EXTENSION_LISTING  # the largest reply any read here may use
 FETCHES_AT_ONCE = 16
 REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
 MAX_REFERRER_PAGES = 10  # compared as a verdict's evidence; more: verified afresh
@@ -220,16 +221,13 @@ class Session:
     async def _get(self, path: str, accept: str | None, method: str) -> httpx.Response:
         url = f"{self.base}{path}"
         headers = {"Accept": accept} if accept else {}
-        http = self.reader.http
         bound = credential_for(self.endpoint)  # whatever signs these in belongs here
         if self._auth is not None:
-            reply = await http.request(
-                method, url, headers={**headers, **self._auth}, extensions=bound
-            )
+            reply = await self._bounded(method, url, {**headers, **self._auth}, bound)
             if reply.status_code != 401:
                 return reply
         else:
-            reply = await http.request(method, url, headers=headers)
+            reply = await self._bounded(method, url, headers, None)
             if reply.status_code != 401:
                 self._auth = {}
                 return reply
@@ -238,12 +236,17 @@ class Session:
             auth = await self._sign_in(scheme, params, credential)
             if auth is None:
                 continue
-            retry = await http.request(method, url, headers={**headers, **auth}, extensions=bound)
+            retry = await self._bounded(method, url, {**headers, **auth}, bound)
             if retry.status_code != 401 and retry.status_code != 403:
                 self._auth, self._chosen = auth, credential
                 return retry
             self._tried.append(credential.source if credential else "anonymous")
         return reply
+
+    async def _bounded(
+        self, method: str, url: str, headers: dict[str, str], bound: dict[str, Any] | None
+    ) -> httpx.Response:
+        return await read_bounded(self.reader.http, method, url, headers, bound)
 
     async def _sign_in(
         self, scheme: str, params: dict[str, str], credential: Credential | None
@@ -418,17 +421,20 @@ class RegistryReader:
     async def _blob(self, session: Session, digest: str, limit: int) -> bytes | None:
         """A blob's bytes, checked against its digest. A redirect (to storage) is
         followed once, without credentials when it leaves the registry's origin."""
-        reply = await session.get(f"/v2/{session.ref.path}/blobs/{digest}")
-        if reply.status_code in (301, 302, 303, 307, 308) and reply.headers.get("location"):
-            target = urljoin(f"{session.base}/", reply.headers["location"])
-            same = urlsplit(target).netloc.lower() == session.endpoint
-            if same:
-                reply = await session.get(urlsplit(target).path + _query(target))
-            else:
-                try:  # no credentials, and checked by the egress policy like any request
-                    reply = await self.http.get(target)
-                except Refused as exc:
-                    raise ReadError(f"{session.ref.host} redirected a blob: {exc}") from None
+        try:
+            reply = await session.get(f"/v2/{session.ref.path}/blobs/{digest}")
+            if reply.status_code in (301, 302, 303, 307, 308) and reply.headers.get("location"):
+                target = urljoin(f"{session.base}/", reply.headers["location"])
+                same = urlsplit(target).netloc.lower() == session.endpoint
+                if same:
+                    reply = await session.get(urlsplit(target).path + _query(target))
+                else:
+                    try:  # no credentials, and checked by the egress policy like any request
+                        reply = await read_bounded(self.http, "GET", target)
+                    except Refused as exc:
+                        raise ReadError(f"{session.ref.host} redirected a blob: {exc}") from None
+        except TooLarge:
+            return None  # over every limit here: skipped like any blob too large
         if reply.status_code != 200 or len(reply.content) > limit:
             return None
         algorithm, _, expected = digest.partition(":")
@@ -590,6 +596,35 @@ def _listed_digests(body: bytes) -> list[str] | str:
         return sorted(str(m["digest"]) for m in document["manifests"])
     except (ValueError, RecursionError, KeyError, TypeError):
         return hashlib.sha256(body).hexdigest()
+
+
+class TooLarge(ReadError):
+    """A reply longer than ``MAX_REPLY``: given up while it was being read."""
+
+
+async def read_bounded(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """The reply read as a stream and given up past ``MAX_REPLY`` bytes: the
+    callers' own limits (a manifest, a payload, the budget) are checked on what
+    was read, so without this a hostile registry's endless body would sit in
+    memory first."""
+    request = http.build_request(method, url, headers=headers, extensions=extensions)
+    reply = await http.send(request, stream=True)
+    body = bytearray()
+    try:
+        async for chunk in reply.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_REPLY:
+                raise TooLarge(f"{url} answered with more than {MAX_REPLY >> 20} MiB")
+    finally:
+        await reply.aclose()
+    reply._content = bytes(body)  # what aread() would have set
+    return reply
 
 
 def _next_page(session: Session, link: str) -> str | None:
