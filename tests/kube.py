@@ -114,6 +114,19 @@ class KubeCluster:
         )
 
     def start(self) -> KubeCluster:
+        """Start the control plane; again on fresh ports when one of the free
+        ports picked was taken before etcd or the API server could bind it."""
+        for _ in range(3):
+            try:
+                return self._start_once()
+            except RuntimeError:
+                log = (self.workdir / "control-plane.log").read_text(errors="replace")
+                if "address already in use" not in log:
+                    raise
+                self.etcd_port, self.port = free_port(), free_port()
+        return self._start_once()
+
+    def _start_once(self) -> KubeCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
         self._pki()
