@@ -1,0 +1,7 @@
+"""Detector for java (not written yet)."""
+
+from __future__ import annotations
+
+from moorage.va.detect import Detector
+
+DETECTORS: list[Detector] = []

@@ -1,0 +1,7 @@
+"""Detector for python (not written yet)."""
+
+from __future__ import annotations
+
+from moorage.va.detect import Detector
+
+DETECTORS: list[Detector] = []
