@@ -26,7 +26,8 @@ DISTRIBUTION_VERSION="v3.1.2"
 # PostgreSQL, HAProxy and Redis: the replica tests start their own, as an unprivileged
 # user where needed (no service manager runs them).
 DEBIAN_PACKAGES=(skopeo podman buildah docker-registry wrk apache2-utils nginx-light gnupg
-  postgresql haproxy redis-server)
+  postgresql haproxy redis-server
+  debootstrap rpm)
 
 mkdir -p "$TOOLS/bin" "$TOOLS/build"
 
