@@ -61,6 +61,7 @@ _EXTENDED_TYPES = (
     tarfile.GNUTYPE_LONGLINK,
 )
 _MAX_REASONS = 5
+_READ = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ _CORRUPT_HEADER: tuple[type[Exception], ...] = (
 
 
 class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: Any, /) -> int: ...
 
 
 class _OverBudget(Exception):
@@ -110,9 +111,13 @@ class _Source(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        data = self._stream.read(len(view))
-        n = len(data)
-        view[:n] = data
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            n = readinto(view) or 0
+        else:
+            data = self._stream.read(len(view))
+            n = len(data)
+            view[:n] = data
         self.consumed += n
         return n
 
@@ -133,10 +138,9 @@ class _Budgeted(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if time.monotonic() > self._deadline:
             raise _OverBudget(f"over the time budget of {self._budget.max_seconds:g} s")
-        view = memoryview(buffer).cast("B")
-        data = self._inner.read(len(view))
-        n = len(data)
-        view[:n] = data
+        # At most 64 KiB a call: a decompressor that fails mid-call loses what
+        # it had decoded, so a broken stream keeps nearly all it delivered.
+        n = self._inner.readinto(memoryview(buffer).cast("B")[:_READ])
         self.delivered += n
         if self.delivered > self._budget.max_layer_bytes:
             raise _OverBudget(f"over the size budget of {self._budget.max_layer_bytes} bytes")
@@ -314,7 +318,7 @@ def _decompressed(source: _Source, magic: bytes) -> _Readable | str:
     for prefix, name in _OTHER_MAGIC.items():
         if magic.startswith(prefix):
             return f"{name} compression is not supported"
-    return io.BufferedReader(source, buffer_size=MiB)
+    return source
 
 
 def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> LayerIndex:
@@ -341,7 +345,10 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
     inner = _decompressed(source, magic)
     if isinstance(inner, str):
         return result(LayerState.UNREADABLE, inner)
-    tar_stream = _Budgeted(inner, budget, deadline)
+    budgeted = _Budgeted(inner, budget, deadline)
+    # tarfile reads in 10 KiB pieces: buffered here, in C, the budget and the
+    # decompressor see 1 MiB reads instead.
+    tar_stream = io.BufferedReader(budgeted, buffer_size=MiB)
     wanted = detectors()
     headers = header_detectors()
     tf: _Tar | None = None
