@@ -347,3 +347,34 @@ def test_damaged_rpm_databases_make_a_partial_layer(
     index = index_layer(io.BytesIO(tar(M(path, damaged))), "sha256:damaged")
     assert index.state in (LayerState.COMPLETE, LayerState.PARTIAL)
     assert (index.state == LayerState.PARTIAL) == bool(index.reason)
+
+
+def test_a_looping_sqlite_overflow_chain_ends_partial(tmp_path: Path) -> None:
+    """dissect's SQLite reader follows overflow pages while they point on: a
+    chain looping back would read for ever. The page budget stops it."""
+    import sqlite3
+
+    path = tmp_path / "rpmdb.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, blob BLOB)")
+        db.execute("INSERT INTO Packages VALUES (1, ?)", (b"A" * 20000,))
+    db.close()
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[16:18], "big")
+    chain = [i for i in range(1, len(data) // size) if data[i * size + 4 : i * size + 8] == b"AAAA"]
+    assert len(chain) > 1
+    data[chain[-1] * size : chain[-1] * size + 4] = (chain[0] + 1).to_bytes(4, "big")
+    index = index_layer(io.BytesIO(tar(M("var/lib/rpm/rpmdb.sqlite", bytes(data)))), "sha256:loop")
+    assert index.state == LayerState.PARTIAL and "page cycle" in index.reason
+
+
+def test_a_looping_berkeley_overflow_page_ends_partial() -> None:
+    data = bytearray(fixture("centos8-libuuid-Packages.gz"))
+    size = int.from_bytes(data[20:24], "little")
+    overflow = [i for i in range(len(data) // size) if data[i * size + 25] == 7]  # P_OVERFLOW
+    assert overflow
+    for page in overflow:  # each its own successor, holding nothing: the size never shrinks
+        data[page * size + 16 : page * size + 20] = page.to_bytes(4, "little")
+        data[page * size + 22 : page * size + 24] = b"\0\0"
+    index = index_layer(io.BytesIO(tar(M("var/lib/rpm/Packages", bytes(data)))), "sha256:loop")
+    assert index.state == LayerState.PARTIAL and "page cycle" in index.reason
