@@ -133,6 +133,13 @@ def test_os_release_through_a_symlink_in_another_layer() -> None:
     assert overlay([lib]).os == contents.os
     loop = layer("sha256:loop", M("etc/os-release", kind=tarfile.SYMTYPE, linkname="os-release"))
     assert overlay([loop]).os is None
+    hard = layer(
+        "sha256:hard",
+        M("usr/lib/os-release", b"ID=alpine\nVERSION_ID=3.20.3\n"),
+        M("etc/os-release", kind=tarfile.LNKTYPE, linkname="usr/lib/os-release"),
+    )
+    assert hard.state == LayerState.COMPLETE
+    assert overlay([hard]).os.id == "alpine"  # type: ignore[union-attr]
     upgraded = layer("sha256:up", M("usr/lib/os-release", b'ID=debian\nVERSION_ID="13"\n'))
     assert overlay([lib, link, upgraded]).os.version_id == "13"  # type: ignore[union-attr]
 

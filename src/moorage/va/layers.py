@@ -268,12 +268,16 @@ def _member(
     member = Member(
         path=path, kind=kind, mode=info.mode & 0o7777, size=info.size, linkname=linkname
     )
+    recorded = False
     for hook in headers:
         entry = hook.header(member)
         if entry is not None:
             found.entries.append(entry)
+            recorded = recorded or entry.path == path
     if kind == "hardlink":
-        if any(d.wants(path, member.mode, 0) for d in wanted):
+        # A header detector may record the link (os-release does); otherwise a
+        # wanted file behind a hard link is a file not seen.
+        if not recorded and any(d.wants(path, member.mode, 0) for d in wanted):
             found.incomplete(f"{path} is a hard link to {linkname}: not followed")
         return
     if kind != "file":
