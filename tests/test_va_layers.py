@@ -14,6 +14,7 @@ import sys
 import tarfile
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -289,3 +290,24 @@ def test_a_gib_layer_is_read_in_bounded_memory() -> None:
         f"\n1 GiB layer: {took} s, peak RSS {peak_kib / 1024:.0f} MiB "
         f"(+{(peak_kib - before_kib) / 1024:.0f} MiB while indexing)"
     )
+
+
+def test_a_failing_blob_read_is_raised_not_recorded() -> None:
+    """Storage failing mid-layer says nothing about the layer: the indexer must
+    retry rather than store PARTIAL. (A fake stream: a failing disk or S3 read
+    cannot be caused on demand here.)"""
+
+    class Failing(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = io.BytesIO(gz(tar(M("etc/os-release", OS), M("big", os.urandom(300_000)))))
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+            if self.data.tell() > 100_000:
+                raise ConnectionResetError("storage went away")
+            return self.data.readinto(b)
+
+    with pytest.raises(ConnectionResetError):
+        index_layer(Failing(), "sha256:x")  # type: ignore[arg-type]

@@ -100,6 +100,7 @@ class _Source(io.RawIOBase):
         self._stream = stream
         self._prefix = prefix
         self.consumed = len(prefix)
+        self.failure: Exception | None = None  # the blob's own read error, not the content's
 
     def readable(self) -> bool:
         return True
@@ -111,13 +112,17 @@ class _Source(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        readinto = getattr(self._stream, "readinto", None)
-        if readinto is not None:
-            n = readinto(view) or 0
-        else:
-            data = self._stream.read(len(view))
-            n = len(data)
-            view[:n] = data
+        try:
+            readinto = getattr(self._stream, "readinto", None)
+            if readinto is not None:
+                n = readinto(view) or 0
+            else:
+                data = self._stream.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except Exception as e:
+            self.failure = e
+            raise
         self.consumed += n
         return n
 
@@ -327,7 +332,8 @@ def _decompressed(source: _Source, magic: bytes) -> _Readable | str:
 
 def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> LayerIndex:
     """Index one layer in one pass. Blocking (run it in a thread); never
-    raises on bad content. ``bytes_read`` is how much of the blob was taken,
+    raises on bad content (an error of ``stream`` itself is raised, so the
+    caller can retry). ``bytes_read`` is how much of the blob was taken,
     which stops at the tar's end (or where the budget stopped the pass)."""
     deadline = time.monotonic() + budget.max_seconds
     magic = stream.read(6)
@@ -350,8 +356,8 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
     if isinstance(inner, str):
         return result(LayerState.UNREADABLE, inner)
     budgeted = _Budgeted(inner, budget, deadline)
-    # tarfile reads in 10 KiB pieces: buffered here, in C, the budget and the
-    # decompressor see 1 MiB reads instead.
+    # tarfile reads in 10 KiB pieces: buffered here, in C, so the Python
+    # wrappers below are crossed once per 64 KiB instead.
     tar_stream = io.BufferedReader(budgeted, buffer_size=MiB)
     wanted = detectors()
     headers = header_detectors()
@@ -379,6 +385,9 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
         ValueError,
         RecursionError,
     ) as e:
+        if source.failure is not None:
+            # Storage failed, not the layer: the caller retries, nothing is recorded.
+            raise source.failure from None
         if tf is None or (tf.offset == 0 and not found.kept()):
             return result(LayerState.UNREADABLE, f"not a tar stream: {e}"[:300])
         found.incomplete(f"the stream broke off at tar offset {tf.offset}: {e}"[:300])
