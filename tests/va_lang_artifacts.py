@@ -1,0 +1,187 @@
+"""Real language artifacts for the detector tests, built here with the
+ecosystems' own tools (go, cargo auditable, pip, npm, mvn) from their
+registries, and cached under $MOORAGE_TOOLS/va-lang/<recipe hash> so a
+second run builds nothing. A tool that is not installed skips the test that
+needs it (scripts/install-test-deps.sh installs them all)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(os.environ.get("MOORAGE_TOOLS", "/var/cache/moorage-tools"))
+CACHE = TOOLS / "va-lang"
+
+GO_MOD = """module example.com/vahello
+
+go 1.22
+
+require (
+\tgithub.com/google/uuid v1.6.0
+\tgolang.org/x/text v0.14.0
+)
+
+replace golang.org/x/text => golang.org/x/text v0.13.0
+"""
+GO_MAIN = """package main
+
+import (
+\t"fmt"
+
+\t"github.com/google/uuid"
+\t"golang.org/x/text/language"
+)
+
+func main() { fmt.Println(uuid.NewString(), language.English) }
+"""
+CARGO_TOML = """[package]
+name = "vahello"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+itoa = "=1.0.11"
+"""
+CARGO_MAIN = 'fn main() { let mut b = itoa::Buffer::new(); println!("{}", b.format(42)); }\n'
+WHEELS = ("requests==2.31.0", "PyYAML==6.0.1")
+NPM_PACKAGES = ("@types/node@20.11.0", "ms@2.1.3")
+NPM_DEV_PACKAGES = ("is-number@7.0.0",)
+MAVEN_ARTIFACTS = ("com.google.code.gson:gson:2.13.1", "org.slf4j:slf4j-api:2.0.13")
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(
+        name, path=f"{TOOLS / 'bin'}:{TOOLS / 'cargo-auditable/bin'}:{os.environ.get('PATH', '')}"
+    )
+    if found is None:
+        pytest.skip(f"{name} is not installed (scripts/install-test-deps.sh)")
+    return found
+
+
+def cached(name: str, recipe: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``build`` filled for this recipe, built once."""
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    done = CACHE / f"{name}-{key}"
+    if done.is_dir():
+        return done
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=CACHE))
+    try:
+        build(work)
+        work.rename(done)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return done
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    subprocess.run(
+        args,
+        cwd=cwd,
+        check=True,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        timeout=900,
+    )
+
+
+def go_binaries() -> Path:
+    """``hello`` (a plain ``go build``) and ``hello-stripped`` (``-trimpath
+    -ldflags='-s -w'``) of a module requiring two modules from the proxy, one
+    replaced by another version."""
+    go = _tool("go")
+    version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
+
+    def build(out: Path) -> None:
+        src = out / "src"
+        src.mkdir()
+        (src / "go.mod").write_text(GO_MOD)
+        (src / "main.go").write_text(GO_MAIN)
+        env = {"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+        _run([go, "mod", "tidy"], src, env)
+        _run([go, "build", "-o", str(out / "hello"), "."], src, env)
+        _run(
+            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(out / "hello-stripped"), "."],
+            src,
+            env,
+        )
+
+    return cached("go", GO_MOD + GO_MAIN + version, build)
+
+
+def rust_binary() -> Path:
+    """``vahello``, built with ``cargo auditable build``, and its Cargo.lock."""
+    cargo = _tool("cargo")
+    auditable = _tool("cargo-auditable")
+
+    def build(out: Path) -> None:
+        (out / "src").mkdir()
+        (out / "Cargo.toml").write_text(CARGO_TOML)
+        (out / "src" / "main.rs").write_text(CARGO_MAIN)
+        path = f"{Path(auditable).parent}:{os.environ.get('PATH', '')}"
+        _run(
+            [cargo, "auditable", "build", "--release"],
+            out,
+            {"PATH": path, "CARGO_TARGET_DIR": str(out / "target")},
+        )
+        shutil.copy(out / "target" / "release" / "vahello", out / "vahello")
+        shutil.rmtree(out / "target")
+
+    return cached("rust", CARGO_TOML + CARGO_MAIN, build)
+
+
+def wheels() -> Path:
+    """Real wheels installed with ``pip install --target`` (with their dependencies)."""
+
+    def build(out: Path) -> None:
+        _run(
+            [sys.executable, "-m", "pip", "install", "-q", "--target", str(out / "site"), *WHEELS],
+            out,
+        )
+
+    return cached("wheels", " ".join(WHEELS), build)
+
+
+def npm_project(lockfile_version: int) -> Path:
+    """An application with a scoped and a plain dependency (and the scoped
+    one's own dependency) and a dev dependency, installed by ``npm install``."""
+    npm = _tool("npm")
+
+    def build(out: Path) -> None:
+        (out / "package.json").write_text('{"name": "app", "version": "1.0.0", "private": true}\n')
+        common = ["--no-audit", "--no-fund", f"--lockfile-version={lockfile_version}"]
+        _run([npm, "install", *common, *NPM_PACKAGES], out)
+        _run([npm, "install", *common, "--save-dev", *NPM_DEV_PACKAGES], out)
+
+    recipe = f"{lockfile_version} {NPM_PACKAGES} {NPM_DEV_PACKAGES}"
+    return cached(f"npm{lockfile_version}", recipe, build)
+
+
+def maven_jars() -> Path:
+    """Jars copied from Maven Central with ``mvn dependency:copy``."""
+    mvn = _tool("mvn")
+
+    def build(out: Path) -> None:
+        for artifact in MAVEN_ARTIFACTS:
+            _run(
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "dependency:copy",
+                    f"-Dartifact={artifact}",
+                    f"-DoutputDirectory={out}",
+                ],
+                out,
+            )
+
+    return cached("maven", " ".join(MAVEN_ARTIFACTS), build)
