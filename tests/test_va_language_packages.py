@@ -114,7 +114,8 @@ def test_go_detector_wants_executables_under_the_cap_and_never_go_mod() -> None:
     detector = GoBinaryDetector()
     assert detector.wants("usr/bin/app", EXECUTABLE, 3_000_000)
     assert not detector.wants("usr/share/doc/x", 0o100644, 3_000_000)
-    assert not detector.wants("usr/bin/huge", EXECUTABLE, 65 * 1024 * 1024)
+    assert detector.wants("usr/bin/kubectl", EXECUTABLE, 105 * 1024 * 1024)
+    assert not detector.wants("usr/bin/huge", EXECUTABLE, 257 * 1024 * 1024)
     assert not detector.wants("usr/bin/empty", EXECUTABLE, 0)
     # go.mod/go.sum in an image are source: no detector indexes them.
     assert not any(

@@ -24,7 +24,7 @@ import re
 from typing import Literal
 
 from moorage.va.detect import Detector
-from moorage.va.detect.elf import Elf, wants_executable
+from moorage.va.detect.elf import Elf, section_names, wants_executable
 from moorage.va.model import Entry, FoundPackage, PackageType
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
@@ -86,6 +86,13 @@ def _pointer_strings(elf: Elf, blob: memoryview) -> tuple[str, str] | None:
 
 def build_info(data: bytes) -> tuple[str, str] | None:
     """The Go version and module information of an ELF executable, or ``None``."""
+    # Most executables of an image are not Go's: a look at the section names
+    # turns them away before pyelftools is asked. Without section headers
+    # (sstrip) the magic is searched for instead.
+    names = section_names(data)
+    candidate = b".go.buildinfo\0" in names if names else BUILDINFO_MAGIC in data
+    if not candidate:
+        return None
     elf = Elf.open(data)
     if elf is None:
         return None

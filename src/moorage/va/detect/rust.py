@@ -16,9 +16,10 @@ import zlib
 from typing import Any
 
 from moorage.va.detect import Detector
-from moorage.va.detect.elf import Elf, wants_executable
+from moorage.va.detect.elf import Elf, section_names, wants_executable
 from moorage.va.model import Entry, FoundPackage, PackageType
 
+AUDIT_SECTION = ".dep-v0"
 MAX_LOCK_BYTES = 16 * 1024 * 1024
 # Decompressed auditable data is a few bytes per crate; this bounds a bomb.
 MAX_AUDIT_JSON_BYTES = 16 * 1024 * 1024
@@ -61,8 +62,10 @@ class CargoLockDetector:
 
 def audit_data(data: bytes) -> Any:
     """The decoded JSON of an executable's ``.dep-v0`` section, or ``None``."""
+    if AUDIT_SECTION.encode() + b"\0" not in section_names(data):  # cheap, before pyelftools
+        return None
     elf = Elf.open(data)
-    section = elf.section(".dep-v0") if elf is not None else None
+    section = elf.section(AUDIT_SECTION) if elf is not None else None
     if not section:
         return None
     inflater = zlib.decompressobj()
