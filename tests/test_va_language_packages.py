@@ -46,7 +46,7 @@ def go_list(binary: Path) -> set[tuple[str | None, str, str]]:
     modules: list[tuple[str, str]] = []
     for line in lines[1:]:
         fields = line.strip().split("\t")
-        if fields[0] == "dep":
+        if fields[0] == "dep" or (fields[0] == "mod" and fields[2] != "(devel)"):
             modules.append((fields[1], fields[2]))
         elif fields[0] == "=>":
             modules[-1] = (fields[1], fields[2])
@@ -71,6 +71,14 @@ def test_go_binary_names_its_modules_replacements_and_toolchain(name: str) -> No
     )
 
 
+def test_go_installed_binary_names_its_main_module() -> None:
+    binary = artifacts.go_installed() / "hello"
+    entry = GoBinaryDetector().parse("usr/local/bin/hello", binary.read_bytes())
+    assert found(entry) == go_list(binary)
+    version = artifacts.GO_INSTALLED.split("@")[1]
+    assert ("golang.org/x/example", "hello", version) in found(entry)
+
+
 def test_go_build_info_is_found_without_section_headers() -> None:
     """As after ``sstrip``: the section header table is gone, so the magic is
     searched for in the file."""
@@ -80,6 +88,25 @@ def test_go_build_info_is_found_without_section_headers() -> None:
     data[0x3C:0x40] = bytes(4)
     entry = GoBinaryDetector().parse("app", bytes(data))
     assert ("github.com/google", "uuid", "v1.6.0") in found(entry)
+
+
+def test_go_build_info_beside_the_magic_as_a_constant() -> None:
+    """The go command links debug/buildinfo, so its rodata holds the magic too;
+    without section headers the one that parses as build info is taken."""
+    go = (
+        Path(
+            subprocess.run(
+                [artifacts.tool("go"), "env", "GOROOT"], capture_output=True, text=True
+            ).stdout.strip()
+        )
+        / "bin"
+        / "go"
+    )
+    data = bytearray(go.read_bytes())
+    assert data.count(b"\xff Go buildinf:") >= 2
+    data[0x28:0x30] = bytes(8)
+    data[0x3C:0x40] = bytes(4)
+    assert found(GoBinaryDetector().parse("usr/local/go/bin/go", bytes(data))) == go_list(go)
 
 
 def _as_pointer_format(data: bytes) -> bytes:

@@ -57,7 +57,7 @@ NPM_DEV_PACKAGES = ("is-number@7.0.0",)
 MAVEN_ARTIFACTS = ("com.google.code.gson:gson:2.13.1", "org.slf4j:slf4j-api:2.0.13")
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     found = shutil.which(
         name, path=f"{TOOLS / 'bin'}:{TOOLS / 'cargo-auditable/bin'}:{os.environ.get('PATH', '')}"
     )
@@ -98,7 +98,7 @@ def go_binaries() -> Path:
     """``hello`` (a plain ``go build``) and ``hello-stripped`` (``-trimpath
     -ldflags='-s -w'``) of a module requiring two modules from the proxy, one
     replaced by another version."""
-    go = _tool("go")
+    go = tool("go")
     version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
 
     def build(out: Path) -> None:
@@ -118,10 +118,26 @@ def go_binaries() -> Path:
     return cached("go", GO_MOD + GO_MAIN + version, build)
 
 
+GO_INSTALLED = "golang.org/x/example/hello@v0.0.0-20250915201037-7f05d217867b"
+
+
+def go_installed() -> Path:
+    """``hello`` as ``go install module@version`` builds it: the main module
+    carries a real version."""
+    go = tool("go")
+    version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
+
+    def build(out: Path) -> None:
+        env = {"GOBIN": str(out), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+        _run([go, "install", GO_INSTALLED], out, env)
+
+    return cached("go-install", GO_INSTALLED + version, build)
+
+
 def rust_binary() -> Path:
     """``vahello``, built with ``cargo auditable build``, and its Cargo.lock."""
-    cargo = _tool("cargo")
-    auditable = _tool("cargo-auditable")
+    cargo = tool("cargo")
+    auditable = tool("cargo-auditable")
 
     def build(out: Path) -> None:
         (out / "src").mkdir()
@@ -154,7 +170,7 @@ def wheels() -> Path:
 def npm_project(lockfile_version: int) -> Path:
     """An application with a scoped and a plain dependency (and the scoped
     one's own dependency) and a dev dependency, installed by ``npm install``."""
-    npm = _tool("npm")
+    npm = tool("npm")
 
     def build(out: Path) -> None:
         (out / "package.json").write_text('{"name": "app", "version": "1.0.0", "private": true}\n')
@@ -168,7 +184,7 @@ def npm_project(lockfile_version: int) -> Path:
 
 def maven_jars() -> Path:
     """Jars copied from Maven Central with ``mvn dependency:copy``."""
-    mvn = _tool("mvn")
+    mvn = tool("mvn")
 
     def build(out: Path) -> None:
         for artifact in MAVEN_ARTIFACTS:

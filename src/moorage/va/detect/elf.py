@@ -46,7 +46,9 @@ def section_names(data: bytes) -> bytes:
     wide = data[4] == 2
     try:
         shoff = struct.unpack_from(order + ("Q" if wide else "I"), data, 0x28 if wide else 0x20)[0]
-        entsize, _, shstrndx = struct.unpack_from(order + "HHH", data, 0x3A if wide else 0x2E)
+        entsize, count, shstrndx = struct.unpack_from(order + "HHH", data, 0x3A if wide else 0x2E)
+        if not shoff or not shstrndx or shstrndx >= count:
+            return b""  # no section headers (sstrip), or no name table
         entry = shoff + shstrndx * entsize
         offset, size = struct.unpack_from(
             order + ("QQ" if wide else "II"), data, entry + (0x18 if wide else 0x10)
