@@ -6,10 +6,12 @@ deadline (no hang on a crafted length, pointer or nesting)."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 from datetime import timedelta
 from typing import Any
 
+from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,6 +91,49 @@ def test_arbitrary_bytes(data: bytes) -> None:
 def test_damaged_go_binary(data: bytes) -> None:
     ok(GoBinaryDetector().parse("usr/bin/hello", data))
     ok(CargoAuditableDetector().parse("usr/bin/hello", data))
+
+
+@functools.cache
+def buildinfo_seeds() -> tuple[tuple[bytes, int], ...]:
+    """Both build info layouts of a real binary, with the section's offset."""
+    inline = (artifacts.go_binaries() / "hello").read_bytes()
+    offset = ELFFile(io.BytesIO(inline)).get_section_by_name(".go.buildinfo")["sh_offset"]
+    return (inline, offset), (artifacts.as_pointer_format(inline), offset)
+
+
+@FUZZ
+@given(
+    st.integers(0, 1),
+    st.lists(st.tuples(st.integers(14, 95), st.binary(min_size=1, max_size=8)), max_size=8),
+)
+def test_damaged_go_build_info(layout: int, patches: list[tuple[int, bytes]]) -> None:
+    """Lengths, pointers and flags of the build info itself made up."""
+    data, offset = buildinfo_seeds()[layout]
+    damaged = bytearray(data)
+    for at, patch in patches:
+        damaged[offset + at : offset + at + len(patch)] = patch
+    ok(GoBinaryDetector().parse("usr/bin/hello", bytes(damaged)))
+
+
+@functools.cache
+def fat_jar() -> bytes:
+    gson = seeds()["jar"]
+    inner = artifacts.fat_jar({"lib/gson.jar": gson})
+    return artifacts.fat_jar({"BOOT-INF/lib/gson.jar": gson, "BOOT-INF/lib/inner.jar": inner})
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**9), st.binary(min_size=1, max_size=8)), min_size=1, max_size=16
+    )
+)
+def test_damaged_fat_jar(patches: list[tuple[int, bytes]]) -> None:
+    damaged = bytearray(fat_jar())
+    for at, patch in patches:
+        at %= len(damaged)
+        damaged[at : at + len(patch)] = patch
+    ok(JarDetector().parse("app.jar", bytes(damaged)))
 
 
 @FUZZ

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
-import struct
 import subprocess
 import sys
 import tracemalloc
@@ -18,10 +17,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from moorage.va.detect import detectors
-from moorage.va.detect.golang import GoBinaryDetector, build_info, stdlib_version
+from moorage.va.detect.golang import GoBinaryDetector, stdlib_version
 from moorage.va.detect.java import JarDetector
 from moorage.va.detect.node import PackageJsonDetector, PackageLockDetector
 from moorage.va.detect.python import PythonDetector
@@ -109,31 +107,9 @@ def test_go_build_info_beside_the_magic_as_a_constant() -> None:
     assert found(GoBinaryDetector().parse("usr/local/go/bin/go", bytes(data))) == go_list(go)
 
 
-def _as_pointer_format(data: bytes) -> bytes:
-    """The binary with its build info laid out as linkers before Go 1.18 did:
-    pointers to Go string headers instead of inline strings. No older Go
-    toolchain is to be had here, so a real binary is rewritten into that
-    layout (it is only parsed, never run)."""
-    version, modinfo = build_info(data) or ("", "")
-    modinfo = "0123456789abcdef" + modinfo + "\n" + "fedcba987654321"  # the linker's sentinels
-    elf = ELFFile(io.BytesIO(data))
-    info = elf.get_section_by_name(".go.buildinfo")
-    rodata = elf.get_section_by_name(".rodata")
-    out = bytearray(data)
-    base, strings = info["sh_addr"], rodata["sh_addr"]
-    text = version.encode() + modinfo.encode()
-    out[rodata["sh_offset"] : rodata["sh_offset"] + len(text)] = text
-    header = b"\xff Go buildinf:" + bytes([8, 0])
-    header += struct.pack("<QQ", base + 32, base + 48)
-    header += struct.pack("<QQ", strings, len(version.encode()))
-    header += struct.pack("<QQ", strings + len(version.encode()), len(modinfo.encode()))
-    out[info["sh_offset"] : info["sh_offset"] + len(header)] = header
-    return bytes(out)
-
-
 def test_go_build_info_in_the_pre_1_18_pointer_format() -> None:
     binary = artifacts.go_binaries() / "hello"
-    entry = GoBinaryDetector().parse("app", _as_pointer_format(binary.read_bytes()))
+    entry = GoBinaryDetector().parse("app", artifacts.as_pointer_format(binary.read_bytes()))
     assert found(entry) == go_list(binary)
 
 
@@ -377,25 +353,11 @@ def _without_poms(jar: bytes) -> bytes:
     return out.getvalue()
 
 
-def _fat_jar(members: dict[str, bytes]) -> bytes:
-    """A Spring Boot layout: nested jars stored uncompressed under BOOT-INF/lib/."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as jar:
-        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nMain-Class: x.Launcher\r\n")
-        jar.writestr(
-            "META-INF/maven/com.example/app/pom.properties",
-            "groupId=com.example\nartifactId=app\nversion=1.2.3\n",
-        )
-        for name, data in members.items():
-            jar.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_STORED)
-    return out.getvalue()
-
-
 def test_nested_jars_and_the_manifest_fallback() -> None:
     jars = artifacts.maven_jars()
     gson = (jars / "gson-2.13.1.jar").read_bytes()
     slf4j = (jars / "slf4j-api-2.0.13.jar").read_bytes()
-    fat = _fat_jar(
+    fat = artifacts.fat_jar(
         {
             "BOOT-INF/lib/gson-2.13.1.jar": gson,
             "BOOT-INF/lib/slf4j-api-2.0.13.jar": _without_poms(slf4j),
@@ -433,9 +395,9 @@ def test_a_zip_bomb_in_a_jar_is_read_only_to_the_bounds() -> None:
 
 
 def test_nesting_stops_at_the_depth_bound() -> None:
-    inner = _fat_jar({})
+    inner = artifacts.fat_jar({})
     for level in range(5):
-        inner = _fat_jar({f"lib/level{level}.jar": inner})
+        inner = artifacts.fat_jar({f"lib/level{level}.jar": inner})
     entry = JarDetector().parse("deep.jar", inner)
     assert found(entry) == {("com.example", "app", "1.2.3")}
     assert entry is not None and "nested deeper than 3" in dict(entry.facts)["partial"]

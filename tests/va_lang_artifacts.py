@@ -7,15 +7,21 @@ needs it (scripts/install-test-deps.sh installs them all)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
+
+from moorage.va.detect.golang import build_info
 
 TOOLS = Path(os.environ.get("MOORAGE_TOOLS", "/var/cache/moorage-tools"))
 CACHE = TOOLS / "va-lang"
@@ -201,3 +207,39 @@ def maven_jars() -> Path:
             )
 
     return cached("maven", " ".join(MAVEN_ARTIFACTS), build)
+
+
+def as_pointer_format(data: bytes) -> bytes:
+    """The binary with its build info laid out as linkers before Go 1.18 did:
+    pointers to Go string headers instead of inline strings. No older Go
+    toolchain is to be had here, so a real binary is rewritten into that
+    layout (it is only parsed, never run)."""
+    version, modinfo = build_info(data) or ("", "")
+    modinfo = "0123456789abcdef" + modinfo + "fedcba9876543210"  # the linker's 16-byte sentinels
+    elf = ELFFile(io.BytesIO(data))
+    info = elf.get_section_by_name(".go.buildinfo")
+    rodata = elf.get_section_by_name(".rodata")
+    out = bytearray(data)
+    base, strings = info["sh_addr"], rodata["sh_addr"]
+    text = version.encode() + modinfo.encode()
+    out[rodata["sh_offset"] : rodata["sh_offset"] + len(text)] = text
+    header = b"\xff Go buildinf:" + bytes([8, 0])
+    header += struct.pack("<QQ", base + 32, base + 48)
+    header += struct.pack("<QQ", strings, len(version.encode()))
+    header += struct.pack("<QQ", strings + len(version.encode()), len(modinfo.encode()))
+    out[info["sh_offset"] : info["sh_offset"] + len(header)] = header
+    return bytes(out)
+
+
+def fat_jar(members: dict[str, bytes]) -> bytes:
+    """A Spring Boot layout: nested jars stored uncompressed under BOOT-INF/lib/."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nMain-Class: x.Launcher\r\n")
+        jar.writestr(
+            "META-INF/maven/com.example/app/pom.properties",
+            "groupId=com.example\nartifactId=app\nversion=1.2.3\n",
+        )
+        for name, data in members.items():
+            jar.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_STORED)
+    return out.getvalue()
