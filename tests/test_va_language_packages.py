@@ -49,7 +49,11 @@ def go_list(binary: Path) -> set[tuple[str | None, str, str]]:
         elif fields[0] == "=>":
             modules[-1] = (fields[1], fields[2])
     go = lines[0].split(": ", 1)[1].strip()
-    named = {(m.rpartition("/")[0] or None, m.rpartition("/")[2], v) for m, v in modules}
+    named = {
+        (m.rpartition("/")[0] or None, m.rpartition("/")[2], v)
+        for m, v in modules
+        if v not in ("", "(devel)")
+    }
     return named | {(None, "stdlib", "v" + go.removeprefix("go"))}
 
 
@@ -64,6 +68,12 @@ def test_go_binary_names_its_modules_replacements_and_toolchain(name: str) -> No
     assert ("github.com/google", "uuid", "v1.6.0") in found(entry)
     assert ("golang.org/x", "text", "v0.13.0") in found(entry)  # the => replacement, not v0.14.0
     assert not any(p.name == "vahello" for p in entry.packages)  # main module is (devel)
+    # Replaced by a local directory: no version to match, so left out.
+    listed = subprocess.run(
+        ["go", "version", "-m", str(binary)], capture_output=True, text=True
+    ).stdout
+    assert "=>\t./greet\t" in listed
+    assert not any(p.name in ("greet", "./greet") for p in entry.packages)
     assert all(
         p.type is PackageType.GOLANG and p.path == f"usr/local/bin/{name}" for p in entry.packages
     )

@@ -36,17 +36,24 @@ require (
 )
 
 replace golang.org/x/text => golang.org/x/text v0.13.0
+
+require example.com/greet v0.1.0
+
+replace example.com/greet => ./greet
 """
+GO_GREET = 'package greet\n\nfunc Hello() string { return "hi" }\n'
+
 GO_MAIN = """package main
 
 import (
 \t"fmt"
 
+\t"example.com/greet"
 \t"github.com/google/uuid"
 \t"golang.org/x/text/language"
 )
 
-func main() { fmt.Println(uuid.NewString(), language.English) }
+func main() { fmt.Println(greet.Hello(), uuid.NewString(), language.English) }
 """
 CARGO_TOML = """[package]
 name = "vahello"
@@ -112,6 +119,9 @@ def go_binaries() -> Path:
         src.mkdir()
         (src / "go.mod").write_text(GO_MOD)
         (src / "main.go").write_text(GO_MAIN)
+        (src / "greet").mkdir()
+        (src / "greet" / "go.mod").write_text("module example.com/greet\n\ngo 1.22\n")
+        (src / "greet" / "greet.go").write_text(GO_GREET)
         env = {"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
         _run([go, "mod", "tidy"], src, env)
         _run([go, "build", "-o", str(out / "hello"), "."], src, env)
@@ -121,7 +131,7 @@ def go_binaries() -> Path:
             env,
         )
 
-    return cached("go", GO_MOD + GO_MAIN + version, build)
+    return cached("go", GO_MOD + GO_MAIN + GO_GREET + version, build)
 
 
 GO_INSTALLED = "golang.org/x/example/hello@v0.0.0-20250915201037-7f05d217867b"
