@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.va.detect import detectors
+from moorage.va.detect import PartialRead, detectors
 from moorage.va.detect.golang import GoBinaryDetector, stdlib_version
 from moorage.va.detect.java import JarDetector
 from moorage.va.detect.node import PackageJsonDetector, PackageLockDetector
@@ -395,12 +395,13 @@ def test_a_zip_bomb_in_a_jar_is_read_only_to_the_bounds() -> None:
     assert len(data) < 2 * 1024 * 1024
     tracemalloc.start()
     try:
-        entry = JarDetector().parse("app.jar", data)
+        with pytest.raises(PartialRead) as partial:
+            JarDetector().parse("app.jar", data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert found(entry) == {("g", "a", "1")}
-    assert entry is not None and "bomb.jar: over" in dict(entry.facts)["partial"]
+    assert found(partial.value.entry) == {("g", "a", "1")}
+    assert "bomb.jar: over" in partial.value.reason
     assert peak < 100 * 1024 * 1024  # one nested member's bound, not the bomb's 300 MiB
 
 
@@ -408,9 +409,10 @@ def test_nesting_stops_at_the_depth_bound() -> None:
     inner = artifacts.fat_jar({})
     for level in range(5):
         inner = artifacts.fat_jar({f"lib/level{level}.jar": inner})
-    entry = JarDetector().parse("deep.jar", inner)
-    assert found(entry) == {("com.example", "app", "1.2.3")}
-    assert entry is not None and "nested deeper than 3" in dict(entry.facts)["partial"]
+    with pytest.raises(PartialRead) as partial:
+        JarDetector().parse("deep.jar", inner)
+    assert found(partial.value.entry) == {("com.example", "app", "1.2.3")}
+    assert "nested deeper than 3" in partial.value.reason
 
 
 def test_every_language_detector_is_registered() -> None:

@@ -13,7 +13,8 @@ would match advisories of another project.
 
 Every read from an archive is bounded (a member is read only up to its
 limit, whatever its header claims), so a zip bomb costs at most those
-limits; past the total the entry says ``partial`` in its facts."""
+limits; past them ``parse`` raises ``PartialRead`` with what it found, so
+the layer is marked PARTIAL instead of the rest going unseen in silence."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 
-from moorage.va.detect import Detector
+from moorage.va.detect import Detector, PartialRead
 from moorage.va.model import Entry, FoundPackage, PackageType
 
 ARCHIVE_SUFFIXES = (".jar", ".war", ".ear", ".hpi", ".jpi")
@@ -157,10 +158,10 @@ class JarDetector:
     def parse(self, path: str, data: bytes) -> Entry | None:
         budget = _Budget()
         found = _scan(data, path, path, 0, budget)
-        if not found and not budget.partial:
-            return None
-        facts = (("partial", "; ".join(budget.partial[:10])),) if budget.partial else ()
-        return Entry(path, self.kind, tuple(dict.fromkeys(found)), facts)
+        entry = Entry(path, self.kind, tuple(dict.fromkeys(found)))
+        if budget.partial:  # the layer is marked PARTIAL, keeping what was found
+            raise PartialRead(entry, "; ".join(budget.partial[:10]))
+        return entry if found else None
 
 
 DETECTORS: list[Detector] = [JarDetector()]
