@@ -153,7 +153,7 @@ class JarDetector:
     kind = "java"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        return path.lower().endswith(ARCHIVE_SUFFIXES) and size <= MAX_ARCHIVE_BYTES
+        return path[-4:].lower() in ARCHIVE_SUFFIXES and size <= MAX_ARCHIVE_BYTES
 
     def parse(self, path: str, data: bytes) -> Entry | None:
         budget = _Budget()

@@ -27,8 +27,8 @@ class PythonDetector:
     kind = "python"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        if size > MAX_METADATA_BYTES:
-            return False
+        if size > MAX_METADATA_BYTES or not path.endswith(("/METADATA", "/PKG-INFO", ".egg-info")):
+            return False  # the common case first: called for every file of every layer
         directory, _, base = path.rpartition("/")
         return (
             (base == "METADATA" and directory.endswith(".dist-info"))
