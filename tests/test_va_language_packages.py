@@ -247,7 +247,18 @@ def test_setuptools_egg_info_directory_and_file(tmp_path: Path) -> None:
         }  # as PKG-INFO writes it
     for other in ("app/METADATA", "x.dist-info/RECORD", "src/PKG-INFO"):
         assert not detector.wants(other, 0o100644, 100)
-    assert detector.wants("x.dist-info/METADATA", 0o100644, 9 * 1024 * 1024) is False
+    # Only the headers are parsed, so any size the layer budget allows is read.
+    assert detector.wants("x.dist-info/METADATA", 0o100644, 60 * 1024 * 1024)
+
+
+def test_lock_files_over_their_bound_are_reported_not_skipped() -> None:
+    big = b'{"lockfileVersion": 3, "packages": {}}' + b" " * (32 * 1024 * 1024)
+    assert PackageLockDetector().wants("srv/app/package-lock.json", 0o100644, len(big))
+    with pytest.raises(PartialRead) as partial:
+        PackageLockDetector().parse("srv/app/package-lock.json", big)
+    assert "over the" in partial.value.reason and partial.value.entry.packages == ()
+    with pytest.raises(PartialRead):
+        CargoLockDetector().parse("Cargo.lock", b"version = 4\n" + b" " * (16 * 1024 * 1024))
 
 
 # --- Node -------------------------------------------------------------------

@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from moorage.va.detect import Detector
+from moorage.va.detect import Detector, PartialRead
 from moorage.va.model import Entry, FoundPackage, PackageType
 
+# Parsed JSON takes some ten times its size in memory: bigger files are
+# reported (the layer is PARTIAL), not parsed and not skipped in silence.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-MAX_LOCK_BYTES = 64 * 1024 * 1024
+MAX_LOCK_BYTES = 32 * 1024 * 1024
 _MAX_DEPTH = 64  # nesting of lockfile v1 "dependencies"
 
 
@@ -42,6 +44,13 @@ def _package(full_name: Any, version: Any, path: str) -> FoundPackage | None:
     if not name or (full_name.startswith("@") and not scope):
         return None
     return FoundPackage(PackageType.NPM, name, version, path, namespace=scope or None)
+
+
+def _bounded(path: str, kind: str, data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise PartialRead(
+            Entry(path, kind), f"{path} is {len(data)} bytes, over the {limit} read as {kind}"
+        )
 
 
 def _load(data: bytes) -> Any:
@@ -62,13 +71,10 @@ class PackageJsonDetector:
     kind = "node"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        return (
-            path.endswith("/package.json")
-            and size <= MAX_MANIFEST_BYTES
-            and is_installed_manifest(path)
-        )
+        return path.endswith("/package.json") and is_installed_manifest(path)
 
     def parse(self, path: str, data: bytes) -> Entry | None:
+        _bounded(path, self.kind, data, MAX_MANIFEST_BYTES)
         manifest = _load(data)
         if not isinstance(manifest, dict):
             return None
@@ -109,9 +115,10 @@ class PackageLockDetector:
     def wants(self, path: str, mode: int, size: int) -> bool:
         named = path == "package-lock.json" or path.endswith("/package-lock.json")
         # A dependency's own lock file says what its authors tested with, not what is installed.
-        return named and "node_modules/" not in path and size <= MAX_LOCK_BYTES
+        return named and "node_modules/" not in path
 
     def parse(self, path: str, data: bytes) -> Entry | None:
+        _bounded(path, self.kind, data, MAX_LOCK_BYTES)
         lock = _load(data)
         if not isinstance(lock, dict):
             return None

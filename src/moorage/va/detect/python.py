@@ -14,8 +14,6 @@ import email.policy
 from moorage.va.detect import Detector
 from moorage.va.model import Entry, FoundPackage, PackageType
 
-MAX_METADATA_BYTES = 8 * 1024 * 1024
-
 
 def _headers(data: bytes) -> bytes:
     data = data.replace(b"\r\n", b"\n")
@@ -27,7 +25,7 @@ class PythonDetector:
     kind = "python"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        if size > MAX_METADATA_BYTES or not path.endswith(("/METADATA", "/PKG-INFO", ".egg-info")):
+        if not path.endswith(("/METADATA", "/PKG-INFO", ".egg-info")):
             return False  # the common case first: called for every file of every layer
         directory, _, base = path.rpartition("/")
         return (

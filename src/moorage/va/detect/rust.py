@@ -15,7 +15,7 @@ import tomllib
 import zlib
 from typing import Any
 
-from moorage.va.detect import Detector
+from moorage.va.detect import Detector, PartialRead
 from moorage.va.detect.elf import Elf, section_names, wants_executable
 from moorage.va.model import Entry, FoundPackage, PackageType
 
@@ -39,9 +39,13 @@ class CargoLockDetector:
     kind = "rust"
 
     def wants(self, path: str, mode: int, size: int) -> bool:
-        return path.rsplit("/", 1)[-1] == "Cargo.lock" and size <= MAX_LOCK_BYTES
+        return path.rsplit("/", 1)[-1] == "Cargo.lock"
 
     def parse(self, path: str, data: bytes) -> Entry | None:
+        if len(data) > MAX_LOCK_BYTES:  # reported (the layer is PARTIAL), not skipped in silence
+            raise PartialRead(
+                Entry(path, self.kind), f"{path} is {len(data)} bytes, over {MAX_LOCK_BYTES}"
+            )
         try:
             lock = tomllib.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
