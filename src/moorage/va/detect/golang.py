@@ -30,6 +30,7 @@ from moorage.va.model import Entry, FoundPackage, PackageType
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _HEADER = 32
 _MAX_STRING = 4 * 1024 * 1024
+_MAX_CANDIDATES = 8
 _GO_RELEASE = re.compile(r"go1\.(\d+)(?:\.(\d+))?(?:(rc|beta)(\d+))?$")
 
 
@@ -99,10 +100,14 @@ def build_info(data: bytes) -> tuple[str, str] | None:
     section = elf.section(".go.buildinfo")
     haystack = section if section is not None and section.startswith(BUILDINFO_MAGIC) else data
     # Without the section, the magic may also be a constant in rodata (a
-    # program that links debug/buildinfo): take the first that parses.
+    # program that links debug/buildinfo): take the first that parses, of a
+    # few (a crafted file of nothing but magic would otherwise cost a decode
+    # of megabytes per copy).
     at = haystack.find(BUILDINFO_MAGIC)
     strings = None
-    while at >= 0 and strings is None:
+    for _ in range(_MAX_CANDIDATES):
+        if at < 0 or strings is not None:
+            break
         blob = memoryview(haystack)[at:]  # no copy per candidate
         if len(blob) >= _HEADER:
             strings = _inline_strings(blob) if blob[15] & 2 else _pointer_strings(elf, blob)
