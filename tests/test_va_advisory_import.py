@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
+import subprocess
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -20,10 +22,23 @@ from hypothesis import strategies as st
 
 from moorage.metadata.advisory_store import AdvisoryStore
 from moorage.va.feeds import FeedError, FeedFile, import_locations, spool_files, write_bundle
-from tests.va_feeds_helpers import FEEDS, make_store, osv_zip, row_counts, store  # noqa: F401
+from tests.postgres import use_postgres
+from tests.server import MOORAGE
+from tests.va_feeds_helpers import (
+    FEEDS,
+    database_url,
+    make_store,
+    osv_zip,
+    row_counts,
+)
 
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ALL = ["go", "rustsec", "almalinux", "pypa", "alpine-secdb"]
+
+
+@pytest.fixture
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AdvisoryStore]:
+    yield from make_store(tmp_path, request.node.nodeid)
 
 
 def _all_keys(s: AdvisoryStore, snapshot_id: str) -> set[tuple[str, str]]:
@@ -110,9 +125,7 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
-def test_an_url_is_streamed_and_bounded(
-    store: AdvisoryStore, http_root: tuple[Path, str]
-) -> None:
+def test_an_url_is_streamed_and_bounded(store: AdvisoryStore, http_root: tuple[Path, str]) -> None:
     root, base = http_root
     osv_zip(FEEDS / "go", root / "Go" / "all.zip")
     snapshot = import_locations(store, [f"{base}/Go/all.zip"])
@@ -141,7 +154,9 @@ def test_each_import_replaces_only_its_own_sources_and_old_snapshots_go(
     record["affected"][0]["ranges"][0]["events"].append({"introduced": "99.0.0"})
     (changed / "GO-2024-2701.json").write_text(json.dumps(record))
     third = import_locations(store, [str(changed)])
-    assert store.touched(second.id, third.id) == {("Go", a["package"]["name"]) for a in record["affected"]}
+    assert store.touched(second.id, third.id) == {
+        ("Go", a["package"]["name"]) for a in record["affected"]
+    }
     assert {s.name: s.newest_modified for s in third.sources}["go"] == "2026-01-01T00:00:00Z"
     # The two newest snapshots stay; the first is gone with its replaced feed.
     assert store.snapshot(first.id) is None and store.snapshot(second.id) is not None
@@ -167,7 +182,7 @@ def test_an_invalid_record_fails_the_whole_import_and_changes_nothing(
     assert "RUSTSEC-2024-0005.json" in message and "affected/0/ranges/0/type" in message
     assert store.current() == before and row_counts(store) == counts
     (bad / "RUSTSEC-2024-0005.json").write_text("{not json")
-    with pytest.raises(FeedError, match="RUSTSEC-2024-0005.json: not valid JSON"):
+    with pytest.raises(FeedError, match=r"RUSTSEC-2024-0005\.json: not valid JSON"):
         import_locations(store, [str(bad)])
     with pytest.raises(FeedError, match="no such file"):
         import_locations(store, [str(tmp_path / "missing")])
@@ -180,9 +195,7 @@ def test_yaml_aliases_are_refused() -> None:
         spool_files("f", iter([FeedFile("x.yaml", bomb, _NOW)]))
 
 
-def test_an_exported_bundle_imports_back_identically(
-    store: AdvisoryStore, tmp_path: Path
-) -> None:
+def test_an_exported_bundle_imports_back_identically(store: AdvisoryStore, tmp_path: Path) -> None:
     original = import_locations(store, [str(FEEDS / f) for f in ALL])
     bundle = tmp_path / "advisories.zip"
     assert write_bundle(store, bundle) == sum(s.records for s in original.sources)
@@ -213,7 +226,9 @@ def test_an_exported_bundle_imports_back_identically(
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 _REAL = json.loads((FEEDS / "go" / "GO-2024-2701.json").read_text())
@@ -256,3 +271,55 @@ def test_the_record_parser_never_fails_but_with_a_feed_error(data: bytes, name: 
         assert str(exc).startswith(("fuzz", name)) and "\n" not in str(exc)
     else:
         spool.file.close()
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``moorage`` command on a data directory (and, in the
+    PostgreSQL run, on a database of its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    env["MOORAGE_DATA"] = str(tmp_path / "data")
+    if use_postgres():
+        env["MOORAGE_DATABASE_URL"] = database_url(tmp_path, f"cli-{tmp_path.name}")
+    return subprocess.run(
+        [str(MOORAGE), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_the_va_db_commands_import_show_and_export(tmp_path: Path) -> None:
+    empty = _cli(tmp_path, "va", "db", "status")
+    assert empty.returncode == 0 and "No advisory data" in empty.stdout
+    done = _cli(tmp_path, "va", "db", "import", str(FEEDS / "go"), str(FEEDS / "alpine-secdb"))
+    assert done.returncode == 0, done.stderr
+    assert "go (12 records)" in done.stdout
+    status = _cli(tmp_path, "va", "db", "status")
+    lines = status.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["alpine-secdb", "go"]
+    assert lines[1].split()[:5] == ["SOURCE", "KIND", "RECORDS", "NEWEST", "AGE"]
+    bundle = tmp_path / "carry.zip"
+    exported = _cli(tmp_path, "va", "db", "export", str(bundle))
+    assert exported.returncode == 0 and bundle.is_file(), exported.stderr
+    other = tmp_path / "site"
+    other.mkdir()
+    carried = _cli(other, "va", "db", "import", str(bundle))
+    assert carried.returncode == 0, carried.stderr
+    assert _cli(other, "va", "db", "status").stdout.splitlines()[2:] == lines[2:]
+
+
+def test_bad_input_at_the_cli_is_one_error_line_and_changes_nothing(tmp_path: Path) -> None:
+    assert _cli(tmp_path, "va", "db", "import", str(FEEDS / "go")).returncode == 0
+    before = _cli(tmp_path, "va", "db", "status").stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"id": "GO-2099-1", "modified": "yesterday"}))
+    errors = []
+    for args in (
+        [str(bad)],
+        [str(tmp_path / "missing")],
+        [str(FEEDS / "go"), "--name", "x", str(bad)],
+    ):
+        result = _cli(tmp_path, "va", "db", "import", *args)
+        assert result.returncode == 2
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        errors.append(result.stderr)
+    assert "bad.json" in errors[0] and "field modified" in errors[0]
+    assert "no such file" in errors[1] and "--name needs exactly one" in errors[2]
+    assert _cli(tmp_path, "va", "db", "status").stdout == before

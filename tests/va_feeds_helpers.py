@@ -8,7 +8,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from moorage.metadata import create_metadata_engine, upgrade
@@ -29,11 +28,6 @@ def make_store(tmp_path: Path, key: str) -> Iterator[AdvisoryStore]:
     upgrade(engine)
     yield AdvisoryStore(engine)
     engine.dispose()
-
-
-@pytest.fixture
-def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AdvisoryStore]:
-    yield from make_store(tmp_path, request.node.nodeid)
 
 
 def osv_zip(source: Path, destination: Path) -> Path:
