@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from moorage.metadata.advisory_store import AdvisoryStore
-from moorage.va.ecosystems import ecosystem, supported_os
+from moorage.va.ecosystems import ecosystem, index_key, supported_os
 from moorage.va.feeds import import_locations
 from moorage.va.match import match
 from moorage.va.model import FoundPackage, ImageContents, OSRelease, Package, PackageType
@@ -157,3 +157,7 @@ def test_ecosystems_of_each_release() -> None:
     assert ecosystem(rpm, BOOKWORM) is None  # an rpm database on Debian has no advisories
     assert not supported_os(OSRelease("debian", ""))  # sid
     assert not supported_os(OSRelease("gentoo", "2.15")) and not supported_os(None)
+    # Red Hat scopes its ecosystems by CPE; they are kept under the major release.
+    assert index_key("Red Hat:enterprise_linux:9::appstream", "openssl") == ("Red Hat:9", "openssl")
+    assert ecosystem(rpm, OSRelease("rhel", "9.4")) == "Red Hat:9"
+    assert index_key("PyPI", "Zope.Interface") == ("PyPI", "zope-interface")

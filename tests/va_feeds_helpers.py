@@ -3,7 +3,6 @@ session's PostgreSQL when the suite runs with MOORAGE_TEST_DATABASE=postgres."""
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ FEEDS = Path(__file__).parent / "data" / "va" / "feeds"
 
 def database_url(tmp_path: Path, key: str) -> str:
     if use_postgres():
-        return cluster().create_database("va_" + hashlib.sha256(key.encode()).hexdigest()[:16])
+        # The same database for the same key (a CLI run after another), fresh per test.
+        return cluster().database_for(f"{tmp_path}/{key}")
     return f"sqlite:///{tmp_path / (key.replace('/', '_') + '.db')}"
 
 

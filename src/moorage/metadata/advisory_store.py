@@ -65,7 +65,7 @@ class SnapshotInfo:
 
 
 def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class StoreLookup:
@@ -183,7 +183,9 @@ class AdvisoryStore:
     def touched(self, old_id: str | None, new_id: str) -> set[tuple[str, str]]:
         """(ecosystem, name) pairs whose advisories differ between the two
         snapshots: only feeds that are in one and not the other are compared,
-        record by record (by content digest)."""
+        record by record (by content digest); only the changed feeds' rows are
+        held in memory. A pruned (or unknown) ``old_id`` counts as empty, so
+        every package the new snapshot names is touched."""
         p, r, sf = AdvisoryPackageRow, AdvisoryRecordRow, AdvisorySnapshotFeedRow
         with self.engine.connect() as conn:
 

@@ -264,12 +264,10 @@ def _new_spool(name: str, kind: str) -> Spool:
 
 
 def _canonical(record: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validated, then reduced to what the Advisor keeps (and validated again,
-    so a bundle built from it imports as well)."""
+    """Validated, then reduced to what the Advisor keeps: a subset of the
+    record's fields, so valid too (and a bundle built from it imports)."""
     validate(record, where)
-    canonical = to_osv(from_osv(record, ""))
-    validate(canonical, where)
-    return canonical
+    return to_osv(from_osv(record, ""))
 
 
 def spool_files(name: str, files: Iterator[FeedFile]) -> Spool:
@@ -508,6 +506,8 @@ def import_locations(
 ) -> SnapshotInfo:
     """Read every location, then import them all as one new snapshot; on any
     error nothing is imported. Returns the new ``SnapshotInfo``."""
+    if not locations:
+        raise FeedError("nothing to import: name a PATH or URL")
     if name is not None and len(locations) != 1:
         raise FeedError("--name needs exactly one PATH or URL")
     spools: list[Spool] = []
