@@ -21,6 +21,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from moorage.metadata.database import upsert, writer
+from moorage.metadata.models import Manifest, Repository, Tag
 from moorage.metadata.store import NewManifest, RepoRef
 from moorage.metadata.va_models import (
     VaEvent,
@@ -31,7 +32,7 @@ from moorage.metadata.va_models import (
     VaReportPackage,
 )
 from moorage.oci.manifest import INDEX_TYPES
-from moorage.va.assess import report_from_json, report_to_json
+from moorage.va.assess import report_from_json, report_to_json, worst
 from moorage.va.model import Exemption, Report, Status
 
 INDEX = "index"
@@ -79,7 +80,7 @@ def is_image(content: bytes | dict[str, Any]) -> bool:
 
 
 def platform_of(descriptor: dict[str, Any]) -> str | None:
-    """"os/arch[/variant]" of an index entry; None for entries that are not
+    """ "os/arch[/variant]" of an index entry; None for entries that are not
     a runnable platform (buildx attestations say unknown/unknown)."""
     platform = descriptor.get("platform")
     if not isinstance(platform, dict):
@@ -328,21 +329,6 @@ class VaStore:
             ).all()
         return [(k, kind, s, p, int(a), r) for k, kind, s, p, a, r in rows]
 
-    def pending(self, region: str, repository: str, manifest_digest: str) -> list[str]:
-        """Platforms of a manifest still waiting in the queue."""
-        with self.engine.connect() as conn:
-            return list(
-                conn.scalars(
-                    select(VaQueueItem.platform).where(
-                        VaQueueItem.kind == INDEX,
-                        VaQueueItem.region == region,
-                        VaQueueItem.repository == repository,
-                        VaQueueItem.manifest_digest == manifest_digest,
-                        VaQueueItem.state.in_((QUEUED, LEASED)),
-                    )
-                )
-            )
-
     # -- layer indexes -----------------------------------------------------
 
     def layer(self, digest: str, version: int) -> dict[str, Any] | None:
@@ -479,7 +465,9 @@ class VaStore:
                 for r in rows
             ]
 
-    def statuses(self, region: str, digests: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    def statuses(
+        self, region: str, digests: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
         """The overall status of each (repository, manifest digest) that has
         reports: the worst of its platforms."""
         if not digests:
@@ -497,8 +485,9 @@ class VaStore:
         wanted = set(digests)
         return {k: worst(v).value for k, v in found.items() if k in wanted}
 
-    def reports_touching(self, pairs: Iterable[tuple[str, str]]) -> list[int]:
-        """Ids of reports holding any of the (ecosystem, name) pairs."""
+    def reports_touching(self, pairs: Iterable[tuple[str, str]], snapshot: str) -> list[int]:
+        """Ids of reports assessed against ``snapshot`` that hold any of the
+        (ecosystem, name) pairs."""
         wanted = sorted(set(pairs))
         found: set[int] = set()
         with self.engine.connect() as conn:
@@ -511,9 +500,76 @@ class VaStore:
                     )
                 )
                 found.update(
-                    int(i) for i in conn.scalars(select(VaReportPackage.report_id).where(condition))
+                    int(i)
+                    for i in conn.scalars(
+                        select(VaReportPackage.report_id)
+                        .join(VaReport, VaReport.id == VaReportPackage.report_id)
+                        .where(condition, VaReport.snapshot == snapshot)
+                    )
                 )
         return sorted(found)
+
+    def snapshots_other_than(self, snapshot: str) -> list[str]:
+        """The snapshots reports were last assessed against, besides ``snapshot``."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.scalars(
+                    select(VaReport.snapshot).where(VaReport.snapshot != snapshot).distinct()
+                )
+            )
+
+    def move_snapshot(self, old: str, new: str) -> None:
+        """Reports of ``old`` that the new snapshot did not touch hold for it too."""
+        with self._writer.begin() as conn:
+            conn.execute(update(VaReport).where(VaReport.snapshot == old).values(snapshot=new))
+
+    def requeue_index(self, stored: StoredReport) -> None:
+        """Index a reported image again (its layers' index is of an older indexer)."""
+        with self._writer.begin() as conn:
+            repo = RepoRef(stored.region, stored.repository)
+            self._enqueue(
+                conn,
+                _index_key(repo, stored.manifest_digest, stored.platform),
+                INDEX,
+                stored.region,
+                stored.repository,
+                stored.manifest_digest,
+                stored.report.digest,
+                stored.platform,
+            )
+
+    def tags_of(self, region: str, repository: str, digest: str) -> list[str]:
+        """The tags naming a manifest (exemptions may be scoped to a tag)."""
+        with self.engine.connect() as conn:
+            return sorted(
+                conn.scalars(
+                    select(Tag.name)
+                    .join(Manifest, Manifest.id == Tag.manifest_id)
+                    .join(Repository, Repository.id == Manifest.repository_id)
+                    .where(
+                        Repository.region == region,
+                        Repository.name == repository,
+                        Manifest.digest == digest,
+                    )
+                )
+            )
+
+    def queue_state(
+        self, region: str, repository: str, manifest_digest: str
+    ) -> list[tuple[str, str, str | None]]:
+        """(platform, state, reason) of a manifest's indexing work."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(VaQueueItem.platform, VaQueueItem.state, VaQueueItem.reason)
+                .where(
+                    VaQueueItem.kind == INDEX,
+                    VaQueueItem.region == region,
+                    VaQueueItem.repository == repository,
+                    VaQueueItem.manifest_digest == manifest_digest,
+                )
+                .order_by(VaQueueItem.platform)
+            ).all()
+        return [(p, st, r) for p, st, r in rows]
 
     def reports_in(self, region: str, namespace: str | None) -> list[int]:
         """Ids of reports of a namespace (every namespace of the region: None)."""
@@ -529,9 +585,7 @@ class VaStore:
     def snapshot_seen(self, snapshot: str) -> int:
         """How many reports were assessed against ``snapshot``."""
         with self.engine.connect() as conn:
-            return int(
-                conn.scalar(select(func.count()).where(VaReport.snapshot == snapshot)) or 0
-            )
+            return int(conn.scalar(select(func.count()).where(VaReport.snapshot == snapshot)) or 0)
 
     def events(self, region: str | None = None) -> list[VaEventRecord]:
         stmt = select(VaEvent).order_by(VaEvent.id)
@@ -618,25 +672,6 @@ class VaStore:
                 )
             )
         return found[0]
-
-
-_ORDER = (
-    Status.FAIL,
-    Status.PARTIAL,
-    Status.UNSUPPORTED,
-    Status.PENDING,
-    Status.WARN,
-    Status.OK,
-)
-
-
-def worst(statuses: Iterable[Status]) -> Status:
-    """The status an image of several platforms shows: its worst platform's."""
-    present = set(statuses)
-    for status in _ORDER:
-        if status in present:
-            return status
-    return Status.PENDING
 
 
 def _index_key(repo: RepoRef, digest: str, platform: str) -> str:
