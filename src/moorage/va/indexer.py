@@ -31,7 +31,9 @@ from moorage.metadata.va_store import INDEX, QueueItem, StoredReport, VaStore, i
 from moorage.oci.digest import parse_digest
 from moorage.storage import BlobStore
 from moorage.va.assess import assess
+from moorage.va.layers import index_layer, layer_from_json, layer_to_json
 from moorage.va.model import INDEXER_VERSION, Exemption, ImageContents, LayerIndex, Report
+from moorage.va.overlay import overlay
 
 log = logging.getLogger("moorage.va")
 
@@ -97,18 +99,6 @@ class _LoopStream(io.RawIOBase):
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]
         return size
-
-
-def _layer_module() -> Any:
-    from moorage.va import layers
-
-    return layers
-
-
-def _contents(layers: Sequence[LayerIndex]) -> ImageContents:
-    from moorage.va.overlay import overlay
-
-    return overlay(layers)
 
 
 def package_pairs(contents: ImageContents) -> set[tuple[str, str]]:
@@ -232,7 +222,7 @@ class Indexer:
         )
         image_config = _runtime_config(config)
         layers = [await self._layer(d) for d in layer_digests]
-        contents = _contents(layers)
+        contents = overlay(layers)
         report, pairs = await self._assess(
             contents,
             image_config,
@@ -256,11 +246,10 @@ class Indexer:
 
     async def _layer(self, digest: str) -> LayerIndex:
         """A layer's index: stored, being read by this process already, or read now."""
-        layers = _layer_module()
         stored = await self.db.run(self.va.layer, digest, INDEXER_VERSION)
         if stored is not None:
             self.stats.layers_reused += 1
-            return layers.layer_from_json(stored)  # type: ignore[no-any-return]
+            return layer_from_json(stored)
         running = self._inflight.get(digest)
         if running is not None:
             self.stats.layers_reused += 1
@@ -274,7 +263,7 @@ class Indexer:
                 digest,
                 INDEXER_VERSION,
                 index.state.value,
-                layers.layer_to_json(index),
+                layer_to_json(index),
             )
             future.set_result(index)
             return index
@@ -286,13 +275,12 @@ class Indexer:
             del self._inflight[digest]
 
     async def _read_layer(self, digest: str) -> LayerIndex:
-        layers = _layer_module()
         loop = asyncio.get_running_loop()
         chunks = self.store.read(parse_digest(digest))
         stream = io.BufferedReader(_LoopStream(chunks, loop), 1024 * 1024)
         self.stats.layers_read += 1
         try:
-            index: LayerIndex = await loop.run_in_executor(None, layers.index_layer, stream, digest)
+            index: LayerIndex = await loop.run_in_executor(None, index_layer, stream, digest)
         finally:
             await chunks.aclose()
         return index
@@ -413,7 +401,6 @@ class Indexer:
         return f"re-assessed {len(ids)} report(s)"
 
     async def _reassess_one(self, stored: StoredReport, cache: dict[str, LayerIndex]) -> None:
-        layers_module = _layer_module()
         layers: list[LayerIndex] = []
         for digest in stored.layers:
             index = cache.get(digest)
@@ -422,11 +409,11 @@ class Indexer:
                 if doc is None:  # indexed by an older indexer: index the image again
                     await self.db.run(self.va.requeue_index, stored)
                     return
-                index = layers_module.layer_from_json(doc)
+                index = layer_from_json(doc)
                 if len(cache) < 4096:
                     cache[digest] = index
             layers.append(index)
-        contents = _contents(layers)
+        contents = overlay(layers)
         report, pairs = await self._assess(
             contents,
             stored.image_config,
