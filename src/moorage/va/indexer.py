@@ -31,7 +31,9 @@ from moorage.metadata.va_store import INDEX, QueueItem, StoredReport, VaStore, i
 from moorage.oci.digest import parse_digest
 from moorage.storage import BlobStore
 from moorage.va.assess import assess
+from moorage.va.ecosystems import ecosystem, index_key, package_name, supported_os
 from moorage.va.layers import index_layer, layer_from_json, layer_to_json
+from moorage.va.match import match
 from moorage.va.model import INDEXER_VERSION, Exemption, ImageContents, LayerIndex, Report
 from moorage.va.overlay import overlay
 
@@ -102,22 +104,13 @@ class _LoopStream(io.RawIOBase):
 
 
 def package_pairs(contents: ImageContents) -> set[tuple[str, str]]:
-    """The (ecosystem, name) pairs under which advisories may name the
-    image's packages: binary and source names, with and without their purl
-    namespace (Maven ``group:artifact``, npm ``@scope/name``, Go module
-    paths). Over-inclusion only re-assesses an image for nothing."""
-    from moorage.va.ecosystems import ecosystem
-
+    """The (ecosystem, name) pairs advisories name the image's packages by,
+    as the advisory store keys them (what ``AdvisoryStore.touched`` gives)."""
     pairs: set[tuple[str, str]] = set()
     for package in contents.packages:
         eco = ecosystem(package, contents.os)
-        if eco is None:
-            continue
-        found = package.found
-        names = {found.name, found.source_name or found.name}
-        if found.namespace:
-            names |= {f"{found.namespace}:{found.name}", f"{found.namespace}/{found.name}"}
-        pairs |= {(eco, n) for n in names}
+        if eco is not None:
+            pairs.add(index_key(eco, package_name(package)))
     return pairs
 
 
@@ -300,9 +293,6 @@ class Indexer:
         tags = await self.db.run(self.va.tags_of, region, repository, manifest_digest)
 
         def work() -> tuple[Report, set[tuple[str, str]]]:
-            from moorage.va.ecosystems import supported_os
-            from moorage.va.match import match
-
             snapshot = self.advisories.current() if self.advisories is not None else None
             matches = []
             if snapshot is not None and self.advisories is not None:
