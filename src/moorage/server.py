@@ -54,6 +54,7 @@ from moorage.metadata import (
     sqlite_url,
     upgrade,
 )
+from moorage.metadata.advisory_store import AdvisoryStore
 from moorage.metadata.changes import feed_for
 from moorage.metadata.database import installation_lock
 from moorage.metadata.iam_store import IamStore
@@ -299,7 +300,7 @@ def create_app(
             db=db,
             va=parts.vulnerabilities,
         )
-        app.indexer = _indexer(parts)
+        app.indexer = _indexer(parts, settings)
         app.cleanups.extend(cleanups)
         return app
 
@@ -348,20 +349,21 @@ def create_app(
         db=db,
         va=parts.vulnerabilities,
     )
-    app.indexer = _indexer(parts)
+    app.indexer = _indexer(parts, settings)
     app.cleanups.extend(cleanups)
     return app
 
 
-def _indexer(parts: Components) -> Indexer:
-    from moorage.metadata.advisory_store import AdvisoryStore
-
+def _indexer(parts: Components, settings: Settings) -> Indexer | None:
+    if not settings.va_index:
+        return None
     return Indexer(
         parts.metadata,
         parts.va,
         parts.blobs.store,
         parts.db,
         AdvisoryStore(parts.metadata.engine),
+        lease_seconds=settings.va_lease,
     )
 
 
