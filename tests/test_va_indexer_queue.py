@@ -263,3 +263,21 @@ def test_new_snapshot_reassesses_from_stored_layers_only(
     assert ("team/alpine", "WARN", "FAIL") in events
     asyncio.run(indexer.check_snapshot())  # the same snapshot again: nothing new to do
     assert install.drain(indexer) == 0
+
+
+def test_a_manifest_pushed_again_after_deletion_starts_pending(install: Installation) -> None:
+    img = image([app_layer("again")], user="app")
+    digest = push_image(install.server, "team/again", "v1", img)
+    install.drain(install.indexer())
+    assert [r.status for r in install.va.report("global", "team/again", digest)] == [
+        Status.UNSUPPORTED
+    ]
+    gone = requests.delete(f"{install.server.url}/v2/team/again/manifests/{digest}", timeout=10)
+    assert gone.status_code == 202
+    push_image(install.server, "team/again", "v1", img)
+    # The old verdict went with the push that brought the manifest back.
+    assert install.va.report("global", "team/again", digest) == []
+    shown = requests.get(f"{install.server.url}/v2/team/again/_moorage/va/v1", timeout=10).json()
+    assert shown["status"] == "PENDING"
+    install.drain(install.indexer())
+    assert len(install.va.report("global", "team/again", digest)) == 1

@@ -180,7 +180,23 @@ class VaStore:
 
     def enqueue_manifest(self, conn: Connection, repo: RepoRef, manifest: NewManifest) -> None:
         """The manifest hook: queue an image, or each platform of an index,
-        inside the transaction storing the manifest. Artifacts are skipped."""
+        inside the transaction storing the manifest. Artifacts are skipped.
+        Reports of the same digest from before the repository last lost it
+        go (they may carry another owner's exemptions, if the namespace was
+        removed and made again)."""
+        stale = select(VaReport.id).where(
+            VaReport.region == repo.region,
+            VaReport.repository == repo.name,
+            VaReport.manifest_digest == manifest.digest,
+        )
+        conn.execute(delete(VaReportPackage).where(VaReportPackage.report_id.in_(stale)))
+        conn.execute(
+            delete(VaReport).where(
+                VaReport.region == repo.region,
+                VaReport.repository == repo.name,
+                VaReport.manifest_digest == manifest.digest,
+            )
+        )
         if manifest.media_type in INDEX_TYPES:
             try:
                 doc = json.loads(manifest.content)
