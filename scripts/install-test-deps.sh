@@ -107,4 +107,13 @@ if [ ! -x "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION" ]; then
   mv "$TOOLS/build/registry" "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION"
 fi
 
+# va-sbom: the oras CLI reads the SBOM referrers back (`oras discover`, `oras pull`).
+ORAS_VERSION="v1.3.6"
+if [ ! -x "$TOOLS/bin/oras-$ORAS_VERSION" ]; then
+  echo "building oras $ORAS_VERSION"
+  GOBIN="$TOOLS/build" go install "oras.land/oras/cmd/oras@$ORAS_VERSION"
+  mv "$TOOLS/build/oras" "$TOOLS/bin/oras-$ORAS_VERSION"
+fi
+ln -sf "oras-$ORAS_VERSION" "$TOOLS/bin/oras"
+
 echo "test tools ready in $TOOLS/bin"

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
+from moorage.http import sbom
 from moorage.http.access import CATALOG, DELETE, PULL, PUSH, AccessPolicy, Identity
 from moorage.http.access_log import REPOSITORY_KEY
 from moorage.http.management import ManagementApi
@@ -29,6 +30,7 @@ from moorage.registry import (
     RepoRef,
     range_header,
 )
+from moorage.registry.artifacts import SbomService
 from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
@@ -191,6 +193,7 @@ class RegistryApp:
     ) -> None:
         self.db = db or blobs.db
         self.management = management
+        sbom.install(management, SbomService(blobs, manifests))
         self.signatures = signatures
         # Every reply says the signature extension is here: clients read it off the
         # 401 of their first /v2/ request.

@@ -181,6 +181,8 @@ class ManagementApi:
                 return _error(exc.status, exc.code.lower(), exc.message)
             except web.HTTPException as exc:  # aiohttp's own: a body over the size limit
                 return _error(exc.status, "invalid", exc.reason)
+            if isinstance(result, web.StreamResponse):  # a document served as it is stored
+                return result
             if result is None:
                 return web.Response(status=204)
             status = 201 if request.method == "POST" else 200
@@ -731,7 +733,12 @@ class ManagementApi:
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             params = [
-                {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": part[1:-1].split(":", 1)[0],  # "{image:.+}": the name before the regex
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
                 for part in op.path.split("/")
                 if part.startswith("{")
             ]
