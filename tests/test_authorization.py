@@ -124,6 +124,7 @@ def calls_for(path: str, method: str, v: dict[str, str], region: str) -> list[tu
         "{id}": [v["id_token"]] if "/tokens/" in path else [v["id_policy"]],
         "{key}": [v["key"], v["key_name"]],
         "{signer}": ["victim-signer"],
+        "{image}": [v["image"]],
     }
     if path.startswith("/api/v1/iam/users/"):
         subs["{ref}"] = [v["ref_user"], v["ref_user_email"]]

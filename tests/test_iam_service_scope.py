@@ -386,6 +386,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/cr/{region}/tokens"): REGISTRY,
     ("GET", "/cr/{region}/tokens/{id}"): REGISTRY,  # shows a secret
     ("DELETE", "/cr/{region}/tokens/{id}"): REGISTRY,
+    ("GET", "/cr/{region}/sbom/{image}"): None,
 }
 
 
@@ -451,6 +452,7 @@ def _request(path: str, v: dict[str, str], foreign: str) -> tuple[str, Any, dict
         .replace("{region}", "us-south")
         .replace("{name}", "victim-ns")
         .replace("{signer}", "victim-signer")
+        .replace("{image}", "victim-ns/app:v1")
         .replace("{id}", v["token"] if "/tokens/" in path else v[f"policy {foreign}"])
     )
     assert not re.search(r"\{\w+\}", filled), f"no value for a parameter of {path}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -734,7 +735,7 @@ class ManagementApi:
         for op in self.operations:
             params = [
                 {
-                    "name": part[1:-1].split(":", 1)[0],  # "{image:.+}": the name before the regex
+                    "name": part[1:-1].split(":", 1)[0],  # "{image:.+}" names "image"
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string"},
@@ -776,7 +777,8 @@ class ManagementApi:
                         }
                     },
                 }
-            paths.setdefault(API + op.path, {})[op.method.lower()] = entry
+            path = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", op.path)  # "{image:.+}" -> "{image}"
+            paths.setdefault(API + path, {})[op.method.lower()] = entry
         return {
             "openapi": "3.1.0",
             "info": {"title": "Moorage management API", "version": "1"},
