@@ -35,10 +35,19 @@ from moorage.registry.errors import ManifestUnknown
 from moorage.server import open_registry
 from moorage.va.model import FoundPackage, ImageContents, OSRelease, Package, PackageType
 from moorage.va.sbom import CYCLONEDX, SPDX, ImageRef, cyclonedx, spdx
+from tests import va_images
 from tests.conftest import require_tool
-from tests.helpers import push_image
+from tests.helpers import push_image, wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
-from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, tar_layer
+from tests.oci_layout import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Image,
+    descriptor,
+    sha256,
+    tar_layer,
+)
 from tests.server import MOORAGE, MoorageServer
 
 BASE = "sha256:" + "1" * 64
@@ -337,11 +346,31 @@ def test_a_signing_key_that_is_not_p256_is_refused(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
     tmp = tmp_path_factory.mktemp("sbom-api")
-    server = MoorageServer(
-        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
-    ).start()
+    env = {"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY, "MOORAGE_VA_INDEX": "0"}
+    server = MoorageServer(tmp / "data", tmp / "server.log", auth="token", env=env).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def indexing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
+    tmp = tmp_path_factory.mktemp("sbom-index")
+    env = {"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
+    server = MoorageServer(tmp / "data", tmp / "server.log", auth="token", env=env).start()
+    yield server
+    server.stop()
+
+
+def push_as_admin(server: MoorageServer, repo: str, image: Image) -> None:
+    token = requests.get(
+        f"http://{server.host_for('us.localhost')}/oauth/token",
+        params={"service": "us.localhost", "scope": f"repository:{repo}:pull,push"},
+        auth=("iamapikey", ADMIN_KEY),
+        timeout=10,
+    ).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    pushed = push_image_with(server, "us.localhost", repo, "v1", image, headers)
+    assert pushed.status_code == 201, pushed.text
 
 
 def cli(server: MoorageServer, key: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -355,21 +384,14 @@ def cli(server: MoorageServer, key: str, *args: str) -> subprocess.CompletedProc
 def test_cr_sbom_prints_the_attached_document_to_who_may_pull(
     token_server: MoorageServer, tmp_path: Path
 ) -> None:
+    """On a server that does not index (``[va] index = false``), the attached
+    referrer is what there is."""
     server = token_server
     admin = Api(server, ADMIN_KEY)
     admin.namespace("us-south", "shop")
     account = admin.call("GET", "/iam/me")["account_id"]
-    token = requests.get(
-        f"http://{server.host_for('us.localhost')}/oauth/token",
-        params={"service": "us.localhost", "scope": "repository:shop/web:pull,push"},
-        auth=("iamapikey", ADMIN_KEY),
-        timeout=10,
-    ).json()["token"]
     image = image_with_created("web")
-    pushed = push_image_with(
-        server, "us.localhost", "shop/web", "v1", image, {"Authorization": f"Bearer {token}"}
-    )
-    assert pushed.status_code == 201, pushed.text
+    push_as_admin(server, "shop/web", image)
     digest = image.manifest_digest
     parts = open_registry(
         Settings(data_dir=str(server.data_dir), database_url=server.database_url),
@@ -413,3 +435,65 @@ def test_cr_sbom_prints_the_attached_document_to_who_may_pull(
 
     r = admin.request("GET", "/cr/us-south/sbom/shop/web:nope")
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_cr_sbom_is_computed_from_the_index_not_from_what_a_client_attached(
+    indexing_server: MoorageServer,
+) -> None:
+    """Alpine 3.20.3's real package database (tests/data/va/os, va-os's
+    fixture), indexed by the server on push: the SBOM names its packages with
+    the layer that brought them. A referrer a writer pushed claiming to be the
+    image's SBOM does not replace it."""
+    server = indexing_server
+    admin = Api(server, ADMIN_KEY)
+    admin.namespace("us-south", "alpn")
+    image = va_images.image([va_images.ALPINE_LAYER])
+    push_as_admin(server, "alpn/base", image)
+    digest = image.manifest_digest
+
+    def indexed() -> bool:
+        report = admin.call("GET", f"/cr/us-south/va/alpn/base@{digest}")
+        return all(p["status"] != "PENDING" for p in report["platforms"])
+
+    wait_for(indexed, 60, "the image to be indexed")
+    forged = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "components": []})
+    token = requests.get(
+        f"http://{server.host_for('us.localhost')}/oauth/token",
+        params={"service": "us.localhost", "scope": "repository:alpn/base:pull,push"},
+        auth=("iamapikey", ADMIN_KEY),
+        timeout=10,
+    ).json()["token"]
+    base = f"http://{server.host_for('us.localhost')}/v2/alpn/base"
+    headers = {"Authorization": f"Bearer {token}"}
+    for blob in (forged.encode(), b"{}"):
+        r = requests.post(f"{base}/blobs/uploads/", params={"digest": sha256(blob)}, data=blob,
+                          headers=headers, timeout=10)  # fmt: skip
+        assert r.status_code == 201
+    referrer = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": CYCLONEDX,
+        "config": descriptor("application/vnd.oci.empty.v1+json", b"{}"),
+        "layers": [descriptor(CYCLONEDX, forged.encode())],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(image.manifest)},
+        "annotations": {"dev.moorage.sbom.generator": "moorage"},
+    }
+    r = requests.put(f"{base}/manifests/{sha256(json.dumps(referrer).encode())}",
+                     data=json.dumps(referrer).encode(),
+                     headers={**headers, "Content-Type": OCI_MANIFEST}, timeout=10)  # fmt: skip
+    assert r.status_code == 201, r.text
+
+    printed = cli(server, ADMIN_KEY, "sbom", "alpn/base:v1")
+    assert printed.returncode == 0, printed.stderr
+    bom = valid_cyclonedx(printed.stdout.strip().encode())
+    by_name = {c["name"]: c for c in bom["components"]}
+    assert by_name["alpine"]["type"] == "operating-system"
+    assert by_name["alpine"]["version"] == "3.20.3"
+    layer = descriptor(OCI_LAYER, va_images.ALPINE_LAYER)["digest"]
+    openssl = by_name["libssl3"]
+    assert openssl["purl"].startswith("pkg:apk/alpine/libssl3@3.3.2-r0")
+    assert {p["name"]: p["value"] for p in openssl["properties"]}["moorage:layer:digest"] == layer
+    spdx_doc = cli(server, ADMIN_KEY, "sbom", f"alpn/base@{digest}", "--format", "spdx")
+    assert spdx_doc.returncode == 0, spdx_doc.stderr
+    names = {p["name"] for p in json.loads(spdx_doc.stdout)["packages"]}
+    assert {"alpine", "libssl3", "libcrypto3", "alpn/base"} <= names

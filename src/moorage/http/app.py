@@ -30,7 +30,6 @@ from moorage.registry import (
     RepoRef,
     range_header,
 )
-from moorage.registry.artifacts import SbomService
 from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
@@ -198,7 +197,7 @@ class RegistryApp:
         self.db = db or blobs.db
         self.va = va
         self.management = management
-        sbom.install(management, SbomService(blobs, manifests))
+        sbom.install(management, blobs, manifests, regions, va)
         self.signatures = signatures
         # Every reply says the signature extension is here: clients read it off the
         # 401 of their first /v2/ request.

@@ -30,12 +30,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from moorage.metadata import RepoRef
+from moorage.metadata.va_store import VaStore
 from moorage.oci.manifest import IMAGE_TYPES, INDEX_TYPES, OCI_MANIFEST
+from moorage.regions import RegionMap
 from moorage.registry.blobs import BlobService
 from moorage.registry.errors import ManifestUnknown, Unsupported
 from moorage.registry.manifests import ManifestService
 from moorage.trust import cosign
-from moorage.va.model import ImageContents
+from moorage.va.layers import layer_from_json
+from moorage.va.model import INDEXER_VERSION, ImageContents
+from moorage.va.overlay import overlay
 from moorage.va.sbom import CYCLONEDX, SPDX, ImageRef, cyclonedx, spdx
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -77,6 +81,12 @@ def load_signing_keys(
     return {scope: load_signing_key(path) for scope, path in items}
 
 
+def registry_hosts(regions: RegionMap) -> dict[str, str]:
+    """Each region's domain: the host SBOMs name their images on. The indexer
+    and the API use the same, so an SBOM computed again has the same bytes."""
+    return {name: region.domain for name, region in regions.regions.items()}
+
+
 @dataclass(frozen=True)
 class Attached:
     """What ``attach_sbom`` stored: the referrers' manifest digests by media
@@ -89,7 +99,7 @@ class Attached:
 @dataclass(frozen=True)
 class StoredSbom:
     image: str  # the image manifest's digest
-    referrer: str  # the SBOM manifest's digest
+    referrer: str  # the SBOM manifest's digest; "" when computed from the index
     media_type: str
     document: bytes
 
@@ -107,6 +117,7 @@ class SbomService:
         default_factory=lambda: MappingProxyType({})
     )
     registry_host: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    va: VaStore | None = None  # the Advisor's index, when this process has it
 
     def key_for(self, repo: RepoRef) -> ec.EllipticCurvePrivateKey | None:
         namespace = repo.name.split("/", 1)[0]
@@ -159,35 +170,80 @@ class SbomService:
                 signatures.append(await self._sign(repo, manifest, key, ref, account))
         return Attached(MappingProxyType(referrers), tuple(signatures))
 
-    async def stored(self, repo: RepoRef, reference: str, media_type: str) -> StoredSbom:
-        """The newest SBOM of ``media_type`` attached to an image manifest of
-        ``repo`` (a digest or a tag), preferring Moorage's own to ones a client
-        pushed. ``ManifestUnknown`` when there is none; ``Unsupported`` for an
-        index, whose platforms each have their own."""
-        run = self.blobs.db.run
-        image = await run(self.manifests.get, repo, reference, [])
+    async def sbom(
+        self, repo: RepoRef, reference: str, media_type: str, platform: str | None = None
+    ) -> StoredSbom:
+        """The SBOM of ``media_type`` of an image of ``repo`` (a digest or a tag;
+        for a multi-platform index, ``platform`` picks one). Computed from the
+        Advisor's stored layer indexes when it has indexed the image, which
+        nobody but the indexer writes; otherwise the newest attached referrer
+        (Moorage's own before any a client pushed). ``ManifestUnknown`` when
+        there is neither; ``Unsupported`` for an index without a platform."""
+        image = await self.blobs.db.run(self.manifests.get, repo, reference, [])
+        if self.va is not None:
+            computed = await self._from_index(repo, image.digest, media_type, platform)
+            if computed is not None:
+                return computed
         if image.media_type in INDEX_TYPES:
             raise Unsupported(
-                "this is a multi-platform index: ask for the SBOM of one platform's manifest "
-                "digest (moorage cr image-inspect lists them)"
+                "this is a multi-platform index: name a platform (?platform=linux/amd64) or "
+                "one platform's manifest digest"
             )
-        found = await run(self.manifests.metadata.referrers, repo, image.digest, media_type)
+        return await self._attached(repo, image.digest, media_type)
+
+    async def _from_index(
+        self, repo: RepoRef, digest: str, media_type: str, platform: str | None
+    ) -> StoredSbom | None:
+        assert self.va is not None
+        va, run = self.va, self.blobs.db.run
+        stored = await run(va.stored_reports, repo.region, repo.name, digest)
+        if not stored:
+            return None
+        if platform is not None:
+            stored = [s for s in stored if s.platform == platform]
+        elif len(stored) > 1:
+            raise Unsupported(
+                "this is a multi-platform index: name a platform (?platform=...), one of "
+                + ", ".join(s.platform for s in stored)
+            )
+        if not stored:
+            raise ManifestUnknown(f"{repo.name}@{digest} has no platform {platform!r}")
+        one = stored[0]
+        docs = [await run(va.layer, layer, INDEXER_VERSION) for layer in one.layers]
+        if any(doc is None for doc in docs):
+            return None  # indexed by an older indexer and not again yet
+        contents = overlay([layer_from_json(doc) for doc in docs if doc is not None])
+        image_digest = one.report.digest or digest
+        platform_manifest = await run(self.manifests.get, repo, image_digest, [])
+        ref = ImageRef(
+            repo.name,
+            image_digest,
+            self.registry_host.get(repo.region, ""),
+            await self._created(repo, platform_manifest.content),
+            one.platform,
+        )
+        render = cyclonedx if media_type == CYCLONEDX else spdx
+        return StoredSbom(image_digest, "", media_type, render(contents, ref))
+
+    async def _attached(self, repo: RepoRef, digest: str, media_type: str) -> StoredSbom:
+        run = self.blobs.db.run
+        found = await run(self.manifests.metadata.referrers, repo, digest, media_type)
         found.sort(key=lambda r: bool(r.annotations and r.annotations.get(GENERATOR)))
         for referrer in reversed(found):
             try:
                 manifest = await run(self.manifests.get, repo, referrer.digest, [])
                 layer = json.loads(manifest.content)["layers"][0]
-                digest, size = str(layer["digest"]), int(layer["size"])
+                blob, size = str(layer["digest"]), int(layer["size"])
             except (ManifestUnknown, ValueError, KeyError, IndexError, TypeError):
                 continue
             if size > MAX_SBOM or layer.get("mediaType") != media_type:
                 continue
-            body = await self.blobs.read_small(repo, digest, MAX_SBOM)
+            body = await self.blobs.read_small(repo, blob, MAX_SBOM)
             if body is not None:
-                return StoredSbom(image.digest, referrer.digest, media_type, body)
+                return StoredSbom(digest, referrer.digest, media_type, body)
         raise ManifestUnknown(
-            f"no {media_type} SBOM is attached to {repo.name}@{image.digest} (yet)",
-            detail={"digest": image.digest},
+            f"no {media_type} SBOM is known for {repo.name}@{digest} (yet)",
+            detail={"digest": digest},
         )
 
     async def _created(self, repo: RepoRef, manifest: bytes) -> str:
