@@ -17,8 +17,8 @@ from moorage.iam.errors import Invalid
 from moorage.regions import RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.registry.artifacts import SbomService, registry_hosts
-from moorage.va.service import VulnerabilityService
 from moorage.va.sbom import FORMATS
+from moorage.va.service import VulnerabilityService
 
 
 class SbomApi:
