@@ -41,6 +41,7 @@ from tests.helpers import push_image, wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
 from tests.oci_layout import (
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
     Image,
@@ -497,3 +498,52 @@ def test_cr_sbom_is_computed_from_the_index_not_from_what_a_client_attached(
     assert spdx_doc.returncode == 0, spdx_doc.stderr
     names = {p["name"] for p in json.loads(spdx_doc.stdout)["packages"]}
     assert {"alpine", "libssl3", "libcrypto3", "alpn/base"} <= names
+
+
+def test_each_platform_of_an_index_has_its_own_sbom(token_server: MoorageServer) -> None:
+    """Attached per platform manifest; ``--platform`` picks one through the index."""
+    server = token_server
+    admin = Api(server, ADMIN_KEY)
+    admin.namespace("us-south", "multi")
+    account = admin.call("GET", "/iam/me")["account_id"]
+    amd64, arm64 = image_with_created("amd64"), image_with_created("arm64")
+    push_as_admin(server, "multi/app", amd64)
+    push_as_admin(server, "multi/app", arm64)
+    token = requests.get(
+        f"http://{server.host_for('us.localhost')}/oauth/token",
+        params={"service": "us.localhost", "scope": "repository:multi/app:pull,push"},
+        auth=("iamapikey", ADMIN_KEY),
+        timeout=10,
+    ).json()["token"]
+    index = va_images.index({"linux/amd64": amd64, "linux/arm64": arm64})
+    r = requests.put(
+        f"http://{server.host_for('us.localhost')}/v2/multi/app/manifests/v1",
+        data=index,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": OCI_INDEX},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    parts = open_registry(
+        Settings(data_dir=str(server.data_dir), database_url=server.database_url),
+        prepare=False,
+        processes_share_sqlite=True,
+    )
+    arm_contents = ImageContents(None, contents().packages[2:], ())
+    try:
+        sboms = SbomService(parts.blobs, parts.manifests)
+        repo = RepoRef("us-south", "multi/app")
+        for img, found, arch in ((amd64, contents(), "amd64"), (arm64, arm_contents, "arm64")):
+            coro = sboms.attach_sbom(repo, img.manifest_digest, found, account, f"linux/{arch}")
+            asyncio.run(coro)
+    finally:
+        parts.db.shutdown()
+        parts.metadata.engine.dispose()
+
+    arm = cli(server, ADMIN_KEY, "sbom", "multi/app:v1", "--platform", "linux/arm64")
+    assert arm.returncode == 0, arm.stderr
+    bom = json.loads(arm.stdout)
+    assert bom["metadata"]["component"]["version"] == arm64.manifest_digest
+    assert "arch=arm64" in bom["metadata"]["component"]["purl"]
+    assert [c["name"] for c in bom["components"]] == ["requests"]
+    unnamed = cli(server, ADMIN_KEY, "sbom", "multi/app:v1")
+    assert unnamed.returncode != 0 and "linux/amd64, linux/arm64" in unnamed.stderr

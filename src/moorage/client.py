@@ -103,10 +103,11 @@ class ManagementClient:
             raise ClientError(str(message), status=response.status_code)
         return response
 
-    def sbom(self, image: str, format: str = "cyclonedx") -> bytes:
-        """An image's SBOM document (``cyclonedx`` or ``spdx`` JSON), byte for byte."""
+    def sbom(self, image: str, format: str = "cyclonedx", platform: str | None = None) -> bytes:
+        """An image's SBOM document (``cyclonedx`` or ``spdx`` JSON), byte for byte;
+        ``platform`` ("linux/arm64") picks one of a multi-platform index."""
         path = f"/cr/{segment(self.region)}/sbom/{quote(image, safe='/@:')}"
-        return self.send("GET", path, format=format).content
+        return self.send("GET", path, format=format, platform=platform).content
 
     def regions(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/cr/regions"))

@@ -232,13 +232,16 @@ def sbom(
     output_file: Annotated[
         Path | None, typer.Option("--output", "-o", dir_okay=False, help="Write it to this file")
     ] = None,
+    platform: Annotated[
+        str | None, typer.Option("--platform", help="Of a multi-platform image: os/arch[/variant]")
+    ] = None,
     server: ServerOption = None,
     apikey: KeyOption = None,
 ) -> None:
     """Print an image's SBOM (the one attached to it as an OCI referrer)."""
     if format not in ("cyclonedx", "spdx"):
         raise CliError(f"--format must be cyclonedx or spdx, not {format!r}", exit_code=2)
-    document = Connection.resolve(server, apikey).sbom(image, format)
+    document = Connection.resolve(server, apikey).sbom(image, format, platform)
     if output_file is None:
         typer.echo(document.decode(errors="replace"))
         return

@@ -18,6 +18,7 @@ deterministic here (RFC 6979), so signing the same SBOM again adds nothing."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from moorage.metadata import RepoRef
-from moorage.metadata.va_store import VaStore
+from moorage.metadata.va_store import VaStore, platform_of
 from moorage.oci.manifest import IMAGE_TYPES, INDEX_TYPES, OCI_MANIFEST
 from moorage.regions import RegionMap
 from moorage.registry.blobs import BlobService
@@ -184,12 +185,20 @@ class SbomService:
             computed = await self._from_index(repo, image.digest, media_type, platform)
             if computed is not None:
                 return computed
-        if image.media_type in INDEX_TYPES:
+        if image.media_type not in INDEX_TYPES:
+            return await self._attached(repo, image.digest, media_type)
+        children: dict[str, str] = {}
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            for child in json.loads(image.content).get("manifests") or []:
+                name = platform_of(child) if isinstance(child, dict) else None
+                if name and isinstance(child.get("digest"), str):
+                    children.setdefault(name, child["digest"])
+        if platform is None or platform not in children:
             raise Unsupported(
-                "this is a multi-platform index: name a platform (?platform=linux/amd64) or "
-                "one platform's manifest digest"
+                "this is a multi-platform index: name one of its platforms "
+                f"({', '.join(sorted(children)) or 'none'}) or one platform's manifest digest"
             )
-        return await self._attached(repo, image.digest, media_type)
+        return await self._attached(repo, children[platform], media_type)
 
     async def _from_index(
         self, repo: RepoRef, digest: str, media_type: str, platform: str | None
