@@ -17,6 +17,7 @@ deterministic here (RFC 6979), so signing the same SBOM again adds nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -30,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from moorage.config import Settings
 from moorage.metadata import RepoRef
 from moorage.metadata.va_store import VaStore, platform_of
 from moorage.oci.manifest import IMAGE_TYPES, INDEX_TYPES, OCI_MANIFEST
@@ -120,6 +122,25 @@ class SbomService:
     registry_host: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     va: VaStore | None = None  # the Advisor's index, when this process has it
 
+    @classmethod
+    def configured(
+        cls,
+        settings: Settings,
+        blobs: BlobService,
+        manifests: ManifestService,
+        regions: RegionMap,
+        va: VaStore | None = None,
+    ) -> SbomService:
+        """As the server's settings say (``[va] sbom_signing_keys``); ValueError
+        for a key that cannot be read."""
+        return cls(
+            blobs,
+            manifests,
+            MappingProxyType(load_signing_keys(settings.sbom_signing_keys)),
+            MappingProxyType(registry_hosts(regions)),
+            va,
+        )
+
     def key_for(self, repo: RepoRef) -> ec.EllipticCurvePrivateKey | None:
         namespace = repo.name.split("/", 1)[0]
         return self.signing_keys.get(f"{repo.region}/{namespace}") or self.signing_keys.get(
@@ -161,10 +182,10 @@ class SbomService:
         referrers: dict[str, str] = {}
         signatures: list[str] = []
         key = self.key_for(repo)
-        for media_type, document in (
-            (CYCLONEDX, cyclonedx(contents, ref)),
-            (SPDX, spdx(contents, ref)),
-        ):
+        rendered = await asyncio.to_thread(  # CPU work: never on the event loop
+            lambda: ((CYCLONEDX, cyclonedx(contents, ref)), (SPDX, spdx(contents, ref)))
+        )
+        for media_type, document in rendered:
             manifest = await self._referrer(repo, media_type, document, subject, ref, account)
             referrers[media_type] = manifest
             if key is not None:
@@ -221,7 +242,6 @@ class SbomService:
         docs = [await run(va.layer, layer, INDEXER_VERSION) for layer in one.layers]
         if any(doc is None for doc in docs):
             return None  # indexed by an older indexer and not again yet
-        contents = overlay([layer_from_json(doc) for doc in docs if doc is not None])
         image_digest = one.report.digest or digest
         platform_manifest = await run(self.manifests.get, repo, image_digest, [])
         ref = ImageRef(
@@ -232,7 +252,11 @@ class SbomService:
             one.platform,
         )
         render = cyclonedx if media_type == CYCLONEDX else spdx
-        return StoredSbom(image_digest, "", media_type, render(contents, ref))
+
+        def computed() -> bytes:
+            return render(overlay([layer_from_json(d) for d in docs if d is not None]), ref)
+
+        return StoredSbom(image_digest, "", media_type, await asyncio.to_thread(computed))
 
     async def _attached(self, repo: RepoRef, digest: str, media_type: str) -> StoredSbom:
         run = self.blobs.db.run

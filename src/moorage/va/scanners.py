@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from moorage.auth.tokens import TokenService
+from moorage.config import Settings
 from moorage.egress import Egress, authority
 from moorage.regions import PublicUrl, Target
 from moorage.va.model import Finding, ImageContents, Package, Report, SeverityLevel
@@ -278,6 +279,18 @@ class Scanners:
         self.deadline = deadline
         self.token_lifetime = token_lifetime
         self.timeout = timeout
+
+    @classmethod
+    def configured(cls, settings: Settings, tokens: TokenService) -> Scanners:
+        """``[va] scanners`` and ``scanner_allow``; the adapters are told to pull
+        from the registry's public URL (``public_url``)."""
+        urls = settings.va_scanners
+        return cls(
+            urls,
+            egress_for(urls, settings.va_scanner_allow),
+            tokens,
+            PublicUrl(settings.public_url_template),
+        )
 
     async def scan(
         self, image: ScanTarget, contents: ImageContents | None = None
