@@ -33,7 +33,16 @@ from moorage.metadata import RepoRef
 from moorage.registry.artifacts import SbomService, load_signing_keys
 from moorage.registry.errors import ManifestUnknown
 from moorage.server import open_registry
-from moorage.va.model import FoundPackage, ImageContents, OSRelease, Package, PackageType
+from moorage.va.layers import layer_from_json
+from moorage.va.model import (
+    INDEXER_VERSION,
+    FoundPackage,
+    ImageContents,
+    OSRelease,
+    Package,
+    PackageType,
+)
+from moorage.va.overlay import overlay
 from moorage.va.sbom import CYCLONEDX, SPDX, ImageRef, cyclonedx, spdx
 from tests import va_images
 from tests.conftest import require_tool
@@ -494,6 +503,29 @@ def test_cr_sbom_is_computed_from_the_index_not_from_what_a_client_attached(
     openssl = by_name["libssl3"]
     assert openssl["purl"].startswith("pkg:apk/alpine/libssl3@3.3.2-r0")
     assert {p["name"]: p["value"] for p in openssl["properties"]}["moorage:layer:digest"] == layer
+
+    # The indexer's attachment of the same contents is the same document, byte for byte.
+    settings = Settings(data_dir=str(server.data_dir), database_url=server.database_url)
+    parts = open_registry(settings, prepare=False, processes_share_sqlite=True)
+    try:
+        [stored] = parts.va.stored_reports("us-south", "alpn/base", digest)
+        layers = [layer_from_json(parts.va.layer(d, INDEXER_VERSION) or {}) for d in stored.layers]
+        sboms = SbomService.configured(settings, parts.blobs, parts.manifests, parts.regions)
+        account = admin.call("GET", "/iam/me")["account_id"]
+        repo = RepoRef("us-south", "alpn/base")
+        coro = sboms.attach_sbom(repo, digest, overlay(layers), account, stored.platform)
+        attached = asyncio.run(coro)
+    finally:
+        parts.db.shutdown()
+        parts.metadata.engine.dispose()
+    sbom_manifest = requests.get(
+        f"{base}/manifests/{attached.referrers[CYCLONEDX]}", headers=headers, timeout=10
+    ).json()
+    blob = requests.get(
+        f"{base}/blobs/{sbom_manifest['layers'][0]['digest']}", headers=headers, timeout=10
+    )
+    assert printed.stdout == blob.text + "\n"
+
     spdx_doc = cli(server, ADMIN_KEY, "sbom", f"alpn/base@{digest}", "--format", "spdx")
     assert spdx_doc.returncode == 0, spdx_doc.stderr
     names = {p["name"] for p in json.loads(spdx_doc.stdout)["packages"]}
