@@ -25,6 +25,7 @@ from typing import Any
 from cyclonedx.model import Property
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.dependency import Dependency
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 from spdx_tools.spdx.jsonschema.document_converter import DocumentConverter
@@ -137,12 +138,15 @@ def cyclonedx(contents: ImageContents, image: ImageRef) -> bytes:
                 ],
             )
         )
+    # The image depends on everything in it, each of those on nothing known.
+    # (Built whole: Bom.register_dependency searches the list on every call.)
+    dependencies = [Dependency(c.bom_ref) for c in components]
     bom = Bom(
         serial_number=uuid.uuid5(_SERIAL_NAMESPACE, _fingerprint(image, contents)),
         metadata=BomMetaData(component=root, timestamp=image.when),
         components=components,
+        dependencies=[Dependency(root.bom_ref, dependencies), *dependencies],
     )
-    bom.register_dependency(root, components)
     return JsonV1Dot6(bom).output_as_string(indent=2).encode()
 
 
