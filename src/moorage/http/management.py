@@ -792,8 +792,8 @@ class ManagementApi:
                         }
                     },
                 }
-            path = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", op.path)  # "{image:.+}" -> "{image}"
-            paths.setdefault(API + path, {})[op.method.lower()] = entry
+            templated = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", op.path)  # aiohttp's {name:regex}
+            paths.setdefault(API + templated, {})[op.method.lower()] = entry
         return {
             "openapi": "3.1.0",
             "info": {"title": "Moorage management API", "version": "1"},
