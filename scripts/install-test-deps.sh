@@ -107,6 +107,14 @@ if [ ! -x "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION" ]; then
   mv "$TOOLS/build/registry" "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION"
 fi
 
+# va-sbom: the oras CLI reads the SBOM referrers back (`oras discover`, `oras pull`).
+ORAS_VERSION="v1.3.6"
+if [ ! -x "$TOOLS/bin/oras-$ORAS_VERSION" ]; then
+  echo "building oras $ORAS_VERSION"
+  GOBIN="$TOOLS/build" go install "oras.land/oras/cmd/oras@$ORAS_VERSION"
+  mv "$TOOLS/build/oras" "$TOOLS/bin/oras-$ORAS_VERSION"
+fi
+ln -sf "oras-$ORAS_VERSION" "$TOOLS/bin/oras"
 # --- va-os: a real Debian root file system for the Advisor's dpkg tests
 # (tests/va_layers.py builds the same one, the same way, when it is missing).
 DEBIAN_ROOT="$TOOLS/debootstrap-bookworm"

@@ -386,6 +386,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/cr/{region}/tokens"): REGISTRY,
     ("GET", "/cr/{region}/tokens/{id}"): REGISTRY,  # shows a secret
     ("DELETE", "/cr/{region}/tokens/{id}"): REGISTRY,
+    ("GET", "/cr/{region}/sbom/{image}"): None,
     ("GET", "/cr/{region}/va/{image}"): None,
     ("GET", "/cr/exemption-types"): None,
     ("GET", "/cr/{region}/exemptions"): None,

@@ -75,6 +75,13 @@ class ManagementClient:
         return tls_verification(self.verify)
 
     def request(self, method: str, path: str, body: Any = None, **params: str | None) -> Any:
+        response = self.send(method, path, body, **params)
+        return response.json() if response.content else None
+
+    def send(
+        self, method: str, path: str, body: Any = None, **params: str | None
+    ) -> httpx.Response:
+        """The API's answer as it came, once it is not an error (``ClientError``)."""
         try:
             response = httpx.request(
                 method,
@@ -94,7 +101,13 @@ class ManagementClient:
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {response.status_code}"
             raise ClientError(str(message), status=response.status_code)
-        return response.json() if response.content else None
+        return response
+
+    def sbom(self, image: str, format: str = "cyclonedx", platform: str | None = None) -> bytes:
+        """An image's SBOM document (``cyclonedx`` or ``spdx`` JSON), byte for byte;
+        ``platform`` ("linux/arm64") picks one of a multi-platform index."""
+        path = f"/cr/{segment(self.region)}/sbom/{quote(image, safe='/@:')}"
+        return self.send("GET", path, format=format, platform=platform).content
 
     def regions(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/cr/regions"))

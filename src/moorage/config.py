@@ -81,6 +81,14 @@ class Settings:
     gc_upload_max_age: int = 7 * 86400
     # Manifests kept in memory (bytes of content); 0 turns the cache off.
     manifest_cache_bytes: int = 32 * 1024 * 1024
+    # The Vulnerability Advisor's SBOMs: ("<namespace>" or "<region>/<namespace>",
+    # path of an ECDSA P-256 PEM private key) pairs; a namespace with a key gets
+    # its SBOM referrers signed (cosign format).
+    sbom_signing_keys: tuple[tuple[str, str], ...] = ()
+    # Harbor pluggable scanner adapters (their base URLs) whose reports join the
+    # Advisor's, and the private destinations they may be at (egress.py rules).
+    va_scanners: tuple[str, ...] = ()
+    va_scanner_allow: tuple[str, ...] = ()
     # The Vulnerability Advisor's indexer, on every process: off leaves pushed
     # images queued for a process that has it on. An item a worker holds goes
     # to another once va_lease seconds pass without the holder renewing it.
@@ -282,6 +290,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 values[name] = _coerce(name, table[key])
         if "regions" in document:
             values["regions"] = _regions(document["regions"])
+        values.update(_va_sbom(document.get("va")))
     for variable, name in _ENV_KEYS.items():
         if os.environ.get(variable):
             values[name] = _coerce(name, os.environ[variable])
@@ -327,6 +336,36 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if settings.storage_driver == "s3":
         settings = _check_s3(settings)
     return settings
+
+
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"[va] {name} must be a list of strings")
+    return tuple(value)
+
+
+def _va_sbom(table: Any) -> dict[str, Any]:
+    """``[va] sbom_signing_keys`` (a table of namespace = key path), ``scanners``
+    and ``scanner_allow`` (lists)."""
+    if not isinstance(table, dict):
+        return {}
+    found: dict[str, Any] = {}
+    keys = table.get("sbom_signing_keys")
+    if keys is not None:
+        if not isinstance(keys, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in keys.items()
+        ):
+            raise ConfigError('[va] sbom_signing_keys must be a table: "<namespace>" = "<key.pem>"')
+        found["sbom_signing_keys"] = tuple(sorted(keys.items()))
+    if "scanners" in table:
+        scanners = _strings("scanners", table["scanners"])
+        for url in scanners:
+            if not _ENDPOINT.fullmatch(url):
+                raise ConfigError(f"[va] scanners: {url!r} is not an http(s)://host[:port] URL")
+        found["va_scanners"] = tuple(u.rstrip("/") for u in scanners)
+    if "scanner_allow" in table:
+        found["va_scanner_allow"] = _strings("scanner_allow", table["scanner_allow"])
+    return found
 
 
 _ENDPOINT = re.compile(r"https?://[^/?#@\s]+/?")

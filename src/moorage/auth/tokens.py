@@ -187,6 +187,28 @@ class TokenService:
             )
         return reply
 
+    def issue_pull_only(
+        self, target: Target, repository: str, account: str, subject: str, lifetime: int = 300
+    ) -> str:
+        """A token that pulls one repository and nothing else, for a process that is
+        no principal (a scanner adapter the Advisor asks to read an image):
+        ``account`` must own the repository's namespace, as for any token, and it
+        cannot be refreshed. ``lifetime`` in seconds, at most ten minutes."""
+        now = int(time.time())
+        return self._sign(
+            {
+                "iss": ISSUER,
+                "aud": target.service,
+                "sub": subject,
+                "iat": now,
+                "nbf": now - 5,
+                "exp": now + max(1, min(lifetime, 600)),
+                "jti": uuid.uuid4().hex,
+                "access": [{"type": "repository", "name": repository, "actions": [PULL]}],
+                "accts": [account],
+            }
+        )
+
     def principal_from_refresh(self, token: str, audience: str) -> Principal | None:
         """The principal a refresh token stands for, if its credential still works."""
         try:

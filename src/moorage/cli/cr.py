@@ -223,6 +223,35 @@ def image_inspect(image: str, server: ServerOption = None, apikey: KeyOption = N
     emit(connection.request("GET", f"/cr/{connection.region}/image", image=image), None, "json")
 
 
+@app.command("sbom")
+def sbom(
+    image: str,
+    format: Annotated[
+        str, typer.Option("--format", help="cyclonedx (CycloneDX 1.6 JSON) or spdx (SPDX 2.3 JSON)")
+    ] = "cyclonedx",
+    output_file: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="Write it to this file")
+    ] = None,
+    platform: Annotated[
+        str | None, typer.Option("--platform", help="Of a multi-platform image: os/arch[/variant]")
+    ] = None,
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Print an image's SBOM (the one attached to it as an OCI referrer)."""
+    if format not in ("cyclonedx", "spdx"):
+        raise CliError(f"--format must be cyclonedx or spdx, not {format!r}", exit_code=2)
+    document = Connection.resolve(server, apikey).sbom(image, format, platform)
+    if output_file is None:
+        typer.echo(document.decode(errors="replace"))
+        return
+    try:
+        output_file.write_bytes(document)
+    except OSError as exc:
+        raise CliError(f"cannot write {output_file}: {exc.strerror or exc}") from None
+    typer.echo(f"Wrote the {format} SBOM of {image} to {output_file}", err=True)
+
+
 SIGNER_COLUMNS = [("name", "NAME"), ("kind", "KIND"), ("key_ids", "KEYS"), ("created_at", "ADDED")]
 
 

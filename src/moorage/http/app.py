@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
+from moorage.http import sbom
 from moorage.http.access import CATALOG, DELETE, PULL, PUSH, AccessPolicy, Identity
 from moorage.http.access_log import REPOSITORY_KEY
 from moorage.http.management import ManagementApi
@@ -196,6 +197,7 @@ class RegistryApp:
         self.db = db or blobs.db
         self.va = va
         self.management = management
+        sbom.install(management, blobs, manifests, regions, va)
         self.signatures = signatures
         # Every reply says the signature extension is here: clients read it off the
         # 401 of their first /v2/ request.

@@ -187,6 +187,8 @@ class ManagementApi:
                 return _error(exc.status, exc.code.lower(), exc.message)
             except web.HTTPException as exc:  # aiohttp's own: a body over the size limit
                 return _error(exc.status, "invalid", exc.reason)
+            if isinstance(result, web.StreamResponse):  # a document served as it is stored
+                return result
             if result is None:
                 return web.Response(status=204)
             status = 201 if request.method == "POST" else 200
@@ -748,7 +750,7 @@ class ManagementApi:
         for op in self.operations:
             params = [
                 {
-                    "name": part[1:-1].split(":")[0],
+                    "name": part[1:-1].split(":", 1)[0],  # "{image:.+}" names "image"
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string"},

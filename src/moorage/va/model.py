@@ -239,6 +239,8 @@ class Finding:
     fix: str  # the OS- or ecosystem-specific command, or advice when no fix exists
     layer: str
     exempted_by: str = ""  # exemption id
+    # Who found it: "moorage" and/or the pluggable scanners' labels ("Trivy 0.50.1").
+    scanners: tuple[str, ...] = ("moorage",)
 
 
 @dataclass(frozen=True)
