@@ -81,6 +81,9 @@ class Settings:
     gc_upload_max_age: int = 7 * 86400
     # Manifests kept in memory (bytes of content); 0 turns the cache off.
     manifest_cache_bytes: int = 32 * 1024 * 1024
+    # Refuse manifest GETs of images the Vulnerability Advisor calls FAIL (HEAD
+    # requests and automation, service IDs and tokens that may push, excepted).
+    va_block_pulls: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -153,6 +156,7 @@ _FILE_KEYS = {
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
     ("log", "access"): "access_log",
+    ("va", "block_pulls"): "va_block_pulls",
 }
 _ENV_KEYS = {
     "MOORAGE_HOST": "host",
@@ -185,6 +189,7 @@ _ENV_KEYS = {
     "MOORAGE_GC_INTERVAL": "gc_interval",
     "MOORAGE_GC_GRACE": "gc_grace",
     "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
+    "MOORAGE_VA_BLOCK_PULLS": "va_block_pulls",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {

@@ -32,6 +32,7 @@ from moorage.registry import (
 from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
+from moorage.va.pulls import PullGate
 
 log = logging.getLogger("moorage.http")
 
@@ -188,8 +189,10 @@ class RegistryApp:
         encrypted: bool = False,
         signatures: SignatureService | None = None,
         db: DatabaseThreads | None = None,
+        pull_gate: PullGate | None = None,
     ) -> None:
         self.db = db or blobs.db
+        self.pull_gate = pull_gate  # [va] block_pulls: FAIL images are not served
         self.management = management
         self.signatures = signatures
         # Every reply says the signature extension is here: clients read it off the
@@ -518,6 +521,10 @@ class RegistryApp:
         manifest = self.manifests.cached(call.repo, call.params["ref"], accept)
         if manifest is None:
             manifest = await self.db.run(self.manifests.get, call.repo, call.params["ref"], accept)
+        if self.pull_gate is not None:
+            await self.pull_gate.check(
+                call.request.method, call.target, call.name, manifest.digest, call.identity.claims
+            )
         headers: Headers = [
             ("content-type", manifest.media_type),
             ("docker-content-digest", manifest.digest),
