@@ -9,7 +9,6 @@ pushed with skopeo, and pulls by a Reader's and a Writer's service ID."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,8 +21,10 @@ import requests
 from moorage.config import load_settings
 from moorage.va.model import ConfigIssue, Finding, OSRelease, Report, SeverityLevel, Status
 from moorage.va.pulls import open_issues, refusal
+from tests.enforce_env import moorage
 from tests.iam_helpers import ADMIN_KEY, Api, bearer
 from tests.server import MoorageServer, ensure_region_hosts
+from tests.va_vulnerable import ADVISORY, vulnerable_image
 
 DEBIAN = OSRelease("debian", "11")
 OPENSSL = Finding(
@@ -112,17 +113,6 @@ needs_advisor = pytest.mark.skipif(
 US = "us.localhost"
 
 
-def _fixture() -> dict[str, Any]:
-    base = Path(__file__).parent / "data" / "va"
-    manifest = base / "va-enforce" / "vulnerable.json"
-    if not manifest.exists():
-        pytest.skip(f"no vulnerable image fixture ({manifest}) yet")
-    found: dict[str, Any] = json.loads(manifest.read_text())
-    found["layout"] = base / found["layout"]
-    found["advisories"] = base / found["advisories"]
-    return found
-
-
 @pytest.fixture(scope="module")
 def blocking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MoorageServer, Any]]:
     ensure_region_hosts()
@@ -144,19 +134,15 @@ def test_a_fail_image_is_refused_to_a_reader_and_served_to_head_and_automation(
     blocking: tuple[MoorageServer, Any],
 ) -> None:
     server, tmp = blocking
-    fixture = _fixture()
+    vulnerable = vulnerable_image(tmp / "vulnerable")
     admin = Api(server, ADMIN_KEY)
     admin.namespace("us-south", "pulls")
     writer = admin.service_key("pulls-writer", "Writer", region="us-south")
     reader = admin.service_key("pulls-reader", "Reader", region="us-south")
-    data = tmp / "data"
-    imported = subprocess.run(
-        [str(server.binary), "va", "db", "import", str(fixture["advisories"])],
-        capture_output=True,
-        text=True,
-        env={**server.env_for_cli(data)},
-        timeout=300,
-    )
+    config = tmp / "config"
+    assert moorage(config, "login", "--server", server.url, "--apikey", ADMIN_KEY).returncode == 0
+    assert moorage(config, "cr", "region-set", "us-south").returncode == 0
+    imported = moorage(config, "va", "db", "import", str(vulnerable.advisories))
     assert imported.returncode == 0, imported.stderr
     host = server.host_for(US)
     pushed = subprocess.run(
@@ -166,7 +152,7 @@ def test_a_fail_image_is_refused_to_a_reader_and_served_to_head_and_automation(
             "--dest-tls-verify=false",
             "--dest-creds",
             f"iamapikey:{writer}",
-            f"oci:{fixture['layout']}:latest",
+            f"oci:{vulnerable.layout}:latest",
             f"docker://{host}/pulls/vulnerable:v1",
         ],
         capture_output=True,
@@ -188,7 +174,22 @@ def test_a_fail_image_is_refused_to_a_reader_and_served_to_head_and_automation(
         answer = pull(reader)
     assert answer.status_code == 403, answer.text
     error = answer.json()["errors"][0]
-    assert error["code"] == "DENIED" and fixture["advisory_id"] in error["message"]
+    assert error["code"] == "DENIED" and ADVISORY in error["message"]
+    assert error["detail"][0]["issues"] == [ADVISORY]
     assert pull(reader, "HEAD").status_code == 200
     assert pull(writer).status_code == 200  # a pipeline that may push still reads it
     assert pull(ADMIN_KEY).status_code == 403  # a person, whatever their role
+
+    added = moorage(
+        config,
+        "cr",
+        "exemption-add",
+        "--scope",
+        "pulls/vulnerable",
+        "--issue-type",
+        "cve",
+        "--issue-id",
+        ADVISORY,
+    )
+    assert added.returncode == 0, added.stderr
+    assert pull(reader).status_code == 200  # exempted: served at once
