@@ -58,6 +58,7 @@ from moorage.metadata.changes import feed_for
 from moorage.metadata.database import installation_lock
 from moorage.metadata.iam_store import IamStore
 from moorage.metadata.shared_store import FailureStore, InstallationStore, SigningKeyStore
+from moorage.metadata.va_store import VaStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
 from moorage.registry.blobs import MetadataLedger
@@ -66,6 +67,8 @@ from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
+from moorage.va.indexer import Indexer
+from moorage.va.service import VulnerabilityService
 
 log = logging.getLogger("moorage")
 
@@ -91,6 +94,8 @@ class Components:
     regions: RegionMap
     keeper: SecretKeeper
     db: DatabaseThreads
+    va: VaStore
+    vulnerabilities: VulnerabilityService
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -150,6 +155,8 @@ def open_registry(
     manifests = ManifestService(
         metadata, settings.max_manifest_bytes, settings.manifest_cache_bytes
     )
+    va = VaStore(engine)
+    metadata.manifest_hooks.append(va.enqueue_manifest)  # queued with the manifest it names
     return Components(
         BlobService(store, metadata, db),
         manifests,
@@ -160,6 +167,8 @@ def open_registry(
         regions,
         keeper,
         db,
+        va,
+        VulnerabilityService(va, manifests),
     )
 
 
@@ -288,7 +297,9 @@ def create_app(
             encrypted=settings.tls,
             signatures=parts.signatures,
             db=db,
+            va=parts.vulnerabilities,
         )
+        app.indexer = _indexer(parts)
         app.cleanups.extend(cleanups)
         return app
 
@@ -330,13 +341,28 @@ def create_app(
             parts.regions,
             signin,
             PullCheck(signin, tokens, iam, parts.regions),
+            parts.vulnerabilities,
         ),
         encrypted=settings.tls,
         signatures=parts.signatures,
         db=db,
+        va=parts.vulnerabilities,
     )
+    app.indexer = _indexer(parts)
     app.cleanups.extend(cleanups)
     return app
+
+
+def _indexer(parts: Components) -> Indexer:
+    from moorage.metadata.advisory_store import AdvisoryStore
+
+    return Indexer(
+        parts.metadata,
+        parts.va,
+        parts.blobs.store,
+        parts.db,
+        AdvisoryStore(parts.metadata.engine),
+    )
 
 
 def throttle_for(settings: Settings, parts: Components) -> Throttle:
@@ -477,7 +503,17 @@ async def _serve(
 
         loop.add_signal_handler(signal.SIGHUP, reload)
     collector = _start_collector(settings, registry)
+    # Every process works on the Advisor's queue; what one is doing when it
+    # stops is leased, and another takes it once the lease runs out.
+    indexer = (
+        loop.create_task(registry.indexer.run(), name="va-indexer")
+        if registry.indexer is not None
+        else None
+    )
     await stop.wait()
+    if indexer is not None:
+        indexer.cancel()
+        await asyncio.wait([indexer], timeout=settings.shutdown_timeout)
     if collector is not None:
         # A round in progress finishes the blob it is deleting (shielded), then stops.
         collector.cancel()

@@ -32,7 +32,10 @@ from moorage.registry import (
 from moorage.registry.errors import NameInvalid, SizeInvalid, Unsupported
 from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
+from moorage.va.assess import HARBOR_REPORT
+from moorage.va.indexer import Indexer
 from moorage.va.pulls import PullGate
+from moorage.va.service import VulnerabilityService
 
 log = logging.getLogger("moorage.http")
 
@@ -189,9 +192,11 @@ class RegistryApp:
         encrypted: bool = False,
         signatures: SignatureService | None = None,
         db: DatabaseThreads | None = None,
+        va: VulnerabilityService | None = None,
         pull_gate: PullGate | None = None,
     ) -> None:
         self.db = db or blobs.db
+        self.va = va
         self.pull_gate = pull_gate  # [va] block_pulls: FAIL images are not served
         self.management = management
         self.signatures = signatures
@@ -216,6 +221,8 @@ class RegistryApp:
         self.inflight = 0
         # Called once the server has stopped (change feed, threads, connections).
         self.cleanups: list[Callable[[], None]] = []
+        # The Advisor's worker, which the server runs beside the application.
+        self.indexer: Indexer | None = None
 
     def _routes(self) -> list[Route]:
         name = r"(?P<name>.+?)"
@@ -264,6 +271,10 @@ class RegistryApp:
                     "PUT": (self.put_signature, (PULL, PUSH)),
                     "DELETE": (self.delete_signature, (DELETE,)),
                 },
+            ),
+            Route(
+                re.compile(rf"^/v2/{name}/_moorage/va/(?P<ref>[^/]+)\Z"),
+                {"GET": (self.get_va_report, (PULL,))},
             ),
             Route(re.compile(r"^/health\Z"), {"GET": (self.get_health, PUBLIC)}),
             Route(
@@ -552,6 +563,8 @@ class RegistryApp:
             except RegistryError:
                 raise self.manifests.removal_denied(write) from None
         result = await self.db.run(self.manifests.commit, write, call.identity.account)
+        if self.indexer is not None:
+            self.indexer.wake()  # a queued image is indexed now, not at the next poll
         headers: Headers = [
             ("location", f"/v2/{call.name}/manifests/{result.digest}"),
             ("docker-content-digest", result.digest),
@@ -637,6 +650,22 @@ class RegistryApp:
         if artifact_type is not None:
             headers.append(("oci-filters-applied", "artifactType"))
         return Response(200, headers, body)
+
+    # -- the Advisor's report --------------------------------------------------
+
+    async def get_va_report(self, call: Call) -> Response:
+        """The Vulnerability Advisor's report of a tag or digest, to whoever may
+        pull it (an admission webhook with pull credentials); Harbor's report
+        alone when the Accept header asks for it."""
+        if self.va is None:
+            raise RegistryError("this registry runs no Vulnerability Advisor", status=404)
+        doc = await self.db.run(self.va.report_json, call.repo, call.params["ref"])
+        if any(HARBOR_REPORT.split(";")[0] in a for a in call.request.header_values("accept")):
+            harbor = {k: doc[k] for k in ("generated_at", "artifact", "scanner", "severity")}
+            harbor["vulnerabilities"] = doc["vulnerabilities"]
+            body = json.dumps(harbor, separators=(",", ":")).encode()
+            return Response(200, [("content-type", HARBOR_REPORT)], body)
+        return json_response(200, doc)
 
 
 def _check_name(name: str) -> None:

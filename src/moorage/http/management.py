@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from moorage.auth.pullcheck import PullCheck
 from moorage.auth.signin import SignIn, SignInFailed, Way, basic_credentials
 from moorage.http import schemas
+from moorage.http.va import VaApi
 from moorage.iam import roles
 from moorage.iam.errors import Forbidden, IamError, Invalid, NotFound, Unauthenticated
 from moorage.iam.roles import SERVICES
@@ -37,6 +38,7 @@ from moorage.regions import RegionMap, UnknownDomain
 from moorage.registry import ManifestService, RegistryError, RepoRef
 from moorage.registry.namespaces import NamespaceService
 from moorage.registry.signatures import SignatureService
+from moorage.va.service import VulnerabilityService
 
 API = "/api/v1"
 ACCOUNT_HEADER = "X-Moorage-Account"
@@ -94,8 +96,10 @@ class ManagementApi:
         regions: RegionMap,
         signin: SignIn,
         pull_check: PullCheck,
+        va: VulnerabilityService | None = None,
     ) -> None:
         self.iam = iam
+        self.va = va
         self.manifests = manifests
         self.namespace_service = namespaces
         self.signatures = signatures
@@ -154,6 +158,7 @@ class ManagementApi:
             Op("POST", "/cr/{region}/tokens", self.add_token, s.TokenCreate),
             Op("GET", "/cr/{region}/tokens/{id}", self.get_token),
             Op("DELETE", "/cr/{region}/tokens/{id}", self.remove_token),
+            *(VaApi(self, self.va).operations() if self.va is not None else ()),
         ]
 
     # -- plumbing ------------------------------------------------------------
@@ -586,8 +591,16 @@ class ManagementApi:
         region = self._region(c)
         visible = await self._run(self.iam.namespaces_allowing, c.principal, region, roles.LIST)
         images = await self._run(self.manifests.images, region, [n.name for n in visible])
-        return [
-            {
+        keys = [(i.repository, i.digest) for i in images]
+        statuses: dict[tuple[str, str], str] = {}
+        summaries: dict[tuple[str, str], Any] = {}
+        if self.va is not None:
+            statuses = await self._run(self.va.statuses, region, keys)
+            if c.query("include_va") in ("1", "true", "yes"):
+                summaries = await self._run(self.va.summaries, region, keys)
+        listed = []
+        for i in images:
+            entry = {
                 "repository": i.repository,
                 "tag": i.tag,
                 "digest": i.digest,
@@ -595,10 +608,12 @@ class ManagementApi:
                 "created": plain(i.created),
                 "size": i.size,
                 "media_type": i.media_type,
-                "security_status": "Not scanned",
+                "security_status": statuses.get((i.repository, i.digest), "PENDING"),
             }
-            for i in images
-        ]
+            if summaries:
+                entry["va"] = summaries.get((i.repository, i.digest))
+            listed.append(entry)
+        return listed
 
     def _image(self, region: str, value: str | None) -> tuple[RepoRef, str, str]:
         """``[domain/]namespace/image:tag`` or ``...@digest``, split for the services."""
@@ -731,7 +746,12 @@ class ManagementApi:
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             params = [
-                {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": part[1:-1].split(":")[0],
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
                 for part in op.path.split("/")
                 if part.startswith("{")
             ]

@@ -97,3 +97,18 @@ class PullCheckRequest(Body):
 class SignerCreate(Body):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     public_key: Annotated[str, Field(min_length=1, max_length=32 * 1024)]
+
+
+class ExemptionCreate(Body):
+    scope: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=400,
+            description="*, NAMESPACE, NAMESPACE/REPO, NAMESPACE/REPO:TAG or NAMESPACE/REPO@DIGEST",
+        ),
+    ]
+    issue_type: Annotated[str, Field(max_length=40, description="cve or configuration")]
+    issue_id: Annotated[str, Field(min_length=1, max_length=200)]
+    expires: Annotated[str | None, Field(max_length=40)] = None
+    reason: Annotated[str, Field(max_length=1000)] = ""

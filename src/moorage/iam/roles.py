@@ -22,6 +22,9 @@ TAG = "tag"
 DELETE = "delete"
 MANAGE_NAMESPACES = "namespace.manage"
 MANAGE_TOKENS = "token.manage"
+# Accepting a vulnerability or configuration issue (the Advisor's exemptions)
+# changes what enforcement lets run: Manager, not Writer.
+MANAGE_EXEMPTIONS = "exemption.manage"
 VIEW = "view"
 # Administrator on a service: policies on that service, within the policy's scope.
 MANAGE_POLICIES = "policy.manage"
@@ -30,7 +33,7 @@ MANAGE_IDENTITIES = "identity.manage"
 
 _READER = frozenset({PULL, LIST})
 _WRITER = _READER | {PUSH, TAG}
-_MANAGER = _WRITER | {DELETE, MANAGE_NAMESPACES, MANAGE_TOKENS}
+_MANAGER = _WRITER | {DELETE, MANAGE_NAMESPACES, MANAGE_TOKENS, MANAGE_EXEMPTIONS}
 
 SERVICE_ROLES: dict[str, frozenset[str]] = {
     "Reader": _READER,

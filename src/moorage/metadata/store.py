@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -211,6 +211,10 @@ class Referrer:
     annotations: dict[str, str] | None
 
 
+# Called with the open transaction, the repository and a manifest new to it.
+ManifestHook = Callable[[Connection, RepoRef, NewManifest], None]
+
+
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'metadata.db'}"
 
@@ -248,12 +252,17 @@ class MetadataStore:
     Rows that two writers (threads, processes, replicas) may create at once
     are created with ``INSERT ... ON CONFLICT``, never by a look-up followed by
     an insert. A write that changes what caches hold (a tag, a manifest, a
-    namespace) announces it on ``changes`` inside its transaction."""
+    namespace) announces it on ``changes`` inside its transaction.
+
+    ``manifest_hooks`` run inside the transaction that stores a manifest new
+    to its repository, so what they write (the Advisor's queue) commits with
+    the manifest or not at all."""
 
     def __init__(self, engine: Engine, changes: ChangeFeed | None = None) -> None:
         self.engine = engine
         self.changes: ChangeFeed = changes or LocalFeed()
         self._writer = writer(engine)
+        self.manifest_hooks: list[ManifestHook] = []
 
     @contextmanager
     def _write(self) -> Iterator[tuple[Connection, list[str]]]:
@@ -654,6 +663,9 @@ class MetadataStore:
             if manifest_id is None:
                 self._require_links(conn, repo_id, manifest.blob_digests)
                 manifest_id = self._insert_manifest(conn, repo_id, manifest)
+                if manifest_id is not None:
+                    for hook in self.manifest_hooks:
+                        hook(conn, repo, manifest)
             if manifest_id is None:  # another writer stored it between the two statements
                 manifest_id = self._manifest_id(conn, repo_id, manifest.digest)
             if manifest_id is None:  # pragma: no cover - stored, then deleted meanwhile

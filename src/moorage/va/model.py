@@ -221,6 +221,7 @@ class Exemption:
     reason: str = ""
     expires: str = ""  # RFC 3339, empty for never
     created_by: str = ""
+    region: str = ""  # the regional registry whose namespaces ``scope`` names
 
 
 @dataclass(frozen=True)
