@@ -450,7 +450,7 @@ class VaStore:
             if digest is not None:
                 stmt = stmt.where(VaReport.manifest_digest == digest)
         with self.engine.connect() as conn:
-            rows = conn.scalars(stmt).all()
+            rows = conn.execute(stmt).all()
             return [
                 StoredReport(
                     int(r.id),
