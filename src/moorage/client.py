@@ -110,3 +110,50 @@ class ManagementClient:
     def registry_hosts(self) -> list[str]:
         """Every regional domain with the server's port: where images are pulled from."""
         return [f"{r['domain']}{self.port_suffix}" for r in self.regions()]
+
+    # -- the Vulnerability Advisor ---------------------------------------------
+
+    def va_report(self, image: str) -> dict[str, Any]:
+        """The Advisor's report of ``namespace/repo:tag`` or ``...@digest``."""
+        return dict(self.request("GET", f"/cr/{self.region}/va/{image_path(image)}"))
+
+    def images(self, include_va: bool = False) -> list[dict[str, Any]]:
+        return list(
+            self.request("GET", f"/cr/{self.region}/images", include_va="1" if include_va else None)
+        )
+
+    def exemption_add(
+        self,
+        scope: str,
+        issue_type: str,
+        issue_id: str,
+        expires: str | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        body = {
+            "scope": scope,
+            "issue_type": issue_type,
+            "issue_id": issue_id,
+            "expires": expires,
+            "reason": reason,
+        }
+        return dict(self.request("POST", f"/cr/{self.region}/exemptions", body))
+
+    def exemptions(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/cr/{self.region}/exemptions"))
+
+    def exemption_rm(self, exemption_id: str) -> None:
+        self.request("DELETE", f"/cr/{self.region}/exemptions/{segment(exemption_id)}")
+
+    def exemption_types(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/cr/exemption-types"))
+
+
+def image_path(image: str) -> str:
+    """An image reference as the path of the report endpoint: a registry
+    domain in front dropped, each character that is not part of a name,
+    tag or digest quoted."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        image = rest
+    return quote(image, safe="/:@")

@@ -81,6 +81,11 @@ class Settings:
     gc_upload_max_age: int = 7 * 86400
     # Manifests kept in memory (bytes of content); 0 turns the cache off.
     manifest_cache_bytes: int = 32 * 1024 * 1024
+    # The Vulnerability Advisor's indexer, on every process: off leaves pushed
+    # images queued for a process that has it on. An item a worker holds goes
+    # to another once va_lease seconds pass without the holder renewing it.
+    va_index: bool = True
+    va_lease: float = 60.0
     # Refuse manifest GETs of images the Vulnerability Advisor calls FAIL (HEAD
     # requests and automation, service IDs and tokens that may push, excepted).
     va_block_pulls: bool = False
@@ -153,6 +158,8 @@ _FILE_KEYS = {
     ("gc", "interval"): "gc_interval",
     ("gc", "grace"): "gc_grace",
     ("gc", "upload_max_age"): "gc_upload_max_age",
+    ("va", "index"): "va_index",
+    ("va", "lease"): "va_lease",
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
     ("log", "access"): "access_log",
@@ -188,6 +195,8 @@ _ENV_KEYS = {
     "MOORAGE_REDIS_URL": "redis_url",
     "MOORAGE_GC_INTERVAL": "gc_interval",
     "MOORAGE_GC_GRACE": "gc_grace",
+    "MOORAGE_VA_INDEX": "va_index",
+    "MOORAGE_VA_LEASE": "va_lease",
     "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
     "MOORAGE_VA_BLOCK_PULLS": "va_block_pulls",
 }
@@ -306,6 +315,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("workers must be between 1 and 256")
     if settings.manifest_cache_bytes < 0:
         raise ConfigError("manifest_cache_bytes must be 0 or more")
+    if settings.va_lease < 1:
+        raise ConfigError("va lease must be at least 1 second")
     if min(settings.gc_interval, settings.gc_grace, settings.gc_upload_max_age) < 0:
         raise ConfigError("gc interval, grace and upload_max_age must be 0 or more seconds")
     if settings.redis_url and not settings.redis_url.startswith(

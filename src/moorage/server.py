@@ -54,6 +54,7 @@ from moorage.metadata import (
     sqlite_url,
     upgrade,
 )
+from moorage.metadata.advisory_store import AdvisoryStore
 from moorage.metadata.changes import feed_for
 from moorage.metadata.database import installation_lock
 from moorage.metadata.iam_store import IamStore
@@ -301,7 +302,7 @@ def create_app(
             va=parts.vulnerabilities,
             pull_gate=_pull_gate(settings, parts, None),
         )
-        app.indexer = _indexer(parts)
+        app.indexer = _indexer(parts, settings)
         app.cleanups.extend(cleanups)
         return app
 
@@ -351,7 +352,7 @@ def create_app(
         va=parts.vulnerabilities,
         pull_gate=_pull_gate(settings, parts, tokens),
     )
-    app.indexer = _indexer(parts)
+    app.indexer = _indexer(parts, settings)
     app.cleanups.extend(cleanups)
     return app
 
@@ -366,15 +367,16 @@ def _pull_gate(
     return PullGate(parts.va.report, parts.db.run, tokens)
 
 
-def _indexer(parts: Components) -> Indexer:
-    from moorage.metadata.advisory_store import AdvisoryStore
-
+def _indexer(parts: Components, settings: Settings) -> Indexer | None:
+    if not settings.va_index:
+        return None
     return Indexer(
         parts.metadata,
         parts.va,
         parts.blobs.store,
         parts.db,
         AdvisoryStore(parts.metadata.engine),
+        lease_seconds=settings.va_lease,
     )
 
 

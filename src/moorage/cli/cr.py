@@ -150,6 +150,16 @@ IMAGE_COLUMNS = [
 
 
 Restrict = Annotated[str | None, typer.Option("--restrict", help="Only this namespace")]
+IncludeVa = Annotated[
+    bool,
+    typer.Option("--include-va", help="Show the Vulnerability Advisor's counts of issues"),
+]
+VA_COLUMNS = [
+    ("vulnerabilities", "VULNERABILITIES"),
+    ("fixable", "FIXABLE"),
+    ("configuration_issues", "CONFIG ISSUES"),
+    ("exempted", "EXEMPTED"),
+]
 
 
 @app.command("image-list")
@@ -157,13 +167,16 @@ Restrict = Annotated[str | None, typer.Option("--restrict", help="Only this name
 def images(
     output: str = OutputOption,
     restrict: Restrict = None,
+    include_va: IncludeVa = False,
     server: ServerOption = None,
     apikey: KeyOption = None,
 ) -> None:
-    """List the images of your namespaces in the targeted region (also: image-list)."""
+    """List the images of your namespaces in the targeted region (also: image-list),
+    with the Vulnerability Advisor's status of each."""
     connection = Connection.resolve(server, apikey)
     host = connection.region_domain()
-    rows = connection.request("GET", f"/cr/{connection.region}/images")
+    rows = connection.images(include_va)
+    columns = IMAGE_COLUMNS + (VA_COLUMNS if include_va else [])
     if restrict:
         rows = [r for r in rows if r["namespace"] == restrict]
     if output != "json":
@@ -174,10 +187,12 @@ def images(
                 "digest": r["digest"][7:19],
                 "size": _human_size(r["size"]),
                 "created": r["created"][:19],
+                **(r.get("va") or {}),
+                "security_status": r["security_status"],
             }
             for r in rows
         ]
-    emit(rows, IMAGE_COLUMNS, output)
+    emit(rows, columns, output)
 
 
 @app.command("image-rm")
@@ -319,3 +334,134 @@ def token_rm(
         typer.confirm(f"Remove token {token_id}?", abort=True)
     connection.request("DELETE", f"/cr/{connection.region}/tokens/{segment(token_id)}")
     typer.echo(f"Removed token {token_id}")
+
+
+# -- the Vulnerability Advisor --------------------------------------------------
+
+VaOutput = Annotated[str, typer.Option("--output", help="table, json or sarif")]
+FINDING_COLUMNS = [
+    ("id", "ADVISORY"),
+    ("severity", "SEVERITY"),
+    ("package", "PACKAGE"),
+    ("installed", "INSTALLED"),
+    ("fixed", "FIXED"),
+    ("fix", "FIX"),
+    ("exempted_by", "EXEMPTED BY"),
+]
+CONFIG_COLUMNS = [
+    ("id", "CHECK"),
+    ("description", "ISSUE"),
+    ("fix", "FIX"),
+    ("exempted_by", "EXEMPTED BY"),
+]
+
+
+@app.command("vulnerability-assessment")
+@app.command("va")
+def va(
+    image: str,
+    output: VaOutput = "table",
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """The Vulnerability Advisor's report of an image (also: vulnerability-assessment):
+    each platform's status, its vulnerabilities with the command that fixes each, and
+    its configuration issues."""
+    if output not in ("table", "json", "sarif"):
+        raise CliError("--output must be table, json or sarif", 2)
+    connection = Connection.resolve(server, apikey)
+    report = connection.va_report(image)
+    if output == "json":
+        emit(report, None, "json")
+        return
+    if output == "sarif":
+        from moorage.va.assess import sarif
+
+        emit(sarif(report), None, "json")
+        return
+    typer.echo(f"Image:  {report['repository']}@{report['digest']}")
+    typer.echo(f"Status: {report['status']}")
+    for platform in report["platforms"]:
+        os_name = (platform.get("os") or {}).get("pretty_name") or "unknown operating system"
+        where = platform["platform"] or "image"
+        reason = f" ({platform['reason']})" if platform.get("reason") else ""
+        typer.echo(f"\n{where}: {platform['status']}, {os_name}{reason}")
+        if platform["findings"]:
+            typer.echo("Vulnerabilities:")
+            emit(platform["findings"], FINDING_COLUMNS, "table")
+        if platform["config_issues"]:
+            typer.echo("Configuration issues:")
+            emit(platform["config_issues"], CONFIG_COLUMNS, "table")
+        if not platform["findings"] and not platform["config_issues"]:
+            typer.echo("No issues found.")
+
+
+EXEMPTION_COLUMNS = [
+    ("id", "ID"),
+    ("scope", "SCOPE"),
+    ("issue_type", "ISSUE TYPE"),
+    ("issue_id", "ISSUE ID"),
+    ("expires", "EXPIRES"),
+    ("reason", "REASON"),
+]
+Scope = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        help="* (the account), NAMESPACE, NAMESPACE/REPO, NAMESPACE/REPO:TAG or "
+        "NAMESPACE/REPO@DIGEST",
+    ),
+]
+IssueType = Annotated[str, typer.Option("--issue-type", help="cve or configuration")]
+IssueId = Annotated[
+    str, typer.Option("--issue-id", help="CVE-..., any alias of an advisory, or a check ID")
+]
+
+
+@app.command("exemption-add")
+def exemption_add(
+    scope: Scope,
+    issue_type: IssueType,
+    issue_id: IssueId,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Date or date and time it ends (UTC)")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why it is accepted")] = "",
+    server: ServerOption = None,
+    apikey: KeyOption = None,
+) -> None:
+    """Exempt an issue within a scope: the images there are assessed without it."""
+    connection = Connection.resolve(server, apikey)
+    created = connection.exemption_add(scope, issue_type, issue_id, expires, reason)
+    typer.echo(f"Added exemption {created['id']} for {issue_type} {issue_id} in {scope}")
+
+
+@app.command("exemptions")
+@app.command("exemption-list")
+def exemption_list(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """List the exemptions of the targeted region (also: exemptions)."""
+    connection = Connection.resolve(server, apikey)
+    emit(connection.exemptions(), EXEMPTION_COLUMNS, output)
+
+
+@app.command("exemption-rm")
+def exemption_rm(exemption_id: str, server: ServerOption = None, apikey: KeyOption = None) -> None:
+    """Remove an exemption; the images it covered are assessed again."""
+    connection = Connection.resolve(server, apikey)
+    connection.exemption_rm(exemption_id)
+    typer.echo(f"Removed exemption {exemption_id}")
+
+
+@app.command("exemption-types")
+def exemption_types(
+    output: str = OutputOption, server: ServerOption = None, apikey: KeyOption = None
+) -> None:
+    """The issue types an exemption may name."""
+    connection = Connection.resolve(server, apikey)
+    emit(
+        connection.exemption_types(),
+        [("issue_type", "ISSUE TYPE"), ("description", "DESCRIPTION")],
+        output,
+    )

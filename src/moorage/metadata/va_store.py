@@ -440,7 +440,7 @@ class VaStore:
     def _reports(
         self, region: str, repository: str | None, digest: str | None, ids: Sequence[int] = ()
     ) -> list[StoredReport]:
-        stmt = select(VaReport).order_by(VaReport.platform)
+        stmt = select(VaReport.__table__).order_by(VaReport.platform)
         if ids:
             stmt = stmt.where(VaReport.id.in_(ids))
         else:
@@ -588,7 +588,7 @@ class VaStore:
             return int(conn.scalar(select(func.count()).where(VaReport.snapshot == snapshot)) or 0)
 
     def events(self, region: str | None = None) -> list[VaEventRecord]:
-        stmt = select(VaEvent).order_by(VaEvent.id)
+        stmt = select(VaEvent.__table__).order_by(VaEvent.id)
         if region is not None:
             stmt = stmt.where(VaEvent.region == region)
         with self.engine.connect() as conn:
@@ -602,7 +602,7 @@ class VaStore:
                     e.new_status,
                     _aware(e.at),
                 )
-                for e in conn.scalars(stmt)
+                for e in conn.execute(stmt)
             ]
 
     # -- exemptions --------------------------------------------------------
@@ -638,8 +638,8 @@ class VaStore:
 
     def exemptions(self, account: str, region: str) -> list[Exemption]:
         with self.engine.connect() as conn:
-            rows = conn.scalars(
-                select(VaExemption)
+            rows = conn.execute(
+                select(VaExemption.__table__)
                 .where(VaExemption.account == account, VaExemption.region == region)
                 .order_by(VaExemption.scope, VaExemption.issue_id, VaExemption.id)
             ).all()

@@ -24,9 +24,10 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from moorage.metadata import DatabaseThreads, MetadataStore, RepoRef
+from moorage.metadata.advisory_store import AdvisoryStore
 from moorage.metadata.va_store import INDEX, QueueItem, StoredReport, VaStore, is_image
 from moorage.oci.digest import parse_digest
 from moorage.storage import BlobStore
@@ -44,20 +45,6 @@ CONFIG_LIMIT = 4 * 1024 * 1024
 LEASE_SECONDS = 60.0
 # Attempts before an item ends failed (a layer that always breaks the worker).
 MAX_ATTEMPTS = 5
-
-
-class SnapshotInfo(Protocol):
-    id: str
-
-
-class Advisories(Protocol):
-    """What the indexer needs of ``AdvisoryStore``."""
-
-    def current(self) -> SnapshotInfo | None: ...
-
-    def lookup(self, snapshot_id: str) -> Any: ...
-
-    def touched(self, old_id: str | None, new_id: str) -> set[tuple[str, str]]: ...
 
 
 @dataclass
@@ -121,7 +108,7 @@ class Indexer:
         va: VaStore,
         store: BlobStore,
         db: DatabaseThreads,
-        advisories: Advisories | None,
+        advisories: AdvisoryStore | None,
         *,
         lease_seconds: float = LEASE_SECONDS,
         max_attempts: int = MAX_ATTEMPTS,

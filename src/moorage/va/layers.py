@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import io
 import posixpath
-import stat
 import tarfile
 import time
 import zlib
@@ -31,7 +30,14 @@ from moorage.va.detect import (
     detectors,
     header_detectors,
 )
-from moorage.va.model import INDEXER_VERSION, Entry, FoundPackage, LayerIndex, LayerState, PackageType
+from moorage.va.model import (
+    INDEXER_VERSION,
+    Entry,
+    FoundPackage,
+    LayerIndex,
+    LayerState,
+    PackageType,
+)
 
 MiB = 1 << 20
 
@@ -214,8 +220,13 @@ class _Collector:
         return text
 
 
-def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Detector],
-            headers: list[HeaderDetector]) -> None:
+def _member(
+    tf: _Tar,
+    info: tarfile.TarInfo,
+    found: _Collector,
+    wanted: list[Detector],
+    headers: list[HeaderDetector],
+) -> None:
     path = normalise(info.name)
     if path is None:
         found.incomplete(f"member {info.name[:200]!r} climbs out of the root: not read")
@@ -237,8 +248,9 @@ def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Det
     linkname = info.linkname
     if kind == "hardlink":
         linkname = normalise(linkname) or ""
-    member = Member(path=path, kind=kind, mode=info.mode & 0o7777, size=info.size,
-                    linkname=linkname)
+    member = Member(
+        path=path, kind=kind, mode=info.mode & 0o7777, size=info.size, linkname=linkname
+    )
     for hook in headers:
         entry = hook.header(member)
         if entry is not None:
@@ -253,8 +265,10 @@ def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Det
     if not takers:
         return
     if info.size > found.budget.max_file_bytes:
-        found.incomplete(f"{path} is {info.size} bytes, over the {found.budget.max_file_bytes}"
-                         " bytes a file may have")
+        found.incomplete(
+            f"{path} is {info.size} bytes, over the {found.budget.max_file_bytes}"
+            " bytes a file may have"
+        )
         return
     try:
         fileobj = tf.extractfile(info)
@@ -331,8 +345,16 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
                 raise _OverBudget(f"over the time budget of {budget.max_seconds:g} s")
     except _OverBudget as e:
         found.incomplete(str(e))
-    except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError,
-            UnicodeError, ValueError, RecursionError) as e:
+    except (
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        zlib.error,
+        zstandard.ZstdError,
+        UnicodeError,
+        ValueError,
+        RecursionError,
+    ) as e:
         if tf is None or (tf.offset == 0 and not found.kept()):
             return result(LayerState.UNREADABLE, f"not a tar stream: {e}"[:300])
         found.incomplete(f"the stream broke off at tar offset {tf.offset}: {e}"[:300])

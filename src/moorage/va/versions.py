@@ -113,9 +113,7 @@ def _in_range(kind: str, installed: str, r: AffectedRange) -> tuple[bool, str | 
         c = _cmp(kind, installed, event.version)
         if event.kind == "introduced" and c >= 0:
             vulnerable = True
-        elif event.kind == "fixed" and c >= 0:
-            vulnerable = False
-        elif event.kind == "last_affected" and c > 0:
+        elif (event.kind == "fixed" and c >= 0) or (event.kind == "last_affected" and c > 0):
             vulnerable = False
     if not vulnerable:
         return False, None

@@ -98,8 +98,9 @@ def header_package(blob_bytes: bytes, path: str) -> FoundPackage | None:
     """The package one header blob describes; None for rpm's pseudo-packages
     (imported signing keys) and headers without a name or version."""
     blob = HeaderBlob(blob_bytes)
-    name, version, release = (_text(blob, t) for t in (_TAG.RPMTAG_NAME, _TAG.RPMTAG_VERSION,
-                                                          _TAG.RPMTAG_RELEASE))
+    name, version, release = (
+        _text(blob, t) for t in (_TAG.RPMTAG_NAME, _TAG.RPMTAG_VERSION, _TAG.RPMTAG_RELEASE)
+    )
     if not name or not version or name == "gpg-pubkey":
         return None
     epoch = blob.value(_TAG.RPMTAG_EPOCH) if _TAG.RPMTAG_EPOCH in blob else None
