@@ -8,12 +8,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, write_layout
+from tests.server import MOORAGE, MoorageServer
 
 DATA = Path(__file__).parent / "data" / "va"
 ROOTFS_DB = DATA / "os" / "alpine-minirootfs-3.20.3-x86_64-db.tar.gz"
@@ -57,3 +60,49 @@ def vulnerable_image(directory: Path) -> Vulnerable:
     ).encode()
     image = Image([layer], config, manifest)
     return Vulnerable(write_layout(image, directory), image.manifest_digest)
+
+
+def import_advisories(server: MoorageServer, location: Path = ADVISORIES) -> None:
+    """``moorage va db import`` into the server's own installation (its data
+    directory and database), as an operator runs it beside the server."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    env = {**clean, **{k: v for k, v in server.env.items() if k.startswith("MOORAGE_")}}
+    env["MOORAGE_DATABASE_URL"] = server.database_url
+    imported = subprocess.run(
+        [str(MOORAGE), "va", "db", "import", "--data", str(server.data_dir), str(location)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+
+def exempt(server: MoorageServer, key: str, scope: str, issue: str) -> None:
+    """``moorage cr exemption-add`` of ``issue`` (a CVE or any alias) within
+    ``scope``, signed in with ``key``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    added = subprocess.run(
+        [
+            str(MOORAGE),
+            "cr",
+            "exemption-add",
+            "--server",
+            f"http://{server.host_for('us.localhost')}",
+            "--apikey",
+            key,
+            "--scope",
+            scope,
+            "--issue-type",
+            "cve",
+            "--issue-id",
+            issue,
+            "--reason",
+            "accepted risk",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "MOORAGE_CONFIG_DIR": str(server.data_dir.parent / "cli-config")},
+    )
+    assert added.returncode == 0, added.stderr + added.stdout
