@@ -78,31 +78,43 @@ def import_advisories(server: MoorageServer, location: Path = ADVISORIES) -> Non
     assert imported.returncode == 0, imported.stderr
 
 
-def exempt(server: MoorageServer, key: str, scope: str, issue: str) -> None:
-    """``moorage cr exemption-add`` of ``issue`` (a CVE or any alias) within
-    ``scope``, signed in with ``key``."""
+def cr(server: MoorageServer, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``moorage cr …`` against the server, signed in with ``key``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
-    added = subprocess.run(
+    done = subprocess.run(
         [
             str(MOORAGE),
             "cr",
-            "exemption-add",
+            *args,
             "--server",
             f"http://{server.host_for('us.localhost')}",
             "--apikey",
             key,
-            "--scope",
-            scope,
-            "--issue-type",
-            "cve",
-            "--issue-id",
-            issue,
-            "--reason",
-            "accepted risk",
         ],
         capture_output=True,
         text=True,
         timeout=60,
         env={**clean, "MOORAGE_CONFIG_DIR": str(server.data_dir.parent / "cli-config")},
     )
-    assert added.returncode == 0, added.stderr + added.stdout
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done
+
+
+def exempt(server: MoorageServer, key: str, scope: str, issue: str) -> str:
+    """``moorage cr exemption-add`` of ``issue`` (a CVE or any alias) within
+    ``scope``; the exemption's ID."""
+    cr(
+        server,
+        key,
+        "exemption-add",
+        "--scope",
+        scope,
+        "--issue-type",
+        "cve",
+        "--issue-id",
+        issue,
+        "--reason",
+        "accepted risk",
+    )
+    listed = json.loads(cr(server, key, "exemption-list", "--output", "json").stdout)
+    return str(next(e["id"] for e in listed if e["scope"] == scope and e["issue_id"] == issue))
