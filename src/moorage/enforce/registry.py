@@ -408,9 +408,9 @@ class RegistryReader:
                 raise part
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    async def vulnerability_report(self, session: Session, digest: str) -> tuple[Any, str]:
+    async def vulnerability_report(self, session: Session, digest: str) -> Any:
         """The Vulnerability Advisor's report on ``digest`` (every platform of an
-        index) from Moorage's registry extension, and a hash of it. A registry
+        index) from Moorage's registry extension, as JSON. A registry
         without the extension (404) cannot say whether the image is vulnerable:
         that is a ReadError, for a denial, like any other failure to read it."""
         ref = session.ref
@@ -445,7 +445,7 @@ class RegistryReader:
             raise ReadError(
                 f"{ref.host} answered a vulnerability report that is not JSON"
             ) from None
-        return document, hashlib.sha256(reply.content).hexdigest()
+        return document
 
     async def _json(
         self, session: Session, path: str, accept: str, limit: int = MAX_MANIFEST

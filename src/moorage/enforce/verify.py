@@ -105,8 +105,7 @@ class _Report:
     """A vulnerability report as read (``document``), or why it could not be."""
 
     document: Any
-    evidence: str
-    checked: float
+    checked: float  # monotonic seconds
     problem: str = ""
 
 
@@ -467,10 +466,10 @@ class Enforcer:
         async def read() -> _Report:
             checked = time.monotonic()
             try:
-                document, evidence = await self.reader.vulnerability_report(session, digest)
+                document = await self.reader.vulnerability_report(session, digest)
             except ReadError as exc:
-                return _Report(None, "", checked, str(exc))
-            return _Report(document, evidence, checked)
+                return _Report(None, checked, str(exc))
+            return _Report(document, checked)
 
         def admitted(found: _Report) -> bool:
             return found.problem == "" and vulnerability.judge(found.document, rule).allowed
