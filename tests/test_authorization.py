@@ -81,6 +81,13 @@ def victim(server: MoorageServer, admin: Api) -> dict[str, str]:
         "id_token": token["id"],
         "name": "victim-ns",
         "image": "victim-ns/app:v1",
+        "digest": pushed.headers["Docker-Content-Digest"],
+        "id_exemption": admin.call(
+            "POST",
+            "/cr/us-south/exemptions",
+            {"scope": "victim-ns", "issue_type": "cve", "issue_id": "CVE-2099-2"},
+            expect=201,
+        )["id"],
         "admin_key": admin.call("GET", "/iam/me", expect=200)["api_key"],
     }
 
@@ -113,6 +120,7 @@ BODIES: dict[str, Any] = {
     "api-keys": {"name": "stolen"},
     "PATCH": {"name": "renamed"},
     "image-tags": {"source": "victim-ns/app:v1", "target": "victim-ns/app:hijacked"},
+    "exemptions": {"scope": "victim-ns/app", "issue_type": "cve", "issue_id": "CVE-2099-1"},
 }
 
 
@@ -124,7 +132,10 @@ def calls_for(path: str, method: str, v: dict[str, str], region: str) -> list[tu
         "{id}": [v["id_token"]] if "/tokens/" in path else [v["id_policy"]],
         "{key}": [v["key"], v["key_name"]],
         "{signer}": ["victim-signer"],
+        "{image}": [v["image"], v["image"].replace(":v1", "@" + v["digest"])],
     }
+    if "/exemptions/" in path:
+        subs["{id}"] = [v["id_exemption"]]
     if path.startswith("/api/v1/iam/users/"):
         subs["{ref}"] = [v["ref_user"], v["ref_user_email"]]
     elif path.startswith("/api/v1/iam/service-ids/"):
@@ -164,6 +175,7 @@ def test_every_route_that_names_something_refuses_other_scopes(
         if "{" in path
         and path != "/api/v1/cr/{region}/namespaces"
         and not path.endswith(("/images", "/tokens"))
+        and not (method == "get" and path.endswith("/exemptions"))  # a listing, below
     ] + [("/api/v1/cr/{region}/image", "GET"), ("/api/v1/cr/{region}/image", "DELETE")]
     assert len(routes) > 25
     before = all_rows(server)
@@ -182,7 +194,11 @@ def test_every_route_that_names_something_refuses_other_scopes(
     assert all_rows(server) == before
     # Listings in the victim's region show the other scopes nothing of it.
     for who, api in principals.items():
-        for listing in ("/cr/us-south/namespaces", "/cr/us-south/images"):
+        for listing in (
+            "/cr/us-south/namespaces",
+            "/cr/us-south/images",
+            "/cr/us-south/exemptions",
+        ):
             r = api.request("GET", listing)
             assert r.status_code in (200, 403), f"{who}: {listing}"
             assert "victim-ns" not in r.text, f"{who} sees the victim in {listing}"

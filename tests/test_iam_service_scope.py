@@ -386,6 +386,12 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/cr/{region}/tokens"): REGISTRY,
     ("GET", "/cr/{region}/tokens/{id}"): REGISTRY,  # shows a secret
     ("DELETE", "/cr/{region}/tokens/{id}"): REGISTRY,
+    ("GET", "/cr/{region}/va/{image}"): None,
+    ("GET", "/cr/exemption-types"): None,
+    ("GET", "/cr/{region}/exemptions"): None,
+    ("POST", "/cr/{region}/exemptions"): REGISTRY,
+    ("GET", "/cr/{region}/exemptions/{id}"): None,
+    ("DELETE", "/cr/{region}/exemptions/{id}"): REGISTRY,
 }
 
 
@@ -451,6 +457,7 @@ def _request(path: str, v: dict[str, str], foreign: str) -> tuple[str, Any, dict
         .replace("{region}", "us-south")
         .replace("{name}", "victim-ns")
         .replace("{signer}", "victim-signer")
+        .replace("{image}", "victim-ns/app:v1")
         .replace("{id}", v["token"] if "/tokens/" in path else v[f"policy {foreign}"])
     )
     assert not re.search(r"\{\w+\}", filled), f"no value for a parameter of {path}"
@@ -465,6 +472,7 @@ def _request(path: str, v: dict[str, str], foreign: str) -> tuple[str, Any, dict
         "/image-tags": {"source": "victim-ns/app:v1", "target": "victim-ns/app:x"},
         "/tokens": {"readwrite": True},
         "/pull-check": {"registry": US, "repository": "victim-ns/app"},
+        "/exemptions": {"scope": "victim-ns", "issue_type": "cve", "issue_id": "CVE-2099-3"},
     }
     body = next((b for suffix, b in bodies.items() if filled.endswith(suffix)), None)
     if body is None and filled.rsplit("/", 1)[-1] not in ("lock", "unlock"):

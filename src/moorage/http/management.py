@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -789,7 +790,8 @@ class ManagementApi:
                         }
                     },
                 }
-            paths.setdefault(API + op.path, {})[op.method.lower()] = entry
+            templated = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", op.path)  # aiohttp's {name:regex}
+            paths.setdefault(API + templated, {})[op.method.lower()] = entry
         return {
             "openapi": "3.1.0",
             "info": {"title": "Moorage management API", "version": "1"},

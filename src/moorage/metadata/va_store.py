@@ -556,11 +556,16 @@ class VaStore:
 
     def queue_state(
         self, region: str, repository: str, manifest_digest: str
-    ) -> list[tuple[str, str, str | None]]:
-        """(platform, state, reason) of a manifest's indexing work."""
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(platform, image digest, state, reason) of a manifest's indexing work."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(VaQueueItem.platform, VaQueueItem.state, VaQueueItem.reason)
+                select(
+                    VaQueueItem.platform,
+                    VaQueueItem.image_digest,
+                    VaQueueItem.state,
+                    VaQueueItem.reason,
+                )
                 .where(
                     VaQueueItem.kind == INDEX,
                     VaQueueItem.region == region,
@@ -569,7 +574,7 @@ class VaStore:
                 )
                 .order_by(VaQueueItem.platform)
             ).all()
-        return [(p, st, r) for p, st, r in rows]
+        return [(p, d, st, r) for p, d, st, r in rows]
 
     def reports_in(self, region: str, namespace: str | None) -> list[int]:
         """Ids of reports of a namespace (every namespace of the region: None)."""

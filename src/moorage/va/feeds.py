@@ -79,7 +79,7 @@ def validate(record: Any, where: str) -> None:
     raise FeedError(f"{where}: invalid OSV record: field {field_path}: {message}")
 
 
-class _NoAliasLoader(yaml.SafeLoader):
+class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
     """YAML without anchors and aliases: no feed needs them, and an alias bomb
     would expand into gigabytes when the record is written out as JSON."""
 

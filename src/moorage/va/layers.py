@@ -18,7 +18,7 @@ import tarfile
 import time
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
@@ -61,6 +61,7 @@ _EXTENDED_TYPES = (
     tarfile.GNUTYPE_LONGLINK,
 )
 _MAX_REASONS = 5
+_READ = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class Budget:
     max_entries: int = 200_000
 
 
+# tarfile's header errors are private (and untyped): a corrupt or truncated
+# header after the first is taken for the archive's end unless caught here.
+_CORRUPT_HEADER: tuple[type[Exception], ...] = (
+    vars(tarfile)["InvalidHeaderError"],
+    vars(tarfile)["TruncatedHeaderError"],
+)
+
+
+class _Readable(Protocol):
+    def readinto(self, buffer: Any, /) -> int: ...
+
+
 class _OverBudget(Exception):
     """Raised from inside the read path, so it stops tarfile wherever it is."""
 
@@ -87,6 +100,7 @@ class _Source(io.RawIOBase):
         self._stream = stream
         self._prefix = prefix
         self.consumed = len(prefix)
+        self.failure: Exception | None = None  # the blob's own read error, not the content's
 
     def readable(self) -> bool:
         return True
@@ -98,9 +112,17 @@ class _Source(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        data = self._stream.read(len(view))
-        n = len(data)
-        view[:n] = data
+        try:
+            readinto = getattr(self._stream, "readinto", None)
+            if readinto is not None:
+                n = readinto(view) or 0
+            else:
+                data = self._stream.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except Exception as e:
+            self.failure = e
+            raise
         self.consumed += n
         return n
 
@@ -109,7 +131,7 @@ class _Budgeted(io.RawIOBase):
     """The decompressed tar stream, checked against the size and time budget
     on every read, so a stalled or endless stream cannot hold the reader."""
 
-    def __init__(self, inner: IO[bytes], budget: Budget, deadline: float) -> None:
+    def __init__(self, inner: _Readable, budget: Budget, deadline: float) -> None:
         self._inner = inner
         self._budget = budget
         self._deadline = deadline
@@ -121,10 +143,9 @@ class _Budgeted(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if time.monotonic() > self._deadline:
             raise _OverBudget(f"over the time budget of {self._budget.max_seconds:g} s")
-        view = memoryview(buffer).cast("B")
-        data = self._inner.read(len(view))
-        n = len(data)
-        view[:n] = data
+        # At most 64 KiB a call: a decompressor that fails mid-call loses what
+        # it had decoded, so a broken stream keeps nearly all it delivered.
+        n = self._inner.readinto(memoryview(buffer).cast("B")[:_READ])
         self.delivered += n
         if self.delivered > self._budget.max_layer_bytes:
             raise _OverBudget(f"over the size budget of {self._budget.max_layer_bytes} bytes")
@@ -137,16 +158,17 @@ class _Tar(tarfile.TarFile):
 
     corrupt: str = ""
     global_bytes: int = 0
+    members: list[tarfile.TarInfo]  # tarfile's own, which its stubs leave out
 
 
 class _Info(tarfile.TarInfo):
     """Refuses extended headers too large to hold (tarfile reads them whole)."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tarfile_)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+        except _CORRUPT_HEADER as e:
             if tarfile_.offset and isinstance(tarfile_, _Tar):
                 tarfile_.corrupt = f"corrupt tar header at offset {tarfile_.offset}: {e}"
             raise
@@ -251,12 +273,16 @@ def _member(
     member = Member(
         path=path, kind=kind, mode=info.mode & 0o7777, size=info.size, linkname=linkname
     )
+    recorded = False
     for hook in headers:
         entry = hook.header(member)
         if entry is not None:
             found.entries.append(entry)
+            recorded = recorded or entry.path == path
     if kind == "hardlink":
-        if any(d.wants(path, member.mode, 0) for d in wanted):
+        # A header detector may record the link (os-release does); otherwise a
+        # wanted file behind a hard link is a file not seen.
+        if not recorded and any(d.wants(path, member.mode, 0) for d in wanted):
             found.incomplete(f"{path} is a hard link to {linkname}: not followed")
         return
     if kind != "file":
@@ -289,24 +315,25 @@ def _member(
             found.entries.append(entry)
 
 
-def _decompressed(source: _Source, magic: bytes) -> IO[bytes] | str:
+def _decompressed(source: _Source, magic: bytes) -> _Readable | str:
     """The tar stream, or why it cannot be had."""
     if magic.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=source, mode="rb")
     if magic.startswith(_ZSTD_MAGIC):
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
-            source, read_across_frames=True
+        reader: _Readable = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], source), read_across_frames=True
         )
         return reader
     for prefix, name in _OTHER_MAGIC.items():
         if magic.startswith(prefix):
             return f"{name} compression is not supported"
-    return io.BufferedReader(source, buffer_size=MiB)
+    return source
 
 
 def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> LayerIndex:
     """Index one layer in one pass. Blocking (run it in a thread); never
-    raises on bad content. ``bytes_read`` is how much of the blob was taken,
+    raises on bad content (an error of ``stream`` itself is raised, so the
+    caller can retry). ``bytes_read`` is how much of the blob was taken,
     which stops at the tar's end (or where the budget stopped the pass)."""
     deadline = time.monotonic() + budget.max_seconds
     magic = stream.read(6)
@@ -328,12 +355,15 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
     inner = _decompressed(source, magic)
     if isinstance(inner, str):
         return result(LayerState.UNREADABLE, inner)
-    tar_stream = _Budgeted(inner, budget, deadline)
+    budgeted = _Budgeted(inner, budget, deadline)
+    # tarfile reads in 10 KiB pieces: buffered here, in C, so the Python
+    # wrappers below are crossed once per 64 KiB instead.
+    tar_stream = io.BufferedReader(budgeted, buffer_size=MiB)
     wanted = detectors()
     headers = header_detectors()
     tf: _Tar | None = None
     try:
-        tf = _Tar.open(fileobj=tar_stream, mode="r|", tarinfo=_Info)  # type: ignore[assignment]
+        tf = _Tar.open(fileobj=tar_stream, mode="r|", tarinfo=_Info)
         assert tf is not None
         while (info := tf.next()) is not None:
             tf.members.clear()  # stream mode keeps every header otherwise
@@ -355,6 +385,9 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
         ValueError,
         RecursionError,
     ) as e:
+        if source.failure is not None:
+            # Storage failed, not the layer: the caller retries, nothing is recorded.
+            raise source.failure from None
         if tf is None or (tf.offset == 0 and not found.kept()):
             return result(LayerState.UNREADABLE, f"not a tar stream: {e}"[:300])
         found.incomplete(f"the stream broke off at tar offset {tf.offset}: {e}"[:300])

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moorage.iam.errors import Invalid, NotFound
+from moorage.iam.service import validate_namespace
 from moorage.metadata import RepoRef
 from moorage.metadata.va_store import FAILED, VaStore, is_image
 from moorage.oci.manifest import INDEX_TYPES
@@ -34,11 +35,13 @@ class VulnerabilityService:
         platforms still queued are PENDING. ManifestUnknown when absent."""
         manifest = self.manifests.get(repo, reference, [])
         stored = {r.platform: r for r in self.va.report(repo.region, repo.name, manifest.digest)}
-        for platform, state, reason in self.va.queue_state(repo.region, repo.name, manifest.digest):
+        for platform, image_digest, state, reason in self.va.queue_state(
+            repo.region, repo.name, manifest.digest
+        ):
             if platform in stored or state == "done":
                 continue
             why = f"indexing failed: {reason}" if state == FAILED else "queued for indexing"
-            stored[platform] = pending(manifest.digest, platform, why)
+            stored[platform] = pending(image_digest, platform, why)
         if not stored:
             doc = json.loads(manifest.content)
             kind = "an index of no image" if manifest.media_type in INDEX_TYPES else None
@@ -90,6 +93,8 @@ class VulnerabilityService:
         Invalid when it is not a scope."""
         if scope == "*":
             return None
+        if "/" not in scope:
+            return validate_namespace(scope)
         name = scope
         if "@" in scope:
             name, _, digest = scope.partition("@")
