@@ -251,7 +251,9 @@ def test_portieris_policies_are_imported_with_what_could_not_be(
     assert rows["ClusterImagePolicy portieris-default"]["applied"] is True
     assert rows["ImagePolicy team/signed"]["applied"] is True
     notes = " ".join(rows["ImagePolicy team/signed"]["notes"])
-    assert "icr.io/ibm/*" in notes and "vulnerability is kept but not enforced" in notes
+    assert (
+        "icr.io/ibm/*" in notes and "vulnerability is kept and enforced as Portieris does" in notes
+    )
     imported = json.loads(
         cluster.kubectl(
             "get", "imagepolicies.moorage.io", "signed", "-n", "team", "-o", "json"

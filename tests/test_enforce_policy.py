@@ -242,7 +242,10 @@ def test_the_crd_schemas_are_structural_and_made_from_the_models() -> None:
         policy = schema["properties"]["spec"]["properties"]["repositories"]["items"]
         fields = policy["properties"]["policy"]["properties"]
         assert set(fields) == {"mutateImage", "require", "simple", "cosign", "vulnerability"}
-        assert fields["vulnerability"]["x-kubernetes-preserve-unknown-fields"] is True
+        assert (
+            fields["vulnerability"]["properties"]["ICCRVA"]["x-kubernetes-preserve-unknown-fields"]
+            is True
+        )
         requirement = fields["simple"]["properties"]["requirements"]["items"]
         assert requirement["properties"]["type"]["enum"] == [
             "signedBy",
@@ -316,7 +319,7 @@ def test_portieris_policies_convert_and_say_what_does_not() -> None:
     }
     notes = " | ".join(converted.notes)
     assert "trust (Notary v1" in notes and "rejects every image" in notes
-    assert "storeURL" in notes and "vulnerability is kept but not enforced" in notes
+    assert "storeURL" in notes and "vulnerability is kept and enforced as Portieris does" in notes
     assert "key secret team-key is read from the webhook's namespace" in notes
     assert "repositories[3] has no name" in notes
     assert converted.object["metadata"]["annotations"][portieris.IMPORTED_FROM].endswith(

@@ -94,6 +94,9 @@ class Settings:
     # to another once va_lease seconds pass without the holder renewing it.
     va_index: bool = True
     va_lease: float = 60.0
+    # Refuse manifest GETs of images the Vulnerability Advisor calls FAIL (HEAD
+    # requests and automation, service IDs and tokens that may push, excepted).
+    va_block_pulls: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -168,6 +171,7 @@ _FILE_KEYS = {
     ("registry", "max_manifest_bytes"): "max_manifest_bytes",
     ("log", "level"): "log_level",
     ("log", "access"): "access_log",
+    ("va", "block_pulls"): "va_block_pulls",
 }
 _ENV_KEYS = {
     "MOORAGE_HOST": "host",
@@ -202,6 +206,7 @@ _ENV_KEYS = {
     "MOORAGE_VA_INDEX": "va_index",
     "MOORAGE_VA_LEASE": "va_lease",
     "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
+    "MOORAGE_VA_BLOCK_PULLS": "va_block_pulls",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {

@@ -69,6 +69,7 @@ from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 from moorage.va.indexer import Indexer
+from moorage.va.pulls import PullGate
 from moorage.va.service import VulnerabilityService
 
 log = logging.getLogger("moorage")
@@ -299,6 +300,7 @@ def create_app(
             signatures=parts.signatures,
             db=db,
             va=parts.vulnerabilities,
+            pull_gate=_pull_gate(settings, parts, None),
         )
         app.indexer = _indexer(parts, settings)
         app.cleanups.extend(cleanups)
@@ -348,10 +350,21 @@ def create_app(
         signatures=parts.signatures,
         db=db,
         va=parts.vulnerabilities,
+        pull_gate=_pull_gate(settings, parts, tokens),
     )
     app.indexer = _indexer(parts, settings)
     app.cleanups.extend(cleanups)
     return app
+
+
+def _pull_gate(
+    settings: Settings, parts: Components, tokens: TokenService | None
+) -> PullGate | None:
+    """``[va] block_pulls``: manifest GETs of FAIL images refused (off by default)."""
+    if not settings.va_block_pulls:
+        return None
+    log.info("pulls of images the Vulnerability Advisor calls FAIL are refused ([va] block_pulls)")
+    return PullGate(parts.va.report, parts.db.run, tokens)
 
 
 def _indexer(parts: Components, settings: Settings) -> Indexer | None:

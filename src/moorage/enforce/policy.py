@@ -12,6 +12,7 @@ requirements (Portieris only has "all")."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -111,16 +112,96 @@ class Scanner(_Model):
     account: str | None = None
 
 
-class Vulnerability(_Model):
-    """Accepted and kept for image scanning; not enforced yet."""
+class Gate(StrEnum):
+    DENY = "deny"
+    ALLOW = "allow"
 
-    model_config = ConfigDict(extra="allow")
+
+class DenyStatus(StrEnum):
+    FAIL = "FAIL"  # an open issue with a fix, or an open configuration issue
+    NONE = "None"  # the status alone denies nothing; ``maxSeverity`` may
+
+
+class Severity(StrEnum):
+    CRITICAL = "Critical"
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
+
+
+MAX_GRACE = 7 * 86400
+
+
+@dataclass(frozen=True)
+class VulnerabilityRule:
+    """What a ``vulnerability`` block asks, defaults applied: the one form
+    ``moorage.enforce.vulnerability.judge`` reads."""
+
+    deny: DenyStatus = DenyStatus.FAIL
+    max_severity: Severity | None = None
+    pending: Gate = Gate.DENY
+    pending_grace_seconds: int = 0
+    unsupported: Gate = Gate.DENY
+    partial: Gate = Gate.DENY
+    source: str = "vulnerability"  # or "vulnerability.ICCRVA" for Portieris' form
+
+    def fingerprint(self) -> list[Any]:
+        return [
+            self.deny.value,
+            self.max_severity.value if self.max_severity else None,
+            self.pending.value,
+            self.pending_grace_seconds,
+            self.unsupported.value,
+            self.partial.value,
+        ]
+
+
+# Portieris' ICCRVA/IBMVA: "OK, WARN or UNSUPPORTED is allowed; any other
+# status, or any error, is denied" (so not yet scanned is denied too).
+PORTIERIS_RULE = VulnerabilityRule(unsupported=Gate.ALLOW, source="vulnerability.ICCRVA")
+
+
+class Vulnerability(_Model):
+    """The Vulnerability Advisor's verdict an image must have: its report is
+    read from the registry (``GET /v2/<name>/_moorage/va/<digest>``) with the
+    pod's pull credentials. Portieris' ``ICCRVA``/``IBMVA`` forms are read as
+    Portieris meant them (``PORTIERIS_RULE``); any of Moorage's fields, or an
+    empty block, asks for Moorage's rule (``deny: FAIL`` by default)."""
+
+    deny: DenyStatus = DenyStatus.FAIL
+    max_severity: Severity | None = None
+    pending: Gate = Gate.DENY
+    pending_grace_seconds: int | None = Field(None, ge=1, le=MAX_GRACE)
+    unsupported: Gate = Gate.DENY
+    partial: Gate = Gate.DENY
     iccrva: Scanner | None = Field(None, alias="ICCRVA")
     ibmva: Scanner | None = Field(None, alias="IBMVA")
 
+    @model_validator(mode="after")
+    def _grace(self) -> Vulnerability:
+        if self.pending_grace_seconds is not None and self.pending != Gate.ALLOW:
+            raise ValueError("pendingGraceSeconds goes with pending: allow")
+        return self
+
     @property
     def enabled(self) -> bool:
-        return any(s is not None and s.enabled for s in (self.iccrva, self.ibmva))
+        return self.rule() is not None
+
+    def rule(self) -> VulnerabilityRule | None:
+        """The rule to enforce, or None: a Portieris block with its scanners off."""
+        own = self.model_fields_set - {"iccrva", "ibmva"}
+        portieris = self.model_fields_set & {"iccrva", "ibmva"}
+        if portieris and not own:
+            scanners = (self.iccrva, self.ibmva)
+            return PORTIERIS_RULE if any(s is not None and s.enabled for s in scanners) else None
+        return VulnerabilityRule(
+            self.deny,
+            self.max_severity,
+            self.pending,
+            self.pending_grace_seconds or 0,
+            self.unsupported,
+            self.partial,
+        )
 
 
 class Require(StrEnum):

@@ -75,7 +75,12 @@ def _convert_policy(policy: Any, where: str, kind: str, notes: list[str]) -> dic
     vulnerability = policy.get("vulnerability")
     if isinstance(vulnerability, dict) and vulnerability:
         out["vulnerability"] = vulnerability
-        notes.append(f"{where}: vulnerability is kept but not enforced yet")
+        notes.append(
+            f"{where}: vulnerability is kept and enforced as Portieris does, from the "
+            "Vulnerability Advisor's report: OK, WARN and UNSUPPORTED are admitted, anything "
+            "else (FAIL, not assessed yet, no report) is denied; the registry's own exemptions "
+            "apply (ICCRVA.account is not used)"
+        )
     return out
 
 

@@ -61,6 +61,8 @@ MAX_BYTES = 32 << 20
 MAX_DOCUMENTS = 5000
 MAX_EXTENSION_LISTING = 16 << 20  # the signature extension answers with every one at once
 MAX_REPLY = MAX_EXTENSION_LISTING  # the largest reply any read here may use
+MAX_VA_REPORT = 8 << 20  # a report of every platform, thousands of findings each
+VA_EXTENSION = "_moorage/va"  # Moorage's vulnerability reports, read with pull rights
 FETCHES_AT_ONCE = 16
 REFERRER_BATCH = 64  # referrers read before asking whether what was read is enough
 MAX_REFERRER_PAGES = 10  # compared as a verdict's evidence; more: verified afresh
@@ -405,6 +407,45 @@ class RegistryReader:
             if isinstance(part, BaseException):
                 raise part
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    async def vulnerability_report(self, session: Session, digest: str) -> Any:
+        """The Vulnerability Advisor's report on ``digest`` (every platform of an
+        index) from Moorage's registry extension, as JSON. A registry
+        without the extension (404) cannot say whether the image is vulnerable:
+        that is a ReadError, for a denial, like any other failure to read it."""
+        ref = session.ref
+        path = f"/v2/{ref.path}/{VA_EXTENSION}/{digest}"
+        try:
+            reply = await session.get(path, "application/json")
+        except httpx.HTTPError as exc:
+            raise ReadError(
+                f"cannot read the vulnerability report of {ref} ({type(exc).__name__})"
+            ) from None
+        except TooLarge:
+            raise ReadError(
+                f"its vulnerability report is larger than {MAX_REPLY >> 20} MiB"
+            ) from None
+        if reply.status_code == 404:
+            raise ReadError(
+                f"{ref.host} has no vulnerability report for it (GET /v2/{ref.path}/"
+                f"{VA_EXTENSION}/{digest} answered 404): the policy's vulnerability rule needs "
+                "a Moorage registry with the Vulnerability Advisor"
+            )
+        if reply.status_code in (401, 403):
+            raise ReadError(f"cannot read its vulnerability report: {session.refused()}")
+        if reply.status_code != 200:
+            raise ReadError(
+                f"{ref.host} answered HTTP {reply.status_code} for its vulnerability report"
+            )
+        if len(reply.content) > MAX_VA_REPORT:
+            raise ReadError(f"its vulnerability report is larger than {MAX_VA_REPORT >> 20} MiB")
+        try:
+            document = json.loads(reply.content)
+        except (ValueError, RecursionError):
+            raise ReadError(
+                f"{ref.host} answered a vulnerability report that is not JSON"
+            ) from None
+        return document
 
     async def _json(
         self, session: Session, path: str, accept: str, limit: int = MAX_MANIFEST

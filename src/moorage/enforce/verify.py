@@ -24,15 +24,22 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from moorage.enforce import admission
+from moorage.enforce import admission, vulnerability
 from moorage.enforce.admission import ImageSite, Request
 from moorage.enforce.cache import VerdictCache
 from moorage.enforce.keys import CosignKey, GpgKeys, KeyError_, cosign_keys, gpg_keys
 from moorage.enforce.matching import Reference, ReferenceError_, identity_matches
-from moorage.enforce.policy import KEYED, Policy, Require, Requirement, RequirementType
+from moorage.enforce.policy import (
+    KEYED,
+    Policy,
+    Require,
+    Requirement,
+    RequirementType,
+    VulnerabilityRule,
+)
 from moorage.enforce.registry import ReadError, RegistryReader, Session, Wanted
 from moorage.enforce.state import ClusterState, Entry, PolicySet
 from moorage.kube.diagnose import effective_pull_secrets
@@ -93,6 +100,15 @@ class _Remembered:
     checked: float
 
 
+@dataclass
+class _Report:
+    """A vulnerability report as read (``document``), or why it could not be."""
+
+    document: Any
+    checked: float  # monotonic seconds
+    problem: str = ""
+
+
 @dataclass(frozen=True)
 class ImageVerdict:
     image: str
@@ -104,9 +120,11 @@ class ImageVerdict:
     keys: tuple[str, ...] = ()
     cached: bool = False
     credential: str | None = None  # the pull secret the registry was read with
+    vulnerability: dict[str, Any] | None = None  # the report's verdict, per platform
 
     def as_log(self) -> dict[str, Any]:
         return {
+            **({"vulnerability": self.vulnerability} if self.vulnerability else {}),
             "image": self.image,
             "allowed": self.allowed,
             "digest": self.digest,
@@ -182,6 +200,7 @@ class Enforcer:
         self.reader = reader
         self.settings = settings
         self.cache: VerdictCache[_Remembered] = VerdictCache(settings.cache_ttl)
+        self.va_cache: VerdictCache[_Report] = VerdictCache(settings.cache_ttl)
         self.hits = 0
         self.misses = 0
         self.stale = 0  # remembered verdicts whose evidence had changed: verified again
@@ -191,8 +210,10 @@ class Enforcer:
         """Forget every verified digest; safe from any thread (informers call it)."""
         if self.loop is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.cache.clear)
+            self.loop.call_soon_threadsafe(self.va_cache.clear)
         else:
             self.cache.clear()
+            self.va_cache.clear()
 
     # -- the object ------------------------------------------------------------------
 
@@ -328,7 +349,8 @@ class Enforcer:
             )
         policy = entry.policy
         checks = [self._resolve_keys(kind, r, entry) for kind, r in policy.requirements()]
-        if not checks:
+        rule = policy.vulnerability.rule() if policy.vulnerability else None
+        if not checks and rule is None:
             return ImageVerdict(
                 image,
                 True,
@@ -347,6 +369,40 @@ class Enforcer:
                 f"is not admitted by {entry.describe()}: {exc}{problems}",
                 entry.describe(),
             )
+        signed, assessed = await asyncio.gather(
+            self._signatures(session, ref, digest, policy, checks),
+            self._vulnerability(session, digest, rule) if rule else _none(),
+        )
+        outcome, cached = signed
+        allowed = outcome.allowed and (assessed is None or assessed.allowed)
+        pinned = ref.pinned(digest) if allowed and policy.mutate_image else None
+        judged = [o for o in (outcome, assessed) if o is not None]
+        reasons = [o.reason for o in judged if allowed or not o.allowed]  # denied: only why
+        said = "; ".join(reasons)
+        if allowed:
+            reason = f"is admitted by {entry.describe()}: {said}{note}"
+        else:
+            reason = f"({digest}) is not admitted by {entry.describe()}: {said}{note}"
+        return ImageVerdict(
+            image,
+            allowed,
+            reason,
+            entry.describe(),
+            digest,
+            pinned,
+            outcome.keys,
+            cached,
+            session.credential_used,
+            assessed.as_log() if assessed is not None else None,
+        )
+
+    async def _signatures(
+        self, session: Session, ref: Reference, digest: str, policy: Policy, checks: list[_Check]
+    ) -> tuple[Outcome, bool]:
+        """What the signatures of ``digest`` prove, and whether a remembered
+        verdict said so."""
+        if not checks:
+            return Outcome(True, "asks for no signature"), False
         # The tag matters only to identity rules (GPG's by default); without them a
         # pinned image finds what its tagged form verified.
         tag_matters = any(c.kind == "simple" or c.requirement.signed_identity for c in checks)
@@ -387,23 +443,41 @@ class Enforcer:
                 return _Remembered(outcome, evidence, checked)
 
             remembered = await self.cache.once(key, verified, keep=lambda r: r.outcome.allowed)
-        outcome = remembered.outcome
-        pinned = ref.pinned(digest) if outcome.allowed and policy.mutate_image else None
-        if outcome.allowed:
-            reason = f"is admitted by {entry.describe()}: {outcome.reason}{note}"
-        else:
-            reason = f"({digest}) is not admitted by {entry.describe()}: {outcome.reason}{note}"
-        return ImageVerdict(
-            image,
-            outcome.allowed,
-            reason,
-            entry.describe(),
-            digest,
-            pinned,
-            outcome.keys,
-            cached,
-            session.credential_used,
-        )
+        return remembered.outcome, cached
+
+    async def _vulnerability(
+        self, session: Session, digest: str, rule: VulnerabilityRule
+    ) -> vulnerability.Outcome:
+        """The Advisor's report on ``digest`` judged by ``rule``. A report that
+        admitted is remembered under the rule, and read again (one GET) once
+        ``revalidate_after`` has passed, so an exemption removed or a new
+        advisory takes effect as fast as a deleted signature does; it is judged
+        afresh at every admission, so a PENDING grace ends on time. A report
+        that denied is not kept: an exemption added admits at the next try."""
+        key = hashlib.sha256(
+            json.dumps(["va", session.ref.repository, digest, rule.fingerprint()]).encode()
+        ).hexdigest()
+        now = time.monotonic()
+        remembered = self.va_cache.get(key)
+        if remembered is not None and remembered.checked > now - self.settings.revalidate_after:
+            outcome = vulnerability.judge(remembered.document, rule)
+            return replace(outcome, cached=True)
+
+        async def read() -> _Report:
+            checked = time.monotonic()
+            try:
+                document = await self.reader.vulnerability_report(session, digest)
+            except ReadError as exc:
+                return _Report(None, checked, str(exc))
+            return _Report(document, checked)
+
+        def admitted(found: _Report) -> bool:
+            return found.problem == "" and vulnerability.judge(found.document, rule).allowed
+
+        found = await self.va_cache.once(key, read, keep=admitted)
+        if found.problem:
+            return vulnerability.Outcome(False, found.problem)
+        return vulnerability.judge(found.document, rule)
 
     async def _entry(
         self, policies: PolicySet, ref: Reference, session: Session
@@ -501,6 +575,10 @@ class Enforcer:
 
 async def _nothing() -> list[Any]:
     return []
+
+
+async def _none() -> None:
+    return None
 
 
 def _cosign_check(

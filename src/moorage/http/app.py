@@ -35,6 +35,7 @@ from moorage.registry.signatures import SignatureService
 from moorage.storage import BlobSource, ByteStream, LocalFile, Redirect
 from moorage.va.assess import HARBOR_REPORT
 from moorage.va.indexer import Indexer
+from moorage.va.pulls import PullGate
 from moorage.va.service import VulnerabilityService
 
 log = logging.getLogger("moorage.http")
@@ -193,9 +194,11 @@ class RegistryApp:
         signatures: SignatureService | None = None,
         db: DatabaseThreads | None = None,
         va: VulnerabilityService | None = None,
+        pull_gate: PullGate | None = None,
     ) -> None:
         self.db = db or blobs.db
         self.va = va
+        self.pull_gate = pull_gate  # [va] block_pulls: FAIL images are not served
         self.management = management
         sbom.install(management, blobs, manifests, regions, va)
         self.signatures = signatures
@@ -531,6 +534,10 @@ class RegistryApp:
         manifest = self.manifests.cached(call.repo, call.params["ref"], accept)
         if manifest is None:
             manifest = await self.db.run(self.manifests.get, call.repo, call.params["ref"], accept)
+        if self.pull_gate is not None:
+            await self.pull_gate.check(
+                call.request.method, call.target, call.name, manifest.digest, call.identity.claims
+            )
         headers: Headers = [
             ("content-type", manifest.media_type),
             ("docker-content-digest", manifest.digest),
