@@ -107,6 +107,15 @@ if [ ! -x "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION" ]; then
   mv "$TOOLS/build/registry" "$TOOLS/bin/distribution-$DISTRIBUTION_VERSION"
 fi
 
+# --- va-os: a real Debian root file system for the Advisor's dpkg tests
+# (tests/va_layers.py builds the same one, the same way, when it is missing).
+DEBIAN_ROOT="$TOOLS/debootstrap-bookworm"
+if [ ! -f "$DEBIAN_ROOT/var/lib/dpkg/status" ]; then
+  echo "building a Debian bookworm root with debootstrap (a minute or more, once)"
+  rm -rf "$DEBIAN_ROOT.tmp"
+  debootstrap --variant=minbase bookworm "$DEBIAN_ROOT.tmp" >/dev/null
+  mv "$DEBIAN_ROOT.tmp" "$DEBIAN_ROOT"
+fi
 # --- the Advisor's oracles (va-oracle) -------------------------------------
 # osv-scanner scans the labelled images offline from the same advisory records
 # Moorage imports (tests/test_va_oracle.py); syft writes the SBOMs Moorage's are
