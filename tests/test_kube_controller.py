@@ -21,10 +21,9 @@ from moorage.kube.controller import Controller
 from moorage.kube.informer import Informer
 from moorage.kube.pullsecrets import KEY_ANNOTATION
 from moorage.kube.workflows import ClusterKeys, apply_cluster_pull_secrets
-from tests.conftest import require_tool
-from tests.iam_helpers import ADMIN_KEY
 from tests.kube import KubeCluster, api_client, make_namespace, wait_for
-from tests.server import MoorageServer, ensure_region_hosts
+from tests.kube_fixtures import admin_client, running_cluster, token_registry
+from tests.server import MoorageServer
 
 SELECTOR = "moorage-test=managed"
 LABELS = {"moorage-test": "managed"}
@@ -32,28 +31,17 @@ LABELS = {"moorage-test": "managed"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    for tool in ("kube-apiserver", "etcd", "kubectl"):
-        require_tool(tool)
-    started = KubeCluster(tmp_path_factory.mktemp("kube") / "cluster").start()
-    started.kubectl("-n", "default", "create", "serviceaccount", "default")
-    yield started
-    started.stop()
+    yield from running_cluster(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
-    ensure_region_hosts()
-    tmp = tmp_path_factory.mktemp("ctl")
-    server = MoorageServer(
-        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
-    ).start()
-    yield server
-    server.stop()
+    yield from token_registry(tmp_path_factory, "ctl")
 
 
 @pytest.fixture(scope="module")
 def management(registry: MoorageServer) -> ManagementClient:
-    return ManagementClient(f"http://localhost:{registry.port}", ADMIN_KEY)
+    return admin_client(registry)
 
 
 @pytest.fixture(scope="module")

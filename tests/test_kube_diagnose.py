@@ -20,12 +20,12 @@ from moorage.kube.pullsecrets import dockerconfigjson
 from moorage.kube.registry_check import CredentialChecker, RegistryCheck
 from moorage.kube.workflows import apply_cluster_pull_secrets, copy_pull_secrets
 from moorage.kube.workloads import BY_KIND
-from tests.conftest import require_tool
 from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY
 from tests.kube import KubeCluster, api_client, make_namespace
+from tests.kube_fixtures import admin_client, running_cluster, token_registry
 from tests.registry_recorder import TOKEN, Recorder, self_signed
-from tests.server import MoorageServer, ensure_region_hosts
+from tests.server import MoorageServer
 from tests.test_cli_iam_cr import cli
 
 ROBOT = ("robot", "robot-password")
@@ -33,28 +33,17 @@ ROBOT = ("robot", "robot-password")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    for tool in ("kube-apiserver", "etcd", "kubectl"):
-        require_tool(tool)
-    started = KubeCluster(tmp_path_factory.mktemp("kube") / "cluster").start()
-    started.kubectl("-n", "default", "create", "serviceaccount", "default")
-    yield started
-    started.stop()
+    yield from running_cluster(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
-    ensure_region_hosts()
-    tmp = tmp_path_factory.mktemp("diag")
-    server = MoorageServer(
-        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
-    ).start()
-    yield server
-    server.stop()
+    yield from token_registry(tmp_path_factory, "diag")
 
 
 @pytest.fixture(scope="module")
 def management(registry: MoorageServer) -> ManagementClient:
-    return ManagementClient(f"http://localhost:{registry.port}", ADMIN_KEY)
+    return admin_client(registry)
 
 
 @pytest.fixture(scope="module")

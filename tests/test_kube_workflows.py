@@ -26,38 +26,26 @@ from moorage.kube.workflows import (
     create_service_id_pull_secrets,
 )
 from moorage.kube.workloads import KINDS, kind_named
-from tests.conftest import require_tool
-from tests.iam_helpers import ADMIN_KEY
 from tests.kube import KubeCluster, api_client, make_namespace
-from tests.server import MoorageServer, ensure_region_hosts
+from tests.kube_fixtures import admin_client, running_cluster, token_registry
+from tests.server import MoorageServer
 
 DOMAINS = ["us", "uk", "de", "au", "jp"]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    for tool in ("kube-apiserver", "etcd", "kubectl"):
-        require_tool(tool)
-    started = KubeCluster(tmp_path_factory.mktemp("kube") / "cluster").start()
-    started.kubectl("-n", "default", "create", "serviceaccount", "default")
-    yield started
-    started.stop()
+    yield from running_cluster(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
-    ensure_region_hosts()
-    tmp = tmp_path_factory.mktemp("wf")
-    server = MoorageServer(
-        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
-    ).start()
-    yield server
-    server.stop()
+    yield from token_registry(tmp_path_factory, "wf")
 
 
 @pytest.fixture(scope="module")
 def management(registry: MoorageServer) -> ManagementClient:
-    return ManagementClient(f"http://localhost:{registry.port}", ADMIN_KEY)
+    return admin_client(registry)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The ``moorage`` command: ``serve``, ``gc``, ``login``, and the ``iam``, ``cr``, ``ks``,
-``tls`` and ``enforce`` groups."""
+``tls``, ``enforce`` and ``va`` groups."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from moorage.cli import enforce as enforce_commands
 from moorage.cli import iam as iam_commands
 from moorage.cli import ks as ks_commands
 from moorage.cli import tls as tls_commands
+from moorage.cli import va as va_commands
 from moorage.cli.client import CliError, Connection, load_profile, save_profile
 from moorage.cli.output import flow_help
 from moorage.config import ConfigError, load_settings
@@ -24,6 +25,7 @@ app.add_typer(cr_commands.app, name="cr")
 app.add_typer(ks_commands.app, name="ks")
 app.add_typer(tls_commands.app, name="tls")
 app.add_typer(enforce_commands.app, name="enforce")
+app.add_typer(va_commands.app, name="va")
 
 
 @app.command()

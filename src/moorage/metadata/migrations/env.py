@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from moorage.metadata import iam_models, shared_models  # noqa: F401 - registers their tables
+from moorage.metadata import advisory_models, iam_models, shared_models  # noqa: F401 - registers their tables
 from moorage.metadata.models import Base
 
 connection = context.config.attributes.get("connection")
