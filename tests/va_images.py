@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,11 @@ from typing import Any
 import yaml
 
 from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor
+from tests.va_layers import debian_root, root_layer
 
 DATA = Path(__file__).parent / "data" / "va" / "labelled"
 TOOLS = Path(os.environ.get("MOORAGE_TOOLS", "/var/cache/moorage-tools"))
-DEBIAN_ROOT = TOOLS / "debootstrap-bookworm"
 CACHE = TOOLS / "va-labelled"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # The one package the Debian image holds at an older security update: real
 # dpkg installs it over the current one, as an image built in July 2025 has it.
 OLD_GNUTLS = (
@@ -135,20 +134,6 @@ def image(layers: list[bytes], user: str = "") -> Image:
 # -- the real inputs -----------------------------------------------------------
 
 
-def debian_root() -> Path:
-    """A bookworm minbase root built by debootstrap, once per machine."""
-    if not (DEBIAN_ROOT / "var/lib/dpkg/status").exists():
-        work = DEBIAN_ROOT.with_name(DEBIAN_ROOT.name + ".partial")
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "bookworm", str(work), DEBIAN_MIRROR],
-            check=True,
-            capture_output=True,
-        )
-        work.rename(DEBIAN_ROOT)
-    return DEBIAN_ROOT
-
-
 def _download(url: str) -> Path:
     target = CACHE / url.rsplit("/", 1)[1]
     if not target.exists():
@@ -159,13 +144,46 @@ def _download(url: str) -> Path:
     return target
 
 
+def _cached(name: str, build: Callable[[Path], None]) -> bytes:
+    target = CACHE / name
+    if not target.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        build(partial)
+        partial.rename(target)
+    return target.read_bytes()
+
+
+def debian_base_layer(root: Path) -> bytes:
+    """The debootstrap root as one gzip layer, written by GNU tar (as
+    ``tests/va_layers.root_layer`` writes it) and kept beside the root."""
+
+    def build(out: Path) -> None:
+        plain = out.with_suffix(".tar")
+        root_layer(root, plain)
+        with plain.open("rb") as source, gzip.open(out, "wb", compresslevel=1) as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        plain.unlink()
+
+    return _cached(f"debian-base-{_stamp(root)}.tar.gz", build)
+
+
+def _stamp(root: Path) -> str:
+    return hashlib.sha256((root / "var/lib/dpkg/status").read_bytes()).hexdigest()[:12]
+
+
 def gnutls_downgrade_layer(base: Path) -> bytes:
     """The layer `dpkg -i libgnutls30_3.7.9-2+deb12u5` leaves over the base:
     the package's files and dpkg's database, written by real dpkg."""
+    return _cached(f"debian-gnutls-u5-{_stamp(base)}.tar.gz", lambda out: out.write_bytes(
+        _gnutls_layer(base)))
+
+
+def _gnutls_layer(base: Path) -> bytes:
     deb = _download(OLD_GNUTLS)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "root"
-        shutil.copytree(base, root, symlinks=True)
+        subprocess.run(["cp", "-a", str(base), str(root)], check=True)
         subprocess.run(
             ["dpkg", f"--root={root}", "--force-downgrade", "--force-not-root", "--no-triggers"]
             + ["-i", str(deb)],
@@ -262,8 +280,7 @@ def labelled_images() -> list[Labelled]:
         "alpine-3.7-app": image([alpine_layer(), app_layer()]),
     }
     root = debian_root()
-    base = tar_tree(root)
-    built["debian-12"] = image([base, gnutls_downgrade_layer(root)])
+    built["debian-12"] = image([debian_base_layer(root), gnutls_downgrade_layer(root)])
     found = []
     for name, spec in labels().items():
         found.append(
@@ -286,34 +303,20 @@ def osv_records() -> Iterator[tuple[str, dict[str, Any]]]:
             yield str(path), yaml.safe_load(path.read_text())
 
 
-def secdb_as_osv() -> Iterator[dict[str, Any]]:
-    """Alpine secdb entries as the OSV records osv.dev publishes for them
-    (one per CVE and release, named ``ALPINE-<CVE>``), for the oracle, which
-    reads OSV only. Every fix before it is "introduced 0"."""
+def secdb_records() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The Alpine secdb files of the set as OSV records, converted as
+    ``moorage va db import`` does (one ``ALPINE-<CVE>`` per identifier), so
+    the oracle, which reads OSV only, sees the same advisories."""
+    from moorage.va.feeds import secdb_advisories
+
     for path in sorted((DATA / "advisories" / "alpine-secdb").rglob("*.yaml")):
         feed = yaml.safe_load(path.read_text())
-        release = feed["distroversion"]
-        for entry in feed["packages"]:
-            pkg = entry["pkg"]
-            for fixed, cves in pkg["secfixes"].items():
-                for cve in cves:
-                    yield {
-                        "schema_version": "1.6.0",
-                        "id": f"ALPINE-{cve}",
-                        "modified": "2020-06-08T00:00:00Z",
-                        "upstream": [cve],
-                        "affected": [
-                            {
-                                "package": {"ecosystem": f"Alpine:{release}", "name": pkg["name"]},
-                                "ranges": [
-                                    {
-                                        "type": "ECOSYSTEM",
-                                        "events": [{"introduced": "0"}, {"fixed": str(fixed)}],
-                                    }
-                                ],
-                            }
-                        ],
-                    }
+        for record in secdb_advisories(feed, str(path), "2020-06-08T00:00:00Z"):
+            yield str(path), record
+
+
+def all_records() -> list[tuple[str, dict[str, Any]]]:
+    return [*osv_records(), *secdb_records()]
 
 
 def write_osv_db(directory: Path) -> Path:
@@ -321,7 +324,7 @@ def write_osv_db(directory: Path) -> Path:
     the set: where osv-scanner v2.6.0's offline mode (osv-scalibr's local
     matcher) reads them under ``--local-db-path``."""
     by_ecosystem: dict[str, list[dict[str, Any]]] = {}
-    records = [record for _, record in osv_records()] + list(secdb_as_osv())
+    records = [record for _, record in all_records()]
     for record in records:
         for ecosystem in {a["package"]["ecosystem"].split(":", 1)[0] for a in record["affected"]}:
             by_ecosystem.setdefault(ecosystem, []).append(record)
