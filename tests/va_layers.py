@@ -6,6 +6,7 @@ builds it too."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import gzip
 import io
 import os
@@ -54,6 +55,7 @@ def zst(data: bytes) -> bytes:
     return zstandard.ZstdCompressor().compress(data)
 
 
+@functools.cache
 def fixture(name: str) -> bytes:
     """A fixture of tests/data/va/os, ungzipped when it is a .gz of one file."""
     data = (DATA / name).read_bytes()
@@ -87,8 +89,24 @@ def root_layer(root: Path, out: Path) -> Path:
     """The root file system as one uncompressed layer tar, as ``tar`` writes
     it (apt's downloaded .debs left out, as Debian's images leave them out)."""
     subprocess.run(
-        ["tar", "--numeric-owner", "--exclude=./var/cache/apt/archives/*.deb",
-         "-C", str(root), "-cf", str(out), "."],
+        [
+            "tar",
+            "--numeric-owner",
+            "--exclude=./var/cache/apt/archives/*.deb",
+            "-C",
+            str(root),
+            "-cf",
+            str(out),
+            ".",
+        ],
         check=True,
     )
     return out
+
+
+def member_data(layer: bytes, name: str) -> bytes:
+    """One file of a (possibly gzipped) tar, read with tarfile itself."""
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tf:
+        f = tf.extractfile(name)
+        assert f is not None
+        return f.read()

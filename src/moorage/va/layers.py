@@ -14,12 +14,11 @@ from __future__ import annotations
 import gzip
 import io
 import posixpath
-import stat
 import tarfile
 import time
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
@@ -31,7 +30,14 @@ from moorage.va.detect import (
     detectors,
     header_detectors,
 )
-from moorage.va.model import INDEXER_VERSION, Entry, FoundPackage, LayerIndex, LayerState, PackageType
+from moorage.va.model import (
+    INDEXER_VERSION,
+    Entry,
+    FoundPackage,
+    LayerIndex,
+    LayerState,
+    PackageType,
+)
 
 MiB = 1 << 20
 
@@ -55,6 +61,7 @@ _EXTENDED_TYPES = (
     tarfile.GNUTYPE_LONGLINK,
 )
 _MAX_REASONS = 5
+_READ = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,18 @@ class Budget:
     max_layer_bytes: int = 64 * 1024 * MiB
     max_seconds: float = 600.0
     max_entries: int = 200_000
+
+
+# tarfile's header errors are private (and untyped): a corrupt or truncated
+# header after the first is taken for the archive's end unless caught here.
+_CORRUPT_HEADER: tuple[type[Exception], ...] = (
+    vars(tarfile)["InvalidHeaderError"],
+    vars(tarfile)["TruncatedHeaderError"],
+)
+
+
+class _Readable(Protocol):
+    def readinto(self, buffer: Any, /) -> int: ...
 
 
 class _OverBudget(Exception):
@@ -92,9 +111,13 @@ class _Source(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        data = self._stream.read(len(view))
-        n = len(data)
-        view[:n] = data
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            n = readinto(view) or 0
+        else:
+            data = self._stream.read(len(view))
+            n = len(data)
+            view[:n] = data
         self.consumed += n
         return n
 
@@ -103,7 +126,7 @@ class _Budgeted(io.RawIOBase):
     """The decompressed tar stream, checked against the size and time budget
     on every read, so a stalled or endless stream cannot hold the reader."""
 
-    def __init__(self, inner: IO[bytes], budget: Budget, deadline: float) -> None:
+    def __init__(self, inner: _Readable, budget: Budget, deadline: float) -> None:
         self._inner = inner
         self._budget = budget
         self._deadline = deadline
@@ -115,10 +138,9 @@ class _Budgeted(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if time.monotonic() > self._deadline:
             raise _OverBudget(f"over the time budget of {self._budget.max_seconds:g} s")
-        view = memoryview(buffer).cast("B")
-        data = self._inner.read(len(view))
-        n = len(data)
-        view[:n] = data
+        # At most 64 KiB a call: a decompressor that fails mid-call loses what
+        # it had decoded, so a broken stream keeps nearly all it delivered.
+        n = self._inner.readinto(memoryview(buffer).cast("B")[:_READ])
         self.delivered += n
         if self.delivered > self._budget.max_layer_bytes:
             raise _OverBudget(f"over the size budget of {self._budget.max_layer_bytes} bytes")
@@ -131,16 +153,17 @@ class _Tar(tarfile.TarFile):
 
     corrupt: str = ""
     global_bytes: int = 0
+    members: list[tarfile.TarInfo]  # tarfile's own, which its stubs leave out
 
 
 class _Info(tarfile.TarInfo):
     """Refuses extended headers too large to hold (tarfile reads them whole)."""
 
     @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
         try:
             return super().fromtarfile(tarfile_)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+        except _CORRUPT_HEADER as e:
             if tarfile_.offset and isinstance(tarfile_, _Tar):
                 tarfile_.corrupt = f"corrupt tar header at offset {tarfile_.offset}: {e}"
             raise
@@ -214,8 +237,13 @@ class _Collector:
         return text
 
 
-def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Detector],
-            headers: list[HeaderDetector]) -> None:
+def _member(
+    tf: _Tar,
+    info: tarfile.TarInfo,
+    found: _Collector,
+    wanted: list[Detector],
+    headers: list[HeaderDetector],
+) -> None:
     path = normalise(info.name)
     if path is None:
         found.incomplete(f"member {info.name[:200]!r} climbs out of the root: not read")
@@ -237,14 +265,19 @@ def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Det
     linkname = info.linkname
     if kind == "hardlink":
         linkname = normalise(linkname) or ""
-    member = Member(path=path, kind=kind, mode=info.mode & 0o7777, size=info.size,
-                    linkname=linkname)
+    member = Member(
+        path=path, kind=kind, mode=info.mode & 0o7777, size=info.size, linkname=linkname
+    )
+    recorded = False
     for hook in headers:
         entry = hook.header(member)
         if entry is not None:
             found.entries.append(entry)
+            recorded = recorded or entry.path == path
     if kind == "hardlink":
-        if any(d.wants(path, member.mode, 0) for d in wanted):
+        # A header detector may record the link (os-release does); otherwise a
+        # wanted file behind a hard link is a file not seen.
+        if not recorded and any(d.wants(path, member.mode, 0) for d in wanted):
             found.incomplete(f"{path} is a hard link to {linkname}: not followed")
         return
     if kind != "file":
@@ -253,8 +286,10 @@ def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Det
     if not takers:
         return
     if info.size > found.budget.max_file_bytes:
-        found.incomplete(f"{path} is {info.size} bytes, over the {found.budget.max_file_bytes}"
-                         " bytes a file may have")
+        found.incomplete(
+            f"{path} is {info.size} bytes, over the {found.budget.max_file_bytes}"
+            " bytes a file may have"
+        )
         return
     try:
         fileobj = tf.extractfile(info)
@@ -275,19 +310,19 @@ def _member(tf: _Tar, info: tarfile.TarInfo, found: _Collector, wanted: list[Det
             found.entries.append(entry)
 
 
-def _decompressed(source: _Source, magic: bytes) -> IO[bytes] | str:
+def _decompressed(source: _Source, magic: bytes) -> _Readable | str:
     """The tar stream, or why it cannot be had."""
     if magic.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=source, mode="rb")
     if magic.startswith(_ZSTD_MAGIC):
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
-            source, read_across_frames=True
+        reader: _Readable = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], source), read_across_frames=True
         )
         return reader
     for prefix, name in _OTHER_MAGIC.items():
         if magic.startswith(prefix):
             return f"{name} compression is not supported"
-    return io.BufferedReader(source, buffer_size=MiB)
+    return source
 
 
 def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> LayerIndex:
@@ -314,12 +349,15 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
     inner = _decompressed(source, magic)
     if isinstance(inner, str):
         return result(LayerState.UNREADABLE, inner)
-    tar_stream = _Budgeted(inner, budget, deadline)
+    budgeted = _Budgeted(inner, budget, deadline)
+    # tarfile reads in 10 KiB pieces: buffered here, in C, the budget and the
+    # decompressor see 1 MiB reads instead.
+    tar_stream = io.BufferedReader(budgeted, buffer_size=MiB)
     wanted = detectors()
     headers = header_detectors()
     tf: _Tar | None = None
     try:
-        tf = _Tar.open(fileobj=tar_stream, mode="r|", tarinfo=_Info)  # type: ignore[assignment]
+        tf = _Tar.open(fileobj=tar_stream, mode="r|", tarinfo=_Info)
         assert tf is not None
         while (info := tf.next()) is not None:
             tf.members.clear()  # stream mode keeps every header otherwise
@@ -331,8 +369,16 @@ def index_layer(stream: BinaryIO, digest: str, budget: Budget = Budget()) -> Lay
                 raise _OverBudget(f"over the time budget of {budget.max_seconds:g} s")
     except _OverBudget as e:
         found.incomplete(str(e))
-    except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError,
-            UnicodeError, ValueError, RecursionError) as e:
+    except (
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        zlib.error,
+        zstandard.ZstdError,
+        UnicodeError,
+        ValueError,
+        RecursionError,
+    ) as e:
         if tf is None or (tf.offset == 0 and not found.kept()):
             return result(LayerState.UNREADABLE, f"not a tar stream: {e}"[:300])
         found.incomplete(f"the stream broke off at tar offset {tf.offset}: {e}"[:300])

@@ -163,6 +163,9 @@ def overlay(layers: Sequence[LayerIndex]) -> ImageContents:
                     url = purl(found, os)
                 except ValueError:
                     continue  # no detector yields a nameless package; never fail the image on one
-                packages.append(Package(purl=url, found=found, layer=origins.get(_key(found), digest)))
-    return ImageContents(os=os, packages=tuple(packages), entries=tuple(entries),
-                         partial=tuple(partial))
+                packages.append(
+                    Package(purl=url, found=found, layer=origins.get(_key(found), digest))
+                )
+    return ImageContents(
+        os=os, packages=tuple(packages), entries=tuple(entries), partial=tuple(partial)
+    )

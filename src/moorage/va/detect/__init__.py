@@ -40,7 +40,7 @@ class Member:
     linkname: str = ""  # a symlink's target as stored, a hard link's normalised target
 
 
-class PartialRead(Exception):  # noqa: N818 - it carries a result, it is not only a failure
+class PartialRead(Exception):
     """Raised by ``parse`` when it could read only part of a file: the layer
     keeps ``entry`` and is marked PARTIAL with ``reason``."""
 

@@ -49,8 +49,14 @@ class OSReleaseLink:
     kind = KIND
 
     def header(self, member: Member) -> Entry | None:
-        if member.kind == "symlink" and member.path in PATHS:
+        if member.path not in PATHS:
+            return None
+        if member.kind == "symlink":
             return Entry(path=member.path, kind=KIND, facts=((SYMLINK, member.linkname),))
+        if member.kind == "hardlink" and member.linkname:
+            # The same file as another path of this layer: followed like a
+            # symlink to it, from the root.
+            return Entry(path=member.path, kind=KIND, facts=((SYMLINK, "/" + member.linkname),))
         return None
 
 

@@ -12,10 +12,11 @@ import io
 import posixpath
 import struct
 from collections.abc import Iterator
+from typing import Any
 
+from dissect.database.bsd.db import DB
 from dissect.database.bsd.tools.c_rpm import c_rpm
 from dissect.database.bsd.tools.rpm import HeaderBlob
-from dissect.database.bsd.tools.rpm import Packages as BerkeleyPackages
 from dissect.database.sqlite3 import SQLite3
 
 from moorage.va.detect import Detector, PartialRead
@@ -72,8 +73,33 @@ def ndb_blobs(data: bytes) -> Iterator[bytes]:
         yield data[start + 16 : start + 16 + length]
 
 
+class PageBudgetError(ValueError):
+    pass
+
+
+def _count_pages(db: Any, names: tuple[str, ...], pages: int) -> None:
+    """Counts every page fetch of a dissect database (cached or not) and stops
+    the read past a few times the file's page count: a crafted overflow chain
+    that loops back makes dissect's readers loop for ever, growing memory."""
+    limit = 8 * pages + 1024
+    reads = 0
+    for name in names:
+        fetch = getattr(db, name)
+
+        def counted(num: int, fetch: Any = fetch) -> Any:
+            nonlocal reads
+            reads += 1
+            if reads > limit:
+                raise PageBudgetError(f"over {limit} page reads: a page cycle")
+            return fetch(num)
+
+        setattr(db, name, counted)
+
+
 def sqlite_blobs(data: bytes) -> Iterator[bytes]:
-    table = SQLite3(io.BytesIO(data)).table("Packages")
+    db = SQLite3(io.BytesIO(data))
+    _count_pages(db, ("page", "raw_page"), len(data) // max(db.page_size, 512))
+    table = db.table("Packages")
     if table is None:
         raise ValueError("no Packages table")
     for row in table.rows():
@@ -83,8 +109,11 @@ def sqlite_blobs(data: bytes) -> Iterator[bytes]:
 
 
 def berkeley_blobs(data: bytes) -> Iterator[bytes]:
-    for package in BerkeleyPackages(io.BytesIO(data)):
-        yield package.blob.buf
+    db = DB(io.BytesIO(data))
+    _count_pages(db, ("page",), len(data) // max(db.page_size, 512))
+    for _, blob in db.records():
+        if len(blob) > 4:  # record 0 holds a counter, not a header
+            yield blob
 
 
 def _text(blob: HeaderBlob, tag: c_rpm.rpmTag) -> str | None:
@@ -98,8 +127,9 @@ def header_package(blob_bytes: bytes, path: str) -> FoundPackage | None:
     """The package one header blob describes; None for rpm's pseudo-packages
     (imported signing keys) and headers without a name or version."""
     blob = HeaderBlob(blob_bytes)
-    name, version, release = (_text(blob, t) for t in (_TAG.RPMTAG_NAME, _TAG.RPMTAG_VERSION,
-                                                          _TAG.RPMTAG_RELEASE))
+    name, version, release = (
+        _text(blob, t) for t in (_TAG.RPMTAG_NAME, _TAG.RPMTAG_VERSION, _TAG.RPMTAG_RELEASE)
+    )
     if not name or not version or name == "gpg-pubkey":
         return None
     epoch = blob.value(_TAG.RPMTAG_EPOCH) if _TAG.RPMTAG_EPOCH in blob else None
