@@ -204,8 +204,8 @@ class AdvisoryStore:
 
             if not gone and not came:
                 return set()
-            before = set(conn.execute(rows(gone)).tuples())
-            after = set(conn.execute(rows(came)).tuples())
+            before = {tuple(row) for row in conn.execute(rows(gone))}
+            after = {tuple(row) for row in conn.execute(rows(came))}
         return {(e, n) for e, n, _ in before ^ after}
 
     # --- writing -----------------------------------------------------------

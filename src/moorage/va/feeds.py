@@ -79,7 +79,7 @@ def validate(record: Any, where: str) -> None:
     raise FeedError(f"{where}: invalid OSV record: field {field_path}: {message}")
 
 
-class _NoAliasLoader(yaml.SafeLoader):
+class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
     """YAML without anchors and aliases: no feed needs them, and an alias bomb
     would expand into gigabytes when the record is written out as JSON."""
 
@@ -94,7 +94,7 @@ def load_document(path: str, data: bytes) -> Any:
     try:
         if path.endswith(".json"):
             return json.loads(data)
-        return yaml.load(data, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+        return yaml.load(data, Loader=_NoAliasLoader)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         raise FeedError(
             f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
@@ -260,7 +260,7 @@ class Spool:
 
 
 def _new_spool(name: str, kind: str) -> Spool:
-    return Spool(name, kind, tempfile.TemporaryFile("w+", encoding="utf-8"))  # noqa: SIM115
+    return Spool(name, kind, tempfile.TemporaryFile("w+", encoding="utf-8"))
 
 
 def _canonical(record: dict[str, Any], where: str) -> dict[str, Any]:

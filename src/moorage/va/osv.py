@@ -14,6 +14,20 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value or () if isinstance(v, str))
 
 
+# Errata list the CVEs they fix as "related"; they are the names people know
+# the issue by (and exempt it by), so they count as aliases here.
+_ERRATA = ("ALSA-", "ALBA-", "ALEA-", "RLSA-", "RHSA-", "RHBA-", "RHEA-")
+
+
+def _aliases(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """``aliases``, then ``upstream`` (the CVEs a distribution's record derives
+    from), then an erratum's ``related``; each once."""
+    names = list(_strings(record.get("aliases"))) + list(_strings(record.get("upstream")))
+    if str(record.get("id", "")).startswith(_ERRATA):
+        names += _strings(record.get("related"))
+    return tuple(dict.fromkeys(n for n in names if n != record.get("id")))
+
+
 def _label(entry: Mapping[str, Any]) -> str:
     for key in ("ecosystem_specific", "database_specific"):
         extra = entry.get(key)
@@ -49,7 +63,7 @@ def from_osv(record: Mapping[str, Any], source: str) -> Advisory:
         id=record["id"],
         source=source,
         modified=record["modified"],
-        aliases=_strings(record.get("aliases")),
+        aliases=_aliases(record),
         summary=record.get("summary") or "",
         details=record.get("details") or "",
         published=record.get("published") or "",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from univers import versions as uv
 
-from moorage.va.model import Affected, AffectedRange
+from moorage.va.model import Affected, AffectedRange, RangeEvent
 
 
 class VersionError(ValueError):
@@ -104,18 +104,19 @@ def _in_range(kind: str, installed: str, r: AffectedRange) -> tuple[bool, str | 
     if limits and not any(_cmp(kind, installed, lim) < 0 for lim in limits):
         return False, None
 
+    def by_version(x: RangeEvent, y: RangeEvent) -> int:
+        return _cmp(kind, x.version, y.version)
+
     ordered = sorted(
         (e for e in r.events if e.kind != "limit" and e.version != "0"),
-        key=functools.cmp_to_key(lambda x, y: _cmp(kind, x.version, y.version)),
+        key=functools.cmp_to_key(by_version),
     )
     vulnerable = any(e.kind == "introduced" and e.version == "0" for e in r.events)
     for event in ordered:
         c = _cmp(kind, installed, event.version)
         if event.kind == "introduced" and c >= 0:
             vulnerable = True
-        elif event.kind == "fixed" and c >= 0:
-            vulnerable = False
-        elif event.kind == "last_affected" and c > 0:
+        elif (event.kind == "fixed" and c >= 0) or (event.kind == "last_affected" and c > 0):
             vulnerable = False
     if not vulnerable:
         return False, None
