@@ -140,4 +140,14 @@ if [ ! -x "$TOOLS/bin/syft-$SYFT_VERSION" ]; then
 fi
 ln -sf "syft-$SYFT_VERSION" "$TOOLS/bin/syft"
 
+# va-lang: cargo auditable, to build the Rust binary whose embedded dependency
+# list (.dep-v0) the Rust detector's tests read. Built from crates once.
+CARGO_AUDITABLE_VERSION="0.7.7"
+if ! cargo install --list --root "$TOOLS/cargo-auditable" 2>/dev/null \
+  | grep -q "^cargo-auditable v$CARGO_AUDITABLE_VERSION:"; then
+  echo "building cargo-auditable $CARGO_AUDITABLE_VERSION"
+  cargo install --locked --root "$TOOLS/cargo-auditable" "cargo-auditable@$CARGO_AUDITABLE_VERSION"
+fi
+ln -sf "../cargo-auditable/bin/cargo-auditable" "$TOOLS/bin/cargo-auditable"
+
 echo "test tools ready in $TOOLS/bin"
