@@ -7,7 +7,7 @@
   child process of its own so nothing else counts;
 - assessing one image (``match`` against the labelled set's advisories);
 - re-assessing 10,000 indexed images: the pure path (contents already
-  overlaid, as the store keeps them, matched again) ×10,000.
+  overlaid, as the store keeps them, matched again) x10,000.
 
 Manifest GET latency while 20 images index needs the server's indexer
 (va-index), which this branch does not hold: it is not measured here."""
@@ -61,8 +61,10 @@ def big_layer() -> Path:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    status = (Path(os.environ.get("MOORAGE_TOOLS", "/var/cache/moorage-tools"))
-              / "debootstrap-bookworm/var/lib/dpkg/status")
+    status = (
+        Path(os.environ.get("MOORAGE_TOOLS", "/var/cache/moorage-tools"))
+        / "debootstrap-bookworm/var/lib/dpkg/status"
+    )
     block = os.urandom(4 * MIB)
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
         if status.exists():
@@ -124,7 +126,9 @@ def run() -> dict[str, Any]:
     for _ in range(RUNS):
         out = subprocess.run(
             [sys.executable, __file__, "--child-index", str(layer)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
         big.append(float(out[0]))
         peaks.append(int(out[1]))
@@ -144,7 +148,9 @@ def run() -> dict[str, Any]:
     results["findings"] = len(match(contents, lookup))
 
     every = [images[name] for name in sorted(images)]
-    stored = [overlay([index_layer(io.BytesIO(b), sha256(b)) for b in i.image.layers]) for i in every]
+    stored = [
+        overlay([index_layer(io.BytesIO(b), sha256(b)) for b in i.image.layers]) for i in every
+    ]
     reassess = []
     for _ in range(RUNS):
         reassess.append(
@@ -173,7 +179,7 @@ def render(r: dict[str, Any]) -> list[str]:
         f"({r['big_bytes'] / MIB / r['big_index_s']:,.0f} MiB/s) | disk speed |",
         f"| one sha256 pass over the same bytes | {r['big_sha256_s']:.2f} s "
         f"({r['big_bytes'] / MIB / r['big_sha256_s']:,.0f} MiB/s) | the yardstick; "
-        f"indexing takes {ratio:.2f}× |",
+        f"indexing takes {ratio:.2f}x |",
         f"| peak RSS of the indexing process (1 GiB layer, {r['big_state']}) | "
         f"{r['big_peak_rss'] / MIB:,.0f} MiB | bounded, not proportional |",
         f"| assess one image (match, {r['findings']} findings) | {r['assess_ms']:.2f} ms | "

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from moorage.va.ecosystems import index_key
+from moorage.va.ecosystems import index_key, package_name
 from moorage.va.layers import index_layer
 from moorage.va.match import match
-from moorage.va.model import Advisory, ImageContents
+from moorage.va.model import Advisory, ImageContents, Package
 from moorage.va.osv import from_osv
 from moorage.va.overlay import overlay
 from tests.oci_layout import sha256, write_layout
@@ -71,6 +71,12 @@ def _identifiers(advisory_id: str, aliases: Sequence[str]) -> set[str]:
     return {advisory_id, *aliases}
 
 
+def label_name(package: Package) -> str:
+    """OS packages by their binary name (as the labels and the oracle's
+    ``os_package_name`` give them), others by their ecosystem's full name."""
+    return package.name if package.type.is_os else package_name(package)
+
+
 def moorage_findings(item: Labelled, lookup: RecordLookup) -> set[tuple[str, str]]:
     """(label ID, package) for every match: the label's ID is the advisory's
     ID or one of its aliases (secdb's CVE behind ``ALPINE-CVE-…``)."""
@@ -79,7 +85,7 @@ def moorage_findings(item: Labelled, lookup: RecordLookup) -> set[tuple[str, str
     for m in match(contents(item), lookup):
         names = _identifiers(m.advisory.id, m.advisory.aliases)
         label = next(iter(sorted(names & wanted)), m.advisory.id)
-        found.add((label, m.package.name))
+        found.add((label, label_name(m.package)))
     return found
 
 
@@ -88,13 +94,29 @@ def oracle_findings(item: Labelled, tmp: Path, db: Path) -> set[tuple[str, str]]
     layout = write_layout(item.image, tmp / item.name)
     archive = tmp / f"{item.name}.tar"
     subprocess.run(
-        ["skopeo", "copy", "-q", f"oci:{layout}:latest", f"docker-archive:{archive}:"
-         f"labelled/{item.name}:latest"],
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            f"oci:{layout}:latest",
+            f"docker-archive:{archive}:labelled/{item.name}:latest",
+        ],
         check=True,
     )
     run = subprocess.run(
-        [OSV_SCANNER, "scan", "image", "--archive", "--offline", "--offline-vulnerabilities",
-         "--local-db-path", str(db), "--format", "json", str(archive)],
+        [
+            OSV_SCANNER,
+            "scan",
+            "image",
+            "--archive",
+            "--offline",
+            "--offline-vulnerabilities",
+            "--local-db-path",
+            str(db),
+            "--format",
+            "json",
+            str(archive),
+        ],
         capture_output=True,
         text=True,
     )
@@ -113,7 +135,9 @@ def oracle_findings(item: Labelled, tmp: Path, db: Path) -> set[tuple[str, str]]
     return found
 
 
-def precision_recall(found: set[tuple[str, str]], expected: set[tuple[str, str]]) -> tuple[float, float]:
+def precision_recall(
+    found: set[tuple[str, str]], expected: set[tuple[str, str]]
+) -> tuple[float, float]:
     hits = len(found & expected)
     return (hits / len(found) if found else 1.0), (hits / len(expected) if expected else 1.0)
 
@@ -126,7 +150,7 @@ def test_labelled_findings_are_exactly_what_moorage_finds(
     for item in labelled:
         found = moorage_findings(item, lookup)
         found_all |= {(item.name, *key) for key in found}
-        expected_all |= {(item.name, *key) for key in item.keys()}
+        expected_all |= {(item.name, *key) for key in item.finding_keys()}
         absent = {(e.advisory, e.package) for e in item.absent}
         assert not found & absent, f"{item.name}: reported against its labels: {found & absent}"
     precision, recall = precision_recall(found_all, expected_all)
@@ -135,10 +159,12 @@ def test_labelled_findings_are_exactly_what_moorage_finds(
     )
 
 
-def test_fixed_versions_are_the_labelled_ones(labelled: list[Labelled], lookup: RecordLookup) -> None:
+def test_fixed_versions_are_the_labelled_ones(
+    labelled: list[Labelled], lookup: RecordLookup
+) -> None:
     for item in labelled:
         fixed = {
-            (label, m.package.name): (m.package.version, m.fixed)
+            (label, label_name(m.package)): (m.package.version, m.fixed)
             for m in match(contents(item), lookup)
             for label in _identifiers(m.advisory.id, m.advisory.aliases)
         }
@@ -148,7 +174,9 @@ def test_fixed_versions_are_the_labelled_ones(labelled: list[Labelled], lookup: 
             assert (got or "").removeprefix("v") == (e.fixed or "").removeprefix("v"), e
 
 
-@pytest.mark.skipif(OSV_SCANNER is None, reason="osv-scanner is built by scripts/install-test-deps.sh")
+@pytest.mark.skipif(
+    OSV_SCANNER is None, reason="osv-scanner is built by scripts/install-test-deps.sh"
+)
 def test_moorage_differs_from_osv_scanner_only_as_explained(
     labelled: list[Labelled], lookup: RecordLookup, tmp_path: Path
 ) -> None:
@@ -160,7 +188,7 @@ def test_moorage_differs_from_osv_scanner_only_as_explained(
         ours = moorage_findings(item, lookup)
         theirs = oracle_findings(item, tmp_path, db)
         oracle_all |= {(item.name, *key) for key in theirs}
-        expected_all |= {(item.name, *key) for key in item.keys()}
+        expected_all |= {(item.name, *key) for key in item.finding_keys()}
         for advisory, package in ours ^ theirs:
             if (item.name, advisory, package) not in EXPLAINED:
                 side = "moorage only" if (advisory, package) in ours else "osv-scanner only"

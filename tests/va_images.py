@@ -59,7 +59,7 @@ class Labelled:
     expected: tuple[Expected, ...]
     absent: tuple[Expected, ...]  # advisories in the feed that must not match (and why)
 
-    def keys(self) -> set[tuple[str, str]]:
+    def finding_keys(self) -> set[tuple[str, str]]:
         return {(e.advisory, e.package) for e in self.expected}
 
 
@@ -175,8 +175,9 @@ def _stamp(root: Path) -> str:
 def gnutls_downgrade_layer(base: Path) -> bytes:
     """The layer `dpkg -i libgnutls30_3.7.9-2+deb12u5` leaves over the base:
     the package's files and dpkg's database, written by real dpkg."""
-    return _cached(f"debian-gnutls-u5-{_stamp(base)}.tar.gz", lambda out: out.write_bytes(
-        _gnutls_layer(base)))
+    return _cached(
+        f"debian-gnutls-u5-{_stamp(base)}.tar.gz", lambda out: out.write_bytes(_gnutls_layer(base))
+    )
 
 
 def _gnutls_layer(base: Path) -> bytes:
@@ -185,8 +186,15 @@ def _gnutls_layer(base: Path) -> bytes:
         root = Path(scratch) / "root"
         subprocess.run(["cp", "-a", str(base), str(root)], check=True)
         subprocess.run(
-            ["dpkg", f"--root={root}", "--force-downgrade", "--force-not-root", "--no-triggers"]
-            + ["-i", str(deb)],
+            [
+                "dpkg",
+                f"--root={root}",
+                "--force-downgrade",
+                "--force-not-root",
+                "--no-triggers",
+                "-i",
+                str(deb),
+            ],
             check=True,
             capture_output=True,
         )
