@@ -136,7 +136,7 @@ def oracle_findings(item: Labelled, tmp: Path, db: Path) -> set[tuple[str, str]]
 
 
 def precision_recall(
-    found: set[tuple[str, str]], expected: set[tuple[str, str]]
+    found: set[tuple[str, str, str]], expected: set[tuple[str, str, str]]
 ) -> tuple[float, float]:
     hits = len(found & expected)
     return (hits / len(found) if found else 1.0), (hits / len(expected) if expected else 1.0)

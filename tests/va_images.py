@@ -175,9 +175,11 @@ def _stamp(root: Path) -> str:
 def gnutls_downgrade_layer(base: Path) -> bytes:
     """The layer `dpkg -i libgnutls30_3.7.9-2+deb12u5` leaves over the base:
     the package's files and dpkg's database, written by real dpkg."""
-    return _cached(
-        f"debian-gnutls-u5-{_stamp(base)}.tar.gz", lambda out: out.write_bytes(_gnutls_layer(base))
-    )
+
+    def build(out: Path) -> None:
+        out.write_bytes(_gnutls_layer(base))
+
+    return _cached(f"debian-gnutls-u5-{_stamp(base)}.tar.gz", build)
 
 
 def _gnutls_layer(base: Path) -> bytes:
