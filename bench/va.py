@@ -14,10 +14,11 @@ Manifest GET latency while 20 images index needs the server's indexer
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,10 @@ def _child_index(path: str) -> None:
         started = time.perf_counter()
         index = index_layer(stream, "sha256:bench", Budget(max_layer_bytes=4 * GIB))
         elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux counts the forking parent's resident set in
+    # a child's ru_maxrss, and the parent holds the labelled images.
+    status = Path("/proc/self/status").read_text()
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
     print(f"{elapsed} {peak} {index.state} {index.bytes_read}")
 
 
@@ -120,6 +124,10 @@ def run() -> dict[str, Any]:
     results["debian_packages"] = len(contents.packages)
     results["debian_bytes"] = sum(len(b) for b in debian.image.layers)
     results["debian_index_s"] = _median(index_times)
+    # The yardstick: decompressing the same layers and nothing else (zlib).
+    results["debian_gunzip_s"] = _median(
+        [_timed(lambda: [gzip.decompress(b) for b in debian.image.layers]) for _ in range(RUNS)]
+    )
 
     layer = big_layer()
     big, peaks, hashes, state = [], [], [], ""
@@ -175,6 +183,7 @@ def render(r: dict[str, Any]) -> list[str]:
         f"| index the Debian bookworm image ({r['debian_packages']} packages, "
         f"{r['debian_bytes'] / MIB:,.0f} MiB in 2 layers) | {r['debian_index_s']:.2f} s | "
         f"< 1 s ({met(r['debian_index_s'] < 1)}) |",
+        f"| gunzip the same layers, nothing else | {r['debian_gunzip_s']:.2f} s | the yardstick |",
         f"| index a {r['big_bytes'] / GIB:.2f} GiB layer | {r['big_index_s']:.2f} s "
         f"({r['big_bytes'] / MIB / r['big_index_s']:,.0f} MiB/s) | disk speed |",
         f"| one sha256 pass over the same bytes | {r['big_sha256_s']:.2f} s "
@@ -187,8 +196,10 @@ def render(r: dict[str, Any]) -> list[str]:
         f"| re-assess {REASSESS:,} indexed images (pure match path) | {r['reassess_s']:.1f} s | "
         f"< 60 s ({met(r['reassess_s'] < 60)}) |",
         "",
-        "The minbase Debian root has far fewer than 400 packages; the figure scales "
-        "with the bytes read, not the package count (one pass per layer). "
+        "The minbase Debian root has 88 packages, far fewer than 400; the figure "
+        "scales with the bytes read (one pass per layer), not the package count, "
+        "and on this machine it is bound by zlib: decompressing the layers alone "
+        "takes most of it. "
         "Re-assessment is the pure path (overlaid contents matched again, as the "
         "store's re-assessment does after an import) without the store's reads and "
         "writes, and manifest GET latency while 20 images index is not measured: "

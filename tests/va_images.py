@@ -138,7 +138,7 @@ def _download(url: str) -> Path:
     target = CACHE / url.rsplit("/", 1)[1]
     if not target.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         subprocess.run(["curl", "-fsSL", "-o", str(partial), url], check=True)
         partial.rename(target)
     return target
@@ -148,7 +148,7 @@ def _cached(name: str, build: Callable[[Path], None]) -> bytes:
     target = CACHE / name
     if not target.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         build(partial)
         partial.rename(target)
     return target.read_bytes()
@@ -235,8 +235,8 @@ def go_binary() -> bytes:
                 check=True,
                 capture_output=True,
             )
-            shutil.copy(out, target.with_suffix(".partial"))
-            target.with_suffix(".partial").rename(target)
+            shutil.copy(out, target.with_name(f"{target.name}.{os.getpid()}.partial"))
+            target.with_name(f"{target.name}.{os.getpid()}.partial").rename(target)
     return target.read_bytes()
 
 
