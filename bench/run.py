@@ -832,6 +832,10 @@ MODULE_PARTS = {
     ),
     "workers": ("bench.workers", "manifest GET: --workers 1 and 2 against Distribution v3.1.2"),
     "replicas": ("bench.replicas", "1, 2 and 3 replicas behind HAProxy over PostgreSQL"),
+    "va": (
+        "bench.va",
+        "vulnerability advisor: index a Debian image and a 1 GiB layer, assess, re-assess 10,000",
+    ),
     "mixed": (
         "bench.mixed",
         "eight parallel pushes of about 1 GB, then Zipf-skewed GETs, beside Distribution v3.1.2",

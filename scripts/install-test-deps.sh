@@ -124,6 +124,29 @@ if [ ! -f "$DEBIAN_ROOT/var/lib/dpkg/status" ]; then
   debootstrap --variant=minbase bookworm "$DEBIAN_ROOT.tmp" >/dev/null
   mv "$DEBIAN_ROOT.tmp" "$DEBIAN_ROOT"
 fi
+# --- the Advisor's oracles (va-oracle) -------------------------------------
+# osv-scanner scans the labelled images offline from the same advisory records
+# Moorage imports (tests/test_va_oracle.py); syft writes the SBOMs Moorage's are
+# compared with. osv-scanner v2.6.0 needs Go 1.27, which GOTOOLCHAIN fetches
+# from the module proxy; syft's version is the newest the proxy serves.
+OSV_SCANNER_VERSION="v2.6.0"
+OSV_SCANNER_GO="go1.27.3"
+SYFT_VERSION="v1.57.2"
+
+if [ ! -x "$TOOLS/bin/osv-scanner-$OSV_SCANNER_VERSION" ]; then
+  echo "building osv-scanner $OSV_SCANNER_VERSION (a few minutes, once)"
+  GOTOOLCHAIN="$OSV_SCANNER_GO" GOBIN="$TOOLS/build" \
+    go install "github.com/google/osv-scanner/v2/cmd/osv-scanner@$OSV_SCANNER_VERSION"
+  mv "$TOOLS/build/osv-scanner" "$TOOLS/bin/osv-scanner-$OSV_SCANNER_VERSION"
+fi
+ln -sf "osv-scanner-$OSV_SCANNER_VERSION" "$TOOLS/bin/osv-scanner"
+
+if [ ! -x "$TOOLS/bin/syft-$SYFT_VERSION" ]; then
+  echo "building syft $SYFT_VERSION (a few minutes, once)"
+  GOBIN="$TOOLS/build" go install "github.com/anchore/syft/cmd/syft@$SYFT_VERSION"
+  mv "$TOOLS/build/syft" "$TOOLS/bin/syft-$SYFT_VERSION"
+fi
+ln -sf "syft-$SYFT_VERSION" "$TOOLS/bin/syft"
 
 # va-lang: cargo auditable, to build the Rust binary whose embedded dependency
 # list (.dep-v0) the Rust detector's tests read. Built from crates once.
