@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -279,5 +280,8 @@ def test_a_manifest_pushed_again_after_deletion_starts_pending(install: Installa
     assert install.va.report("global", "team/again", digest) == []
     shown = requests.get(f"{install.server.url}/v2/team/again/_moorage/va/v1", timeout=10).json()
     assert shown["status"] == "PENDING"
+    # When it was queued, for a policy's grace period: the push, by the database's clock.
+    queued = datetime.fromisoformat(shown["platforms"][0]["queued_at"])
+    assert abs((datetime.now(UTC) - queued).total_seconds()) < 600
     install.drain(install.indexer())
     assert len(install.va.report("global", "team/again", digest)) == 1

@@ -6,12 +6,14 @@ Moorage's own, each finding labelled by who found it."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import tarfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from moorage.va.model import (
     Status,
 )
 from moorage.va.scanners import REPORT_V11, Scanners, ScanTarget, egress_for, merge
+from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
 from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, tar_layer
 from tests.server import MoorageServer, ensure_region_hosts
@@ -323,3 +326,95 @@ def test_scanners_and_signing_keys_come_from_the_va_table(tmp_path: Path) -> Non
     config.write_text('[va]\nscanners = ["ftp://x"]\n')
     with pytest.raises(ValueError, match="scanners"):
         load_settings(config)
+
+
+@contextmanager
+def adapter_in_thread(adapter: StandInAdapter) -> Iterator[str]:
+    """The stand-in adapter on a loop of its own, for a server in another process."""
+    loop = asyncio.new_event_loop()
+    started: concurrent.futures.Future[str] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with serving(adapter) as url:
+            started.set_result(url)
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+
+
+def test_the_indexer_asks_the_configured_adapters_and_attaches_the_sbom(
+    tmp_path: Path,
+) -> None:
+    """End to end: ``[va] scanners`` on a real server. The indexer asks the
+    adapter about a pushed image, the stored report holds the adapter's
+    findings labelled by it (and decides its status over them), and the
+    image's CycloneDX SBOM is attached as a referrer."""
+    adapter = StandInAdapter()
+    with adapter_in_thread(adapter) as url:
+        config = tmp_path / "moorage.toml"
+        config.write_text(f'[va]\nscanners = ["{url}"]\nscanner_allow = ["127.0.0.1"]\n')
+        server = MoorageServer(
+            tmp_path / "data",
+            tmp_path / "server.log",
+            extra_args=("--config", str(config)),
+            auth="token",
+            env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY},
+        ).start()
+        try:
+            admin = Api(server, ADMIN_KEY)
+            admin.namespace("us-south", "shop")
+            layer = tar_layer({"etc/stand-in-packages": PACKAGES})
+            config_blob = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}'
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": descriptor(OCI_CONFIG, config_blob),
+                    "layers": [descriptor(OCI_LAYER, layer)],
+                }
+            ).encode()
+            image = Image([layer], config_blob, manifest)
+            token = httpx.get(
+                f"http://{server.host_for('us.localhost')}/oauth/token",
+                params={"service": "us.localhost", "scope": "repository:shop/web:pull,push"},
+                auth=("iamapikey", ADMIN_KEY),
+            ).json()["token"]
+            bearer = {"Authorization": f"Bearer {token}"}
+            pushed = push_image_with(server, "us.localhost", "shop/web", "v1", image, bearer)
+            assert pushed.status_code == 201, pushed.text
+            base = f"http://{server.host_for('us.localhost')}/v2/shop/web"
+
+            def report() -> dict[str, Any] | None:
+                got = httpx.get(f"{base}/_moorage/va/{image.manifest_digest}", headers=bearer)
+                doc: dict[str, Any] = got.json()
+                done = got.status_code == 200 and doc["platforms"][0]["status"] != "PENDING"
+                return doc if done else None
+
+            doc = wait_for(report, timeout=120)
+            [platform] = doc["platforms"]
+            labels = {f["package"]: f["scanners"] for f in platform["findings"]}
+            assert labels == {"openssl": ["Stand-in 1.0"], "zlib1g": ["Stand-in 1.0"]}
+            assert platform["status"] == "FAIL"  # the adapter's openssl finding has a fix
+            assert "Stand-in 1.0" in platform["scanners"]
+            assert len(adapter.requests) == 1
+
+            def sbom() -> list[Any] | None:
+                got = httpx.get(
+                    f"{base}/referrers/{image.manifest_digest}",
+                    params={"artifactType": "application/vnd.cyclonedx+json"},
+                    headers=bearer,
+                )
+                found: list[Any] = got.json().get("manifests") or []
+                return found or None
+
+            [referrer] = wait_for(sbom, timeout=60)
+            assert referrer["artifactType"] == "application/vnd.cyclonedx+json"
+        finally:
+            server.stop()

@@ -62,6 +62,7 @@ from moorage.metadata.shared_store import FailureStore, InstallationStore, Signi
 from moorage.metadata.va_store import VaStore
 from moorage.regions import GLOBAL, LOOPBACK_HOSTS, PublicUrl, Region, RegionMap
 from moorage.registry import BlobService, ManifestService
+from moorage.registry.artifacts import SbomService
 from moorage.registry.blobs import MetadataLedger
 from moorage.registry.collector import GarbageCollector
 from moorage.registry.namespaces import NamespaceService
@@ -70,6 +71,7 @@ from moorage.storage import BlobStore, FilesystemBlobStore, StorageError
 from moorage.tls import ServerCertificates, TlsFiles, is_loopback
 from moorage.va.indexer import Indexer
 from moorage.va.pulls import PullGate
+from moorage.va.scanners import Scanners
 from moorage.va.service import VulnerabilityService
 
 log = logging.getLogger("moorage")
@@ -302,7 +304,7 @@ def create_app(
             va=parts.vulnerabilities,
             pull_gate=_pull_gate(settings, parts, None),
         )
-        app.indexer = _indexer(parts, settings)
+        app.indexer = _indexer(parts, settings, None)
         app.cleanups.extend(cleanups)
         return app
 
@@ -352,7 +354,7 @@ def create_app(
         va=parts.vulnerabilities,
         pull_gate=_pull_gate(settings, parts, tokens),
     )
-    app.indexer = _indexer(parts, settings)
+    app.indexer = _indexer(parts, settings, tokens)
     app.cleanups.extend(cleanups)
     return app
 
@@ -367,7 +369,9 @@ def _pull_gate(
     return PullGate(parts.va.report, parts.db.run, tokens)
 
 
-def _indexer(parts: Components, settings: Settings) -> Indexer | None:
+def _indexer(parts: Components, settings: Settings, tokens: TokenService | None) -> Indexer | None:
+    """The Advisor's worker, attaching SBOMs and asking ``[va] scanners``
+    (adapters pull with a token, so only with token auth)."""
     if not settings.va_index:
         return None
     return Indexer(
@@ -377,6 +381,12 @@ def _indexer(parts: Components, settings: Settings) -> Indexer | None:
         parts.db,
         AdvisoryStore(parts.metadata.engine),
         lease_seconds=settings.va_lease,
+        sboms=SbomService.configured(
+            settings, parts.blobs, parts.manifests, parts.regions, parts.va
+        ),
+        scanners=Scanners.configured(settings, tokens) if tokens is not None else None,
+        regions=parts.regions,
+        owned=tokens is not None,
     )
 
 

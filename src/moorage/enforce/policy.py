@@ -118,7 +118,7 @@ class Gate(StrEnum):
 
 
 class DenyStatus(StrEnum):
-    FAIL = "FAIL"  # an open issue with a fix, or an open configuration issue
+    FAIL = "FAIL"  # an open finding with a fix (configuration issues alone are WARN)
     NONE = "None"  # the status alone denies nothing; ``maxSeverity`` may
 
 

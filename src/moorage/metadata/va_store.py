@@ -572,8 +572,9 @@ class VaStore:
 
     def queue_state(
         self, region: str, repository: str, manifest_digest: str
-    ) -> list[tuple[str, str, str, str | None]]:
-        """(platform, image digest, state, reason) of a manifest's indexing work."""
+    ) -> list[tuple[str, str, str, str | None, datetime]]:
+        """(platform, image digest, state, reason, queued at) of a manifest's
+        indexing work."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(
@@ -581,6 +582,7 @@ class VaStore:
                     VaQueueItem.image_digest,
                     VaQueueItem.state,
                     VaQueueItem.reason,
+                    VaQueueItem.created_at,
                 )
                 .where(
                     VaQueueItem.kind == INDEX,
@@ -590,7 +592,7 @@ class VaStore:
                 )
                 .order_by(VaQueueItem.platform)
             ).all()
-        return [(p, d, st, r) for p, d, st, r in rows]
+        return [(p, d, st, r, _aware(at)) for p, d, st, r, at in rows]
 
     def reports_in(self, region: str, namespace: str | None) -> list[int]:
         """Ids of reports of a namespace (every namespace of the region: None)."""

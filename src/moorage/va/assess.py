@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -365,7 +366,7 @@ def assess(
                 exempted_by=_exempting(applying, "cve", (advisory.id, *advisory.aliases), now),
             )
         )
-    findings.sort(key=lambda f: (-_RANK[f.severity], f.package, f.advisory_id))
+    findings.sort(key=_finding_order)
     issues = [
         ConfigIssue(
             i.id, i.description, i.fix, i.path, _exempting(applying, "configuration", (i.id,), now)
@@ -384,6 +385,45 @@ def assess(
         assessed_at=now.isoformat(timespec="seconds"),
         reason=reason,
     )
+
+
+def _finding_order(finding: Finding) -> tuple[int, str, str]:
+    return (-_RANK[finding.severity], finding.package, finding.advisory_id)
+
+
+def rejudge(
+    report: Report,
+    contents: ImageContents,
+    exemptions: Sequence[Exemption],
+    *,
+    repository: str = "",
+    tags: Sequence[str] = (),
+    manifest_digest: str = "",
+    supported: bool = True,
+    now: datetime | None = None,
+) -> Report:
+    """``report`` after findings were joined in from elsewhere (a scanner
+    adapter's, ``scanners.merge``): exemptions applied to the joined findings
+    too, and the status decided again over all of them."""
+    now = now or datetime.now(UTC)
+    applying = [
+        e
+        for e in exemptions
+        if in_scope(e, repository, tags, (report.digest, manifest_digest)) and not _expired(e, now)
+    ]
+    findings = sorted(
+        (
+            f
+            if f.exempted_by
+            else replace(
+                f, exempted_by=_exempting(applying, "cve", (f.advisory_id, *f.aliases), now)
+            )
+            for f in report.findings
+        ),
+        key=_finding_order,
+    )
+    status, reason = _status(contents, findings, report.config_issues, supported)
+    return replace(report, findings=tuple(findings), status=status, reason=reason)
 
 
 def _status(
@@ -458,6 +498,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
                 "fix": f.fix,
                 "layer": f.layer,
                 "exempted_by": f.exempted_by,
+                "scanners": list(f.scanners),
             }
             for f in report.findings
         ],
@@ -475,6 +516,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "snapshot": report.snapshot,
         "assessed_at": report.assessed_at,
         "scanners": list(report.scanners),
+        "queued_at": report.queued_at,
     }
 
 
@@ -499,6 +541,7 @@ def report_from_json(doc: Mapping[str, Any]) -> Report:
                 fix=str(f.get("fix", "")),
                 layer=str(f.get("layer", "")),
                 exempted_by=str(f.get("exempted_by", "")),
+                scanners=tuple(str(n) for n in f.get("scanners") or ("moorage",)),
             )
             for f in doc.get("findings") or ()
         ),
@@ -516,11 +559,21 @@ def report_from_json(doc: Mapping[str, Any]) -> Report:
         assessed_at=str(doc.get("assessed_at", "")),
         reason=str(doc.get("reason", "")),
         scanners=tuple(doc.get("scanners") or ("moorage",)),
+        queued_at=str(doc.get("queued_at", "")),
     )
 
 
-def pending(digest: str, platform: str = "", reason: str = "not indexed yet") -> Report:
-    return Report(digest=digest, platform=platform, status=Status.PENDING, os=None, reason=reason)
+def pending(
+    digest: str, platform: str = "", reason: str = "not indexed yet", queued_at: str = ""
+) -> Report:
+    return Report(
+        digest=digest,
+        platform=platform,
+        status=Status.PENDING,
+        os=None,
+        reason=reason,
+        queued_at=queued_at,
+    )
 
 
 _WORST_FIRST = (

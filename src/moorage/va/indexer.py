@@ -30,13 +30,17 @@ from moorage.metadata import DatabaseThreads, MetadataStore, RepoRef
 from moorage.metadata.advisory_store import AdvisoryStore
 from moorage.metadata.va_store import INDEX, QueueItem, StoredReport, VaStore, is_image
 from moorage.oci.digest import parse_digest
+from moorage.regions import RegionMap, Target
+from moorage.registry.artifacts import SbomService
+from moorage.registry.errors import RegistryError
 from moorage.storage import BlobStore
-from moorage.va.assess import assess
+from moorage.va.assess import assess, rejudge
 from moorage.va.ecosystems import ecosystem, index_key, package_name, supported_os
 from moorage.va.layers import index_layer, layer_from_json, layer_to_json
 from moorage.va.match import match
 from moorage.va.model import INDEXER_VERSION, Exemption, ImageContents, LayerIndex, Report
 from moorage.va.overlay import overlay
+from moorage.va.scanners import ScannerReport, Scanners, ScanTarget, kept, merge
 
 log = logging.getLogger("moorage.va")
 
@@ -113,6 +117,10 @@ class Indexer:
         lease_seconds: float = LEASE_SECONDS,
         max_attempts: int = MAX_ATTEMPTS,
         idle: float = 0.5,
+        sboms: SbomService | None = None,
+        scanners: Scanners | None = None,
+        regions: RegionMap | None = None,
+        owned: bool = True,
     ) -> None:
         self.metadata = metadata
         self.va = va
@@ -122,6 +130,10 @@ class Indexer:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.idle = idle
+        self.sboms = sboms  # every indexed image gets its SBOM referrers
+        self.scanners = scanners if scanners is not None and scanners.urls else None
+        self.regions = regions
+        self.owned = owned  # namespaces have owning accounts (token auth); not in open mode
         self.holder = uuid.uuid4().hex
         self.stats = IndexerStats()
         self._inflight: dict[str, asyncio.Future[LayerIndex]] = {}
@@ -203,6 +215,10 @@ class Indexer:
         image_config = _runtime_config(config)
         layers = [await self._layer(d) for d in layer_digests]
         contents = overlay(layers)
+        account = await self.db.run(
+            self.metadata.namespace_owner, item.region, item.repository.split("/", 1)[0]
+        )
+        adapters = await self._scan(item, manifest.media_type, account, contents)
         report, pairs = await self._assess(
             contents,
             image_config,
@@ -211,7 +227,9 @@ class Indexer:
             item.manifest_digest,
             item.image_digest,
             item.platform,
+            adapters,
         )
+        await self._attach(repo, item, contents, account)
         await self._store(
             item.region,
             item.repository,
@@ -223,6 +241,34 @@ class Indexer:
         )
         self.stats.images += 1
         return None
+
+    async def _scan(
+        self, item: QueueItem, media_type: str, account: str | None, contents: ImageContents
+    ) -> list[ScannerReport]:
+        """The configured adapters' reports on this platform manifest (each
+        pulls it back with a token for this repository only)."""
+        if self.scanners is None or self.regions is None or account is None:
+            return []
+        region = self.regions.get(item.region)
+        target = ScanTarget(
+            Target(region, legacy=False), item.repository, item.image_digest, media_type, account
+        )
+        return await self.scanners.scan(target, contents)
+
+    async def _attach(
+        self, repo: RepoRef, item: QueueItem, contents: ImageContents, account: str | None
+    ) -> None:
+        """The image's SBOMs as referrers (signed where the namespace has a
+        key). An image deleted or a namespace removed since is no failure of
+        indexing: its report is stored as for any other."""
+        if self.sboms is None or (account is None and self.owned):
+            return  # the namespace is gone: nothing may be written to it
+        try:
+            await self.sboms.attach_sbom(
+                repo, item.image_digest, contents, account, platform=item.platform
+            )
+        except RegistryError as exc:
+            log.info("va: no SBOM for %s@%s: %s", item.repository, item.image_digest, exc)
 
     async def _layer(self, digest: str) -> LayerIndex:
         """A layer's index: stored, being read by this process already, or read now."""
@@ -274,8 +320,10 @@ class Indexer:
         manifest_digest: str,
         image_digest: str,
         platform: str,
+        adapters: Sequence[ScannerReport] = (),
     ) -> tuple[Report, set[tuple[str, str]]]:
-        """Match and assess off the event loop (both are CPU work)."""
+        """Match and assess off the event loop (both are CPU work); the
+        adapters' findings joined in, and the status decided over all."""
         exemptions = await self._exemptions(region, repository)
         tags = await self.db.run(self.va.tags_of, region, repository, manifest_digest)
 
@@ -297,6 +345,16 @@ class Indexer:
                 snapshot=snapshot.id if snapshot is not None else "",
                 supported=contents.os is None or supported_os(contents.os),
             )
+            if adapters:
+                report = rejudge(
+                    merge(report, adapters),
+                    contents,
+                    exemptions,
+                    repository=repository,
+                    tags=tags,
+                    manifest_digest=manifest_digest,
+                    supported=contents.os is None or supported_os(contents.os),
+                )
             if snapshot is None:
                 report = _without_data(report)
             return report, package_pairs(contents)
@@ -399,6 +457,7 @@ class Indexer:
             stored.manifest_digest,
             stored.report.digest,
             stored.platform,
+            kept(stored.report),
         )
         await self._store(
             stored.region,

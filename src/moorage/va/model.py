@@ -266,3 +266,4 @@ class Report:
     assessed_at: str = ""
     reason: str = ""  # why UNSUPPORTED, PARTIAL or PENDING
     scanners: tuple[str, ...] = field(default=("moorage",))
+    queued_at: str = ""  # RFC 3339: when a PENDING platform was queued (for a grace period)

@@ -372,3 +372,18 @@ def merge(report: Report, others: Sequence[ScannerReport]) -> Report:
                 findings.append(found)
     labels = [*report.scanners, *(o.scanner for o in others if not o.error)]
     return replace(report, findings=tuple(findings), scanners=tuple(dict.fromkeys(labels)))
+
+
+def kept(report: Report) -> list[ScannerReport]:
+    """The adapters' findings of a stored report, grouped by scanner again,
+    so a re-assessment from stored layer indexes (which asks no adapter)
+    keeps what the adapters said at the last scan."""
+    by_scanner: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        for label in finding.scanners:
+            if label != "moorage":
+                by_scanner.setdefault(label, []).append(finding)
+    return [
+        ScannerReport(label, "", tuple(replace(f, scanners=(label,)) for f in found))
+        for label, found in by_scanner.items()
+    ]

@@ -35,13 +35,15 @@ class VulnerabilityService:
         platforms still queued are PENDING. ManifestUnknown when absent."""
         manifest = self.manifests.get(repo, reference, [])
         stored = {r.platform: r for r in self.va.report(repo.region, repo.name, manifest.digest)}
-        for platform, image_digest, state, reason in self.va.queue_state(
+        for platform, image_digest, state, reason, queued in self.va.queue_state(
             repo.region, repo.name, manifest.digest
         ):
             if platform in stored or state == "done":
                 continue
             why = f"indexing failed: {reason}" if state == FAILED else "queued for indexing"
-            stored[platform] = pending(image_digest, platform, why)
+            stored[platform] = pending(
+                image_digest, platform, why, queued.isoformat(timespec="seconds")
+            )
         if not stored:
             doc = json.loads(manifest.content)
             kind = "an index of no image" if manifest.media_type in INDEX_TYPES else None
