@@ -836,6 +836,10 @@ MODULE_PARTS = {
         "bench.va",
         "vulnerability advisor: index a Debian image and a 1 GiB layer, assess, re-assess 10,000",
     ),
+    "va-service": (
+        "bench.va_service",
+        "vulnerability advisor in the service: re-assess 10,000 reports, GETs while indexing",
+    ),
     "mixed": (
         "bench.mixed",
         "eight parallel pushes of about 1 GB, then Zipf-skewed GETs, beside Distribution v3.1.2",

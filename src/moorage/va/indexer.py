@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moorage.metadata import DatabaseThreads, MetadataStore, RepoRef
-from moorage.metadata.advisory_store import AdvisoryStore
+from moorage.metadata.advisory_store import AdvisoryStore, StoreLookup
 from moorage.metadata.va_store import INDEX, QueueItem, StoredReport, VaStore, is_image
 from moorage.oci.digest import parse_digest
 from moorage.regions import RegionMap, Target
@@ -321,6 +321,7 @@ class Indexer:
         image_digest: str,
         platform: str,
         adapters: Sequence[ScannerReport] = (),
+        lookup: StoreLookup | None = None,
     ) -> tuple[Report, set[tuple[str, str]]]:
         """Match and assess off the event loop (both are CPU work); the
         adapters' findings joined in, and the status decided over all."""
@@ -328,10 +329,9 @@ class Indexer:
         tags = await self.db.run(self.va.tags_of, region, repository, manifest_digest)
 
         def work() -> tuple[Report, set[tuple[str, str]]]:
-            snapshot = self.advisories.current() if self.advisories is not None else None
-            matches = []
-            if snapshot is not None and self.advisories is not None:
-                matches = match(contents, self.advisories.lookup(snapshot.id))
+            found = lookup if lookup is not None else self._lookup()
+            matches = match(contents, found) if found is not None else []
+            snapshot = found.snapshot_id if found is not None else None
             report = assess(
                 contents,
                 matches,
@@ -342,7 +342,7 @@ class Indexer:
                 repository=repository,
                 tags=tags,
                 manifest_digest=manifest_digest,
-                snapshot=snapshot.id if snapshot is not None else "",
+                snapshot=snapshot or "",
                 supported=contents.os is None or supported_os(contents.os),
             )
             if adapters:
@@ -360,6 +360,13 @@ class Indexer:
             return report, package_pairs(contents)
 
         return await self.db.run(work)
+
+    def _lookup(self) -> StoreLookup | None:
+        """The current snapshot's advisories (blocking: call in a thread)."""
+        snapshot = self.advisories.current() if self.advisories is not None else None
+        if snapshot is None or self.advisories is None:
+            return None
+        return self.advisories.lookup(snapshot.id)
 
     async def _exemptions(self, region: str, repository: str) -> list[Exemption]:
         account = await self.db.run(
@@ -428,14 +435,18 @@ class Indexer:
             ids = await self.db.run(self.va.reports_in, scope["region"], scope.get("namespace"))
             old = new = None
         cache: dict[str, LayerIndex] = {}
+        # One snapshot for the whole job, its advisories read once per package.
+        lookup = await self.db.run(self._lookup)
         for start in range(0, len(ids), 200):
             for stored in await self.db.run(self.va.reports_by_id, ids[start : start + 200]):
-                await self._reassess_one(stored, cache)
+                await self._reassess_one(stored, cache, lookup)
         if old is not None and new is not None:
             await self.db.run(self.va.move_snapshot, old, new)
         return f"re-assessed {len(ids)} report(s)"
 
-    async def _reassess_one(self, stored: StoredReport, cache: dict[str, LayerIndex]) -> None:
+    async def _reassess_one(
+        self, stored: StoredReport, cache: dict[str, LayerIndex], lookup: StoreLookup | None
+    ) -> None:
         layers: list[LayerIndex] = []
         for digest in stored.layers:
             index = cache.get(digest)
@@ -458,6 +469,7 @@ class Indexer:
             stored.report.digest,
             stored.platform,
             kept(stored.report),
+            lookup,
         )
         await self._store(
             stored.region,

@@ -10,6 +10,7 @@ package, not the last one that rewrote the database around it."""
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Sequence
 
@@ -107,8 +108,12 @@ def _os_release(stack: _Stack) -> OSRelease | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def purl(p: FoundPackage, os: OSRelease | None) -> str:
-    """The package URL (purl-spec types deb, apk, rpm with the distribution as
+    """Cached: the same packages of the same base layers recur in every image
+    that holds them, and building a purl is most of an overlay's time.
+
+    The package URL (purl-spec types deb, apk, rpm with the distribution as
     namespace and ``distro`` qualifier; language types as their ecosystems
     name them). Raises ValueError for a package without a name."""
     qualifiers: dict[str, str] = {}
