@@ -365,7 +365,7 @@ def test_the_indexer_asks_the_configured_adapters_and_attaches_the_sbom(
             tmp_path / "server.log",
             extra_args=("--config", str(config)),
             auth="token",
-            env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY},
+            env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY, "MOORAGE_VA_ATTACH_SBOMS": "1"},
         ).start()
         try:
             admin = Api(server, ADMIN_KEY)

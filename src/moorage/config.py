@@ -97,6 +97,10 @@ class Settings:
     # Refuse manifest GETs of images the Vulnerability Advisor calls FAIL (HEAD
     # requests and automation, service IDs and tokens that may push, excepted).
     va_block_pulls: bool = False
+    # Attach the Advisor's SBOMs (CycloneDX, SPDX) to every indexed image as
+    # referrers. Off by default: it writes into users' repositories, which an
+    # operator opts into, as Harbor's "generate SBOM on push" is.
+    va_attach_sboms: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -172,6 +176,7 @@ _FILE_KEYS = {
     ("log", "level"): "log_level",
     ("log", "access"): "access_log",
     ("va", "block_pulls"): "va_block_pulls",
+    ("va", "attach_sboms"): "va_attach_sboms",
 }
 _ENV_KEYS = {
     "MOORAGE_HOST": "host",
@@ -207,6 +212,7 @@ _ENV_KEYS = {
     "MOORAGE_VA_LEASE": "va_lease",
     "MOORAGE_S3_CA_BUNDLE": "s3_ca_bundle",
     "MOORAGE_VA_BLOCK_PULLS": "va_block_pulls",
+    "MOORAGE_VA_ATTACH_SBOMS": "va_attach_sboms",
 }
 # The AWS tools' own variables, used when nothing above names the credentials.
 _AWS_ENV = {

@@ -383,7 +383,9 @@ def _indexer(parts: Components, settings: Settings, tokens: TokenService | None)
         lease_seconds=settings.va_lease,
         sboms=SbomService.configured(
             settings, parts.blobs, parts.manifests, parts.regions, parts.va
-        ),
+        )
+        if settings.va_attach_sboms
+        else None,
         scanners=Scanners.configured(settings, tokens) if tokens is not None else None,
         regions=parts.regions,
         owned=tokens is not None,
