@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $(STAMP)
 
 run: $(RUN_STAMP)
+	$(PYTHON) scripts/check-hosts.py
 	$(BIN)/moorage serve
 
 test-deps: $(STAMP)
