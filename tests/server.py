@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 import sqlalchemy as sa
@@ -296,3 +297,12 @@ def table_rows(url: str, tables: list[str] | None = None) -> dict[str, list[tupl
             }
     finally:
         engine.dispose()
+
+
+def local_server(tmp: Path, **kwargs: Any) -> MoorageServer:
+    """A server in ``tmp`` on SQLite and files in both passes of the suite, for
+    tests that open its database and blob store in their own process as a
+    replica would (``open_registry`` with the data directory only)."""
+    env = {"MOORAGE_DATABASE_URL": f"sqlite:///{tmp / 'data' / 'metadata.db'}"}
+    env.update(kwargs.pop("env", {}))
+    return MoorageServer(tmp / "data", tmp / "server.log", storage="filesystem", env=env, **kwargs)

@@ -41,7 +41,7 @@ from moorage.va.scanners import REPORT_V11, Scanners, ScanTarget, egress_for, me
 from tests.helpers import wait_for
 from tests.iam_helpers import ADMIN_KEY, Api, push_image_with
 from tests.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, descriptor, tar_layer
-from tests.server import MoorageServer, ensure_region_hosts
+from tests.server import MoorageServer, ensure_region_hosts, local_server
 
 PACKAGES = b"openssl 3.0.11-1~deb12u2\nzlib1g 1:1.2.13.dfsg-1\n"
 
@@ -171,9 +171,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     ensure_region_hosts()
     tmp = tmp_path_factory.mktemp("scanner")
-    server = MoorageServer(
-        tmp / "data", tmp / "server.log", auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}
-    ).start()
+    server = local_server(tmp, auth="token", env={"MOORAGE_BOOTSTRAP_APIKEY": ADMIN_KEY}).start()
     admin = Api(server, ADMIN_KEY)
     admin.namespace("us-south", "shop")
     account = admin.call("GET", "/iam/me")["account_id"]

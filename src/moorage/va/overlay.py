@@ -135,15 +135,18 @@ def purl(p: FoundPackage, os: OSRelease | None) -> str:
             qualifiers["distro"] = f"{os.id}-{os.version_id.split('.')[0]}"
     elif p.type == PackageType.GOLANG and namespace is None and "/" in name:
         namespace, name = name.rsplit("/", 1)
-    return str(
-        PackageURL(
-            type=p.type.value,
-            namespace=namespace,
-            name=name,
-            version=version,
-            qualifiers=qualifiers or None,
-        ).to_string()
-    )
+    try:
+        return str(
+            PackageURL(
+                type=p.type.value,
+                namespace=namespace,
+                name=name,
+                version=version,
+                qualifiers=qualifiers or None,
+            ).to_string()
+        )
+    except TypeError as exc:  # a name or version that normalises to nothing ("/", " ")
+        raise ValueError(f"no package URL for {name!r} {version!r}") from exc
 
 
 def overlay(layers: Sequence[LayerIndex]) -> ImageContents:
