@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import requests
@@ -57,9 +59,12 @@ class CountingStore:
 class Installation:
     def __init__(self, server: MoorageServer) -> None:
         self.server = server
-        self.settings = load_settings(
-            data_dir=str(server.data_dir), database_url=server.database_url
-        )
+        # The server's own settings (its environment names the S3 bucket in the
+        # suite's second pass), as another replica of it would be given them.
+        with mock.patch.dict(os.environ, server.env):
+            self.settings = load_settings(
+                data_dir=str(server.data_dir), database_url=server.database_url
+            )
         self.engine = create_metadata_engine(server.database_url)
         self.db = DatabaseThreads()
         self.metadata = MetadataStore(self.engine)
