@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
@@ -56,3 +57,20 @@ def test_management_api_fuzzed(api_server: MoorageServer) -> None:
                 assert all_rows(api_server) == before, where
 
         fuzz()
+
+
+def test_paths_no_operation_matches_answer_in_the_api_error_shape(
+    api_server: MoorageServer,
+) -> None:
+    """A path under /api/ that no operation's pattern matches (a newline in an
+    image name, an unknown path, a method the path does not take) is refused as
+    the management API refuses, never in the registry's OCI shape."""
+    auth = ("iamapikey", ADMIN_KEY)
+    for path in ("/api/v1/cr/us-south/va/%0A", "/api/v1/cr/0/sbom/%0A", "/api/unknown"):
+        r = requests.get(api_server.url + path, auth=auth, timeout=10)
+        assert r.status_code == 404, path
+        assert r.json()["error"]["code"] == "not_found", path
+    r = requests.put(f"{api_server.url}/api/v1/cr/us-south/namespaces", auth=auth, timeout=10)
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    assert set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}

@@ -167,7 +167,27 @@ class ManagementApi:
     def routes(self) -> list[web.RouteDef]:
         defs = [web.route(op.method, API + op.path, self._wrap(op)) for op in self.operations]
         defs.append(web.get(API + "/openapi.json", self.openapi))
+        # Last: any other path under /api/ (one no operation's pattern matches, such
+        # as an image name with a newline) is refused in this API's error shape, not
+        # the registry's.
+        defs.append(web.route("*", r"/api/{rest:[\s\S]*}", self._unrouted))
         return defs
+
+    async def _unrouted(self, request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        allowed.discard("*")
+        if allowed:
+            methods = ", ".join(sorted(allowed))
+            return _error(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not supported here; use {methods}",
+                {"Allow": methods},
+            )
+        return _error(404, "not_found", "no such endpoint in the management API")
 
     def _wrap(self, op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
